@@ -1,0 +1,241 @@
+"""Blosc2 helpers shared by services and clients: metadata, chunk geometry, chunk assembly.
+
+Only ``numpy`` and ``blosc2`` are needed here, so the client library can use this module.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+import blosc2
+import numpy as np
+
+# The Blosc2 chunk header keeps its "special value" kind in bits 4-6 of byte 31.
+_SPECIAL_SHIFT, _SPECIAL_MASK, _SPECIAL_UNINIT = 4, 0x7, 4
+
+
+def jsonable(value: Any) -> Any:
+    """Turn a value read from Blosc2 metadata (msgpack) into plain JSON values."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return jsonable(value.item())
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def cparams_dict(cparams: Any) -> dict[str, Any]:
+    """Compression parameters as plain JSON values (codec and filters as numbers)."""
+    def num(v: Any) -> Any:
+        return int(v.value) if hasattr(v, "value") else v
+
+    return {
+        "codec": num(cparams.codec),
+        "codec_meta": int(cparams.codec_meta),
+        "clevel": int(cparams.clevel),
+        "filters": [num(f) for f in cparams.filters],
+        "filters_meta": [int(m) for m in cparams.filters_meta],
+        "typesize": int(cparams.typesize),
+        "blocksize": int(cparams.blocksize),
+        "splitmode": num(cparams.splitmode),
+        "use_dict": bool(cparams.use_dict),
+    }
+
+
+def cparams_from_dict(d: dict[str, Any]) -> blosc2.CParams:
+    """Inverse of :func:`cparams_dict`."""
+    return blosc2.CParams(
+        codec=blosc2.Codec(d["codec"]), codec_meta=d.get("codec_meta", 0), clevel=d["clevel"],
+        filters=[blosc2.Filter(f) for f in d["filters"]], filters_meta=d["filters_meta"],
+        typesize=d["typesize"], blocksize=d.get("blocksize", 0),
+        splitmode=blosc2.SplitMode(d.get("splitmode", blosc2.SplitMode.AUTO_SPLIT)),
+        use_dict=d.get("use_dict", False),
+    )
+
+
+def vlmeta_dict(schunk: blosc2.SChunk) -> dict[str, Any]:
+    """User attributes of a super-chunk as plain JSON values."""
+    return {str(k): jsonable(v) for k, v in schunk.vlmeta.getall().items()}
+
+
+def schunk_meta(schunk: blosc2.SChunk) -> dict[str, Any]:
+    """The ``schunk`` part of the metadata: sizes at the source, no filesystem path."""
+    return {
+        "blocksize": int(schunk.blocksize),
+        "cbytes": int(schunk.cbytes),
+        "chunkshape": int(schunk.chunkshape),
+        "chunksize": int(schunk.chunksize),
+        "contiguous": bool(schunk.contiguous),
+        "cparams": cparams_dict(schunk.cparams),
+        "cratio": float(schunk.cratio) if schunk.cbytes else 0.0,
+        "nbytes": int(schunk.nbytes),
+        "typesize": int(schunk.typesize),
+        "nchunks": int(schunk.nchunks),
+        "vlmeta": vlmeta_dict(schunk),
+    }
+
+
+def array_meta(array: blosc2.NDArray) -> dict[str, Any]:
+    """Metadata of an NDArray, keyed as in the Caterva2 README."""
+    return {
+        "kind": "ndarray",
+        "dtype": str(array.dtype),
+        "dtype_descr": jsonable(np.lib.format.dtype_to_descr(array.dtype)),
+        "ndim": array.ndim,
+        "shape": list(array.shape),
+        "ext_shape": list(array.ext_shape),
+        "chunks": list(array.chunks),
+        "ext_chunks": list(array.ext_chunks),
+        "blocks": list(array.blocks),
+        "blocksize": int(array.schunk.blocksize),
+        "chunksize": int(array.schunk.chunksize),
+        "size": int(array.schunk.nbytes),
+        "schunk": schunk_meta(array.schunk),
+    }
+
+
+def dtype_from_descr(descr: Any) -> np.dtype:
+    """Rebuild a dtype from :func:`numpy.lib.format.dtype_to_descr` output sent as JSON."""
+    def tuples(d: Any) -> Any:
+        if isinstance(d, list):
+            return [tuple(tuples(x) for x in field) if isinstance(field, list) else field
+                    for field in d]
+        return d
+
+    return np.lib.format.descr_to_dtype(tuples(descr))
+
+
+def is_uninit_chunk(lazychunk: bytes) -> bool:
+    """True for a chunk that was never written (a placeholder in a sparse replica)."""
+    return len(lazychunk) >= 32 and (
+        (lazychunk[31] >> _SPECIAL_SHIFT) & _SPECIAL_MASK) == _SPECIAL_UNINIT
+
+
+def check_chunk(chunk: bytes) -> None:
+    """Raise ValueError unless ``chunk`` is one whole Blosc2 chunk (as its header says)."""
+    if len(chunk) < 16:
+        raise ValueError("chunk shorter than a Blosc2 header")
+    cbytes = struct.unpack_from("<i", chunk, 12)[0]
+    if cbytes != len(chunk):
+        raise ValueError(f"chunk header says {cbytes} bytes, got {len(chunk)}")
+
+
+# ---------------------------------------------------------------------------
+# Chunk geometry of NDArrays
+# ---------------------------------------------------------------------------
+
+def chunk_grid(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Number of chunks along each dimension."""
+    return tuple(-(-s // c) if c else 0 for s, c in zip(shape, chunks))
+
+
+def chunks_in_region(shape, chunks, region: tuple[slice, ...]) -> list[int]:
+    """Linear indexes (C order, as Blosc2 stores them) of the chunks a region touches.
+
+    ``region`` is one ``slice(start, stop)`` per dimension, already clipped to ``shape``.
+    """
+    if any(r.stop <= r.start for r in region):
+        return []
+    grid = chunk_grid(shape, chunks)
+    ranges = [range(r.start // c, -(-r.stop // c)) for r, c in zip(region, chunks)]
+    if not ranges:  # 0-d array: one chunk
+        return [0]
+    coords = np.stack(np.meshgrid(*[np.arange(r.start, r.stop) for r in ranges],
+                                  indexing="ij"), axis=-1).reshape(-1, len(ranges))
+    return np.ravel_multi_index(coords.T, grid).tolist()
+
+
+def chunk_slices(nchunk: int, shape, chunks) -> tuple[slice, ...]:
+    """The region of the array that chunk ``nchunk`` holds (clipped to the shape)."""
+    coords = np.unravel_index(nchunk, chunk_grid(shape, chunks)) if shape else ()
+    return tuple(slice(int(i) * c, min((int(i) + 1) * c, s))
+                 for i, c, s in zip(coords, chunks, shape))
+
+
+def chunk_to_array(data: bytes | np.ndarray, dtype: np.dtype, chunks, blocks) -> np.ndarray:
+    """View a decompressed NDArray chunk in C order.
+
+    Blosc2 stores an NDArray chunk as a C-ordered grid of blocks, each block contiguous,
+    the chunk padded up to whole blocks.  Returns an array of the (padded) chunk shape.
+    """
+    flat = np.frombuffer(data, dtype=dtype) if isinstance(data, (bytes, bytearray, memoryview)) \
+        else data.view(dtype)
+    if not chunks:
+        return flat.reshape(())
+    nblocks = [-(-c // b) for c, b in zip(chunks, blocks)]
+    grid = flat.reshape(*nblocks, *blocks)
+    nd = len(chunks)
+    order = [i for pair in zip(range(nd), range(nd, 2 * nd)) for i in pair]
+    return grid.transpose(order).reshape([n * b for n, b in zip(nblocks, blocks)])
+
+
+class ChunkAssembler:
+    """Decompress stored NDArray chunks straight into a region of a NumPy array.
+
+    Used by the client for large selections: the subscriber sends chunks exactly as stored
+    and the client, not the server, pays for decompression.
+    """
+
+    def __init__(self, shape, chunks, blocks, dtype: np.dtype, region: tuple[slice, ...]):
+        self.shape, self.chunks, self.blocks, self.dtype = shape, chunks, blocks, dtype
+        self.region = region
+        self.out = np.empty([r.stop - r.start for r in region], dtype=dtype)
+        self._buffer = None
+
+    def add(self, nchunk: int, chunk: bytes) -> None:
+        nitems = math.prod(-(-c // b) * b for c, b in zip(self.chunks, self.blocks))
+        if self._buffer is None:
+            self._buffer = np.empty(nitems, dtype=self.dtype)
+        blosc2.decompress2(chunk, dst=self._buffer)
+        block = chunk_to_array(self._buffer, self.dtype, self.chunks, self.blocks)
+        held = chunk_slices(nchunk, self.shape, self.chunks)
+        src, dst = [], []
+        for h, r in zip(held, self.region):
+            lo, hi = max(h.start, r.start), min(h.stop, r.stop)
+            src.append(slice(lo - h.start, hi - h.start))
+            dst.append(slice(lo - r.start, hi - r.start))
+        self.out[tuple(dst)] = block[tuple(src)]
+
+
+# ---------------------------------------------------------------------------
+# Chunk streams: how stored chunks travel inside one HTTP body
+# ---------------------------------------------------------------------------
+# A stream is a sequence of records, each ``<u8 nchunk><u8 length>`` followed by the chunk.
+_RECORD = struct.Struct("<QQ")
+
+
+def pack_record(nchunk: int, chunk: bytes) -> bytes:
+    return _RECORD.pack(nchunk, len(chunk)) + chunk
+
+
+class RecordReader:
+    """Split a byte stream (arriving in arbitrary pieces) into (nchunk, chunk) records."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
+        self._buf += data
+        while len(self._buf) >= _RECORD.size:
+            nchunk, length = _RECORD.unpack_from(self._buf)
+            end = _RECORD.size + length
+            if len(self._buf) < end:
+                break
+            chunk = bytes(self._buf[_RECORD.size:end])
+            del self._buf[:end]
+            yield nchunk, chunk
+
+    def close(self) -> None:
+        if self._buf:
+            raise ValueError(f"chunk stream cut short ({len(self._buf)} bytes left over)")

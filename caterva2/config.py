@@ -1,0 +1,95 @@
+"""Configuration: the ``caterva2.toml`` file, command-line options and defaults.
+
+Command-line options override the file; the file overrides the defaults.  A program may
+read other programs' sections (a subscriber finds its broker in ``[broker] http``).
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+BROKER_DEFAULT = "localhost:8000"
+PUBLISHER_DEFAULT = "localhost:8001"
+SUBSCRIBER_DEFAULT = "localhost:8002"
+CONF_DEFAULT = "caterva2.toml"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be read, or an option with a bad value."""
+
+
+def load(path: str | pathlib.Path | None = CONF_DEFAULT) -> dict[str, Any]:
+    """Read a configuration file; a missing file is an empty configuration."""
+    if path is None:
+        return {}
+    path = pathlib.Path(path)
+    if not path.exists():
+        return {}
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"cannot read configuration file {path}: {e}") from None
+
+
+def section(conf: dict[str, Any], name: str, id_: str | None = None) -> dict[str, Any]:
+    """Section ``name`` (or ``name.ID``), with ``name.ID`` keys overriding ``name`` keys."""
+    base = {k: v for k, v in conf.get(name, {}).items() if not isinstance(v, dict)}
+    if id_:
+        base.update(conf.get(name, {}).get(id_, {}))
+    return base
+
+
+def parse_host(text: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (port 0 asks the system for a free port)."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"expected HOST:PORT, got {text!r}")
+    return host or "localhost", int(port)
+
+
+def service_parser(description: str, kind: str) -> argparse.ArgumentParser:
+    """Options shared by every service (see SPEC "Services: common options")."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--http", help="HOST:PORT to listen on (port 0: any free port)")
+    p.add_argument("--loglevel", help="logging level (default: warning)")
+    p.add_argument("--statedir", help="directory for this service's state")
+    p.add_argument("--conf", default=CONF_DEFAULT,
+                   help=f"configuration file (default: ./{CONF_DEFAULT}, may be missing)")
+    if kind in ("publisher", "subscriber"):
+        p.add_argument("--broker", help="HOST:PORT of the broker")
+        p.add_argument("--id", help=f"selects section [{kind}.ID] of the configuration file")
+    return p
+
+
+def resolve(args: argparse.Namespace, kind: str, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Merge defaults, the configuration file and command-line options for a service."""
+    conf = load(args.conf)
+    id_ = getattr(args, "id", None)
+    settings = dict(defaults)
+    if id_ and "statedir" in defaults:
+        settings["statedir"] = f"{defaults['statedir']}.{id_}"
+    settings.update(section(conf, kind, id_))
+    if "broker" in defaults:
+        settings["broker"] = section(conf, "broker").get("http", defaults["broker"])
+    for key, value in vars(args).items():
+        if value is not None and key not in ("conf", "id"):
+            settings[key] = value
+    settings["loglevel"] = str(settings.get("loglevel", "warning")).lower()
+    return settings
+
+
+def client_host(conf_path: str | None = CONF_DEFAULT) -> str:
+    """The subscriber a client talks to: ``[subscriber] url`` or ``http``, else the default."""
+    sub = section(load(conf_path), "subscriber")
+    url = sub.get("url")
+    if url:
+        return str(url).rstrip("/")
+    return str(sub.get("http", SUBSCRIBER_DEFAULT))

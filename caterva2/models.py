@@ -1,0 +1,113 @@
+"""Wire models shared by the broker, publishers, subscribers and clients.
+
+Everything that crosses the network as JSON is described here, so both sides of a
+connection agree on one definition.  Data itself never travels as JSON: it travels as
+Blosc2 chunks or cframes (see :mod:`caterva2.b2`).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, Field
+
+
+class RootInfo(BaseModel):
+    """A root as the broker knows it: its name and the publisher serving it."""
+
+    name: str
+    http: str  # host:port of the publisher
+
+
+class SChunkMeta(BaseModel):
+    """The super-chunk part of a dataset's metadata (sizes describe the source)."""
+
+    blocksize: int
+    cbytes: int
+    chunkshape: int
+    chunksize: int
+    contiguous: bool
+    cparams: dict[str, Any]
+    cratio: float
+    nbytes: int
+    typesize: int
+    nchunks: int
+    vlmeta: dict[str, Any] = {}
+
+
+class ArrayMeta(BaseModel):
+    """Metadata of a ``.b2nd`` dataset (a Blosc2 NDArray)."""
+
+    kind: Literal["ndarray"] = "ndarray"
+    dtype: str
+    # numpy's own portable description of the dtype (see numpy.lib.format), so that
+    # structured dtypes survive the trip without evaluating any text.
+    dtype_descr: Any
+    ndim: int
+    shape: list[int]
+    ext_shape: list[int]
+    chunks: list[int]
+    ext_chunks: list[int]
+    blocks: list[int]
+    blocksize: int
+    chunksize: int
+    size: int
+    schunk: SChunkMeta
+
+
+class FrameMeta(BaseModel):
+    """Metadata of a ``.b2frame`` dataset (a Blosc2 SChunk of bytes)."""
+
+    kind: Literal["frame"] = "frame"
+    schunk: SChunkMeta
+
+
+class FileMeta(BaseModel):
+    """Metadata of an ordinary file, served compressed as a Blosc2 SChunk."""
+
+    kind: Literal["file"] = "file"
+    schunk: SChunkMeta
+    size: int
+    mtime: float
+
+
+DatasetMeta = Annotated[Union[ArrayMeta, FrameMeta, FileMeta], Field(discriminator="kind")]
+
+
+class DatasetEntry(BaseModel):
+    """One dataset of a root: its version tag and metadata."""
+
+    version: str
+    meta: DatasetMeta
+
+
+class RootIndex(BaseModel):
+    """Every dataset of a root, by relative path (ordinary files by their own name)."""
+
+    datasets: dict[str, DatasetEntry]
+
+
+class RootEvent(BaseModel):
+    """Broker → subscribers: a root was registered (or moved to another address)."""
+
+    kind: Literal["root"] = "root"
+    root: RootInfo
+
+
+class ChangeEvent(BaseModel):
+    """Publisher → broker → subscribers: datasets of a root changed.
+
+    ``changed`` maps each path to its new version tag; ``deleted`` lists paths that are gone.
+    """
+
+    kind: Literal["change"] = "change"
+    root: str
+    changed: dict[str, str] = {}
+    deleted: list[str] = []
+
+
+Event = Annotated[Union[RootEvent, ChangeEvent], Field(discriminator="kind")]
+
+
+def user_info(meta: ArrayMeta | FrameMeta | FileMeta) -> dict[str, Any]:
+    """The metadata as shown to users (``info``): without internal bookkeeping keys."""
+    return meta.model_dump(exclude={"kind", "dtype_descr"})

@@ -1,0 +1,62 @@
+"""The small interface every published root implements."""
+from __future__ import annotations
+
+import abc
+import pathlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+
+class DatasetNotFound(KeyError):
+    """No dataset at that path in this root."""
+
+    def __str__(self) -> str:
+        return f"no dataset {self.args[0]!r} in this root"
+
+
+class DatasetUnavailable(Exception):
+    """The dataset exists but cannot be read now (being written, or not valid Blosc2)."""
+
+
+class VersionMismatch(Exception):
+    """The dataset changed: the version asked for is not the current one."""
+
+
+class PublishedRoot(abc.ABC):
+    """A named group of datasets that a publisher serves.
+
+    Paths are relative to the root, with ``/`` separators; ordinary files keep their own
+    name (``README.md``), although they are served as Blosc2 SChunks.
+    """
+
+    @abc.abstractmethod
+    def versions(self) -> dict[str, str]:
+        """Every dataset path and its version tag, cheaply (no data read).
+
+        A version tag changes whenever the dataset's content may have changed.
+        """
+
+    @abc.abstractmethod
+    def entry(self, path: str) -> dict[str, Any]:
+        """``{"version": ..., "meta": ...}`` for one dataset (see :mod:`caterva2.models`).
+
+        Raises DatasetNotFound or DatasetUnavailable.
+        """
+
+    @abc.abstractmethod
+    def read_chunk(self, path: str, nchunk: int, version: str | None = None) -> bytes:
+        """Chunk ``nchunk`` exactly as stored.
+
+        With ``version``, raises VersionMismatch unless that is still the current version.
+        """
+
+    @abc.abstractmethod
+    def changes(self) -> AsyncIterator[None]:
+        """Yield each time datasets of the root may have changed (then call versions())."""
+
+    def stored_file(self, path: str) -> pathlib.Path | None:
+        """A file holding the whole dataset as stored, if the root has one (for downloads)."""
+        return None
+
+    def close(self) -> None:
+        """Release open handles."""

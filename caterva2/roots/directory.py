@@ -1,0 +1,178 @@
+"""A directory published as a root: ``.b2nd`` arrays, ``.b2frame`` SChunks, ordinary files."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pathlib
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import Any
+
+import blosc2
+import watchfiles
+
+from caterva2 import b2
+
+from .base import DatasetNotFound, DatasetUnavailable, PublishedRoot, VersionMismatch
+
+log = logging.getLogger(__name__)
+
+FILE_CHUNKSIZE = 1 << 20  # ordinary files are compressed in chunks of 1 MiB
+FILE_CPARAMS = {"codec": blosc2.Codec.ZSTD, "clevel": 5, "typesize": 1}
+MAX_OPEN = 64
+
+
+def file_version(st: os.stat_result) -> str:
+    """A version tag from what changes when a file is rewritten."""
+    return f"{st.st_mtime_ns:x}-{st.st_size:x}-{st.st_ino:x}"
+
+
+class DirectoryRoot(PublishedRoot):
+    """Every regular file below ``directory`` (hidden ones and links out of it excluded)."""
+
+    def __init__(self, directory: str | os.PathLike, statedir: str | os.PathLike):
+        self.directory = pathlib.Path(directory).resolve()
+        self.compressed_dir = pathlib.Path(statedir) / "files"
+        self._entries: dict[str, dict[str, Any]] = {}  # path -> entry, for its version
+        self._handles: OrderedDict[tuple[str, str], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- paths -------------------------------------------------------------------------
+    def _source(self, path: str) -> pathlib.Path:
+        """The file of a dataset path, never outside the root."""
+        parts = pathlib.PurePosixPath(path).parts
+        if not parts or path.startswith("/") or any(p in ("..", ".") or p.startswith(".")
+                                                     for p in parts):
+            raise DatasetNotFound(path)
+        full = self.directory.joinpath(*parts)
+        try:
+            real = full.resolve(strict=True)
+        except OSError:
+            raise DatasetNotFound(path) from None
+        if not real.is_relative_to(self.directory) or not real.is_file():
+            raise DatasetNotFound(path)
+        return real
+
+    def versions(self) -> dict[str, str]:
+        found = {}
+        for dirpath, dirnames, filenames in os.walk(self.directory, followlinks=False):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel = pathlib.Path(dirpath).relative_to(self.directory)
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                full = pathlib.Path(dirpath, name)
+                try:
+                    if not full.resolve().is_relative_to(self.directory):
+                        continue
+                    st = full.stat()
+                except OSError:
+                    continue  # vanished while scanning
+                found[(rel / name).as_posix()] = file_version(st)
+        return found
+
+    # -- metadata ----------------------------------------------------------------------
+    def entry(self, path: str) -> dict[str, Any]:
+        source = self._source(path)
+        version = file_version(source.stat())
+        cached = self._entries.get(path)
+        if cached and cached["version"] == version:
+            return cached
+        try:
+            meta = self._read_meta(path, source, version)
+        except (DatasetNotFound, DatasetUnavailable):
+            raise
+        except Exception as e:  # blosc2 raises several kinds on a bad or partial file
+            raise DatasetUnavailable(f"{path}: not readable as Blosc2 ({e})") from None
+        # A file rewritten while we read it must not be announced with stale metadata.
+        if file_version(source.stat()) != version:
+            raise DatasetUnavailable(f"{path}: changed while being read")
+        entry = {"version": version, "meta": meta}
+        self._entries[path] = entry
+        return entry
+
+    def _read_meta(self, path: str, source: pathlib.Path, version: str) -> dict[str, Any]:
+        if path.endswith(".b2nd"):
+            array = blosc2.open(str(source), mode="r")
+            if not isinstance(array, blosc2.NDArray):
+                raise DatasetUnavailable(f"{path}: not a Blosc2 NDArray")
+            return b2.array_meta(array)
+        if path.endswith(".b2frame"):
+            schunk = blosc2.open(str(source), mode="r")
+            if isinstance(schunk, blosc2.NDArray):
+                schunk = schunk.schunk
+            return {"kind": "frame", "schunk": b2.schunk_meta(schunk)}
+        compressed = self._compressed(path, source, version)
+        st = source.stat()
+        return {"kind": "file", "schunk": b2.schunk_meta(blosc2.open(str(compressed))),
+                "size": st.st_size, "mtime": st.st_mtime}
+
+    def _compressed(self, path: str, source: pathlib.Path, version: str) -> pathlib.Path:
+        """The ordinary file compressed into a SChunk, made once per version, in bounded memory."""
+        tag = hashlib.sha1(f"{path}\0{version}".encode()).hexdigest()[:16]
+        target = self.compressed_dir / f"{path}.{tag}.b2"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for old in target.parent.glob(f"{pathlib.Path(path).name}.{'[0-9a-f]' * 16}.b2"):
+            old.unlink(missing_ok=True)  # earlier versions of this file
+        tmp = target.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
+        schunk = blosc2.SChunk(chunksize=FILE_CHUNKSIZE, urlpath=str(tmp), mode="w",
+                               contiguous=True, cparams=FILE_CPARAMS)
+        with open(source, "rb") as f:
+            while block := f.read(FILE_CHUNKSIZE):
+                schunk.append_data(block)
+        del schunk
+        os.replace(tmp, target)
+        return target
+
+    # -- data --------------------------------------------------------------------------
+    def read_chunk(self, path: str, nchunk: int, version: str | None = None) -> bytes:
+        source = self._source(path)
+        current = file_version(source.stat())
+        if version is not None and version != current:
+            raise VersionMismatch(path)
+        schunk = self._open(path, source, current)
+        if not 0 <= nchunk < schunk.nchunks:
+            raise IndexError(f"{path} has {schunk.nchunks} chunks, not {nchunk + 1}")
+        with self._lock:
+            chunk = schunk.get_chunk(nchunk)
+        if file_version(source.stat()) != current:
+            raise VersionMismatch(path)  # rewritten while we read: do not serve a mix
+        return chunk
+
+    def _open(self, path: str, source: pathlib.Path, version: str) -> blosc2.SChunk:
+        key = (path, version)
+        with self._lock:
+            if key in self._handles:
+                self._handles.move_to_end(key)
+                return self._handles[key]
+        if path.endswith((".b2nd", ".b2frame")):
+            obj = blosc2.open(str(source), mode="r")
+            schunk = obj.schunk if isinstance(obj, blosc2.NDArray) else obj
+        else:
+            schunk = blosc2.open(str(self._compressed(path, source, version)), mode="r")
+        with self._lock:
+            self._handles[key] = schunk
+            while len(self._handles) > MAX_OPEN:
+                self._handles.popitem(last=False)
+        return schunk
+
+    def stored_file(self, path: str) -> pathlib.Path:
+        source = self._source(path)
+        if path.endswith((".b2nd", ".b2frame")):
+            return source
+        return self._compressed(path, source, file_version(source.stat()))
+
+    async def changes(self) -> AsyncIterator[None]:
+        # Short debounce: changes reach subscribers quickly; a file still being written
+        # produces more events and a new version tag, so it is re-read until it settles.
+        async for _ in watchfiles.awatch(self.directory, debounce=30, step=10,
+                                         recursive=True):
+            yield None
+
+    def close(self) -> None:
+        with self._lock:
+            self._handles.clear()

@@ -1,0 +1,110 @@
+"""The broker (``cat2bro``): registry of roots and notification channel.
+
+Publishers register their root (``POST /api/roots``) and post the changes in it
+(``POST /api/events``); subscribers read the registry (``GET /api/roots``) and listen to
+every event on the WebSocket ``/api/events``.  The registry survives restarts.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import pathlib
+from typing import Any
+
+from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+
+from caterva2 import config
+from caterva2.models import ChangeEvent, RootEvent, RootInfo
+from caterva2.services import common
+
+log = logging.getLogger("caterva2.broker")
+QUEUE_LIMIT = 10_000  # events waiting for one slow subscriber before it is dropped
+
+
+class EventHub:
+    """Fans events out to every connected subscriber, each with its own bounded queue.
+
+    A subscriber too slow to keep up is disconnected rather than allowed to grow memory
+    without bound; it reconnects and re-synchronises by itself.
+    """
+
+    def __init__(self) -> None:
+        self.queues: set[asyncio.Queue] = set()
+
+    def publish(self, message: str) -> None:
+        for queue in list(self.queues):
+            try:
+                queue.put_nowait(message)
+            except asyncio.QueueFull:
+                self.queues.discard(queue)
+                queue.put_nowait(None)  # never blocks: maxsize excludes this sentinel slot
+
+    @contextlib.contextmanager
+    def listener(self):
+        queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_LIMIT + 1)
+        self.queues.add(queue)
+        try:
+            yield queue
+        finally:
+            self.queues.discard(queue)
+
+
+def build_app(statedir: pathlib.Path) -> FastAPI:
+    """The broker's web application, keeping its registry in ``statedir/roots.json``."""
+    registry_file = pathlib.Path(statedir) / "roots.json"
+    roots: dict[str, RootInfo] = {
+        name: RootInfo(**info) for name, info in common.read_json(registry_file, {}).items()}
+    hub = EventHub()
+    app = FastAPI(title="Caterva2 broker")
+    common.install_error_handlers(app)
+
+    @app.get("/api/roots")
+    async def get_roots() -> dict[str, RootInfo]:
+        """Every registered root and the address of its publisher."""
+        return roots
+
+    @app.post("/api/roots")
+    async def register_root(root: RootInfo) -> str:
+        """Register a root (again, if its publisher restarted, maybe elsewhere)."""
+        if roots.get(root.name) != root:
+            roots[root.name] = root
+            data = {name: info.model_dump() for name, info in roots.items()}
+            await asyncio.to_thread(common.atomic_write, registry_file,
+                                    json.dumps(data, indent=1))
+            log.info("root %s registered at %s", root.name, root.http)
+        hub.publish(RootEvent(root=root).model_dump_json())
+        return "Ok"
+
+    @app.post("/api/events")
+    async def post_event(event: ChangeEvent) -> str:
+        """Forward a publisher's change event to every subscriber."""
+        hub.publish(event.model_dump_json())
+        return "Ok"
+
+    @app.websocket("/api/events")
+    async def events(websocket: WebSocket) -> None:
+        await websocket.accept()
+        with hub.listener() as queue:
+            try:
+                while (message := await queue.get()) is not None:
+                    await websocket.send_text(message)
+            except (WebSocketDisconnect, RuntimeError):
+                return
+        with contextlib.suppress(RuntimeError):
+            await websocket.close(code=1013, reason="too slow; reconnect and resync")
+
+    return app
+
+
+def main() -> None:
+    def make_app(settings: dict[str, Any]) -> FastAPI:
+        return build_app(settings["statedir"])
+
+    common.run_service("broker", "Caterva2 broker: registry of roots and notifications.",
+                       {"http": config.BROKER_DEFAULT, "statedir": "_caterva2/bro"}, make_app)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""The subscriber's cache: root indexes and on-demand replicas of datasets.
+
+Layout under ``STATEDIR/cache``::
+
+    roots/ROOT/index.json                       every dataset of the root: version + metadata
+    roots/ROOT/data/PATH/VTAG/replica.b2        sparse Blosc2 replica, chunks filled on demand
+    roots/ROOT/data/PATH/VTAG/complete.b2       a contiguous copy, made for downloads
+
+A replica has the source's shape, chunks, blocks, dtype and compression parameters; its
+chunks start uninitialised and are filled, exactly as stored at the source, when a client
+needs them.  Each version of a dataset has its own directory, so a chunk of an old version
+can never land in a new one; a change drops the old directory.  Replicas are sparse frames
+(one file per chunk), so storing a chunk never rewrites others, and a replica that fails
+to open after a crash is discarded and rebuilt from the source.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import shutil
+import threading
+import uuid
+from collections import OrderedDict
+from typing import Any
+
+import blosc2
+import numpy as np
+
+from caterva2 import b2, paths
+from caterva2.services import common
+
+log = logging.getLogger("caterva2.cache")
+MAX_OPEN_REPLICAS = 256
+
+
+class Replica:
+    """One version of one dataset, held locally; all Blosc2 access under one lock."""
+
+    def __init__(self, directory: pathlib.Path, entry: dict[str, Any]):
+        self.directory = directory
+        self.meta = entry["meta"]
+        self.version = entry["version"]
+        self.is_array = self.meta["kind"] == "ndarray"
+        self.file = directory / "replica.b2"
+        self.complete = directory / "complete.b2"
+        self.lock = threading.Lock()
+        self.obj = self._open_or_create()
+
+    # -- creation ---------------------------------------------------------------------
+    def _open_or_create(self):
+        if self.file.exists():
+            try:
+                return blosc2.open(str(self.file), mode="a")
+            except Exception as e:  # noqa: BLE001 - any failure means: rebuild it
+                log.warning("discarding unreadable replica %s: %s", self.file, e)
+                shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / f".new-{uuid.uuid4().hex}"
+        self._create(tmp)
+        os.replace(tmp, self.file)  # a replica appears whole or not at all
+        return blosc2.open(str(self.file), mode="a")
+
+    def _create(self, urlpath: pathlib.Path, contiguous: bool = False):
+        meta, sc = self.meta, self.meta["schunk"]
+        cparams = b2.cparams_from_dict(sc["cparams"])
+        if self.is_array:
+            obj = blosc2.uninit(tuple(meta["shape"]), b2.dtype_from_descr(meta["dtype_descr"]),
+                                chunks=tuple(meta["chunks"]), blocks=tuple(meta["blocks"]),
+                                cparams=cparams, urlpath=str(urlpath), contiguous=contiguous,
+                                mode="w")
+            schunk = obj.schunk
+        else:
+            obj = schunk = blosc2.SChunk(chunksize=sc["chunksize"], urlpath=str(urlpath),
+                                         contiguous=contiguous, mode="w", cparams=cparams)
+            if sc["nbytes"]:
+                schunk.fill_special(sc["nbytes"] // sc["typesize"],
+                                    blosc2.SpecialValue.UNINIT)
+        for key, value in sc.get("vlmeta", {}).items():
+            schunk.vlmeta[key] = value
+        return obj
+
+    @property
+    def schunk(self) -> blosc2.SChunk:
+        return self.obj.schunk if self.is_array else self.obj
+
+    # -- chunks -----------------------------------------------------------------------
+    def missing(self, nchunks: list[int]) -> list[int]:
+        """Which of ``nchunks`` are not held yet."""
+        with self.lock:
+            return [n for n in nchunks if b2.is_uninit_chunk(self.schunk.get_lazychunk(n))]
+
+    def store(self, nchunk: int, chunk: bytes) -> None:
+        """Store a chunk exactly as received from the source."""
+        b2.check_chunk(chunk)
+        with self.lock:
+            self.schunk.update_chunk(nchunk, chunk)
+
+    def read_chunk(self, nchunk: int) -> bytes:
+        with self.lock:
+            return self.schunk.get_chunk(nchunk)
+
+    # -- reads ------------------------------------------------------------------------
+    def read_array(self, region: tuple[slice, ...]) -> np.ndarray:
+        """The elements of ``region`` (every chunk it touches must be held)."""
+        with self.lock:
+            if not region:
+                return self.obj[()]
+            return self.obj[region]
+
+    def read_items(self, start: int, stop: int) -> bytes:
+        """Items ``start:stop`` of a SChunk, as bytes."""
+        with self.lock:
+            return self.obj[start:stop] if stop > start else b""
+
+    # -- downloads --------------------------------------------------------------------
+    def complete_file(self) -> pathlib.Path:
+        """A contiguous Blosc2 file of the whole dataset (every chunk must be held).
+
+        Made once per version, chunk by chunk (memory stays bounded), and renamed into
+        place only when finished, so a download never sees a partial file.
+        """
+        if self.complete.exists():
+            return self.complete
+        tmp = self.directory / f".complete-{uuid.uuid4().hex}"
+        try:
+            out = self._create(tmp, contiguous=True)
+            out_schunk = out.schunk if self.is_array else out
+            with self.lock:
+                for n in range(self.schunk.nchunks):
+                    out_schunk.update_chunk(n, self.schunk.get_chunk(n))
+            del out, out_schunk
+            os.replace(tmp, self.complete)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return self.complete
+
+
+def version_tag(version: str) -> str:
+    """A short, filesystem-safe name for a version tag."""
+    return hashlib.sha1(version.encode()).hexdigest()[:16]
+
+
+class Cache:
+    """Indexes and replicas of every subscribed root.  Methods may block: call from a thread."""
+
+    def __init__(self, directory: pathlib.Path):
+        self.directory = pathlib.Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.indexes: dict[str, dict[str, dict[str, Any]]] = {}
+        self.replicas: OrderedDict[tuple[str, str, str], Replica] = OrderedDict()
+        self.lock = threading.RLock()
+
+    def _root_dir(self, root: str) -> pathlib.Path:
+        return self.directory / "roots" / paths.check_root_name(root)
+
+    def _data_dir(self, root: str, path: str) -> pathlib.Path:
+        return self._root_dir(root) / "data" / paths.check_relpath(path)
+
+    # -- indexes ----------------------------------------------------------------------
+    def index(self, root: str) -> dict[str, dict[str, Any]] | None:
+        """The cached index of ``root`` (path → entry), or None if never fetched."""
+        with self.lock:
+            if root not in self.indexes:
+                data = common.read_json(self._root_dir(root) / "index.json", None)
+                if data is None:
+                    return None
+                self.indexes[root] = data
+            return self.indexes[root]
+
+    def set_index(self, root: str, datasets: dict[str, dict[str, Any]]) -> None:
+        """Replace a root's index, dropping replicas of changed and deleted datasets."""
+        datasets = {p: e for p, e in datasets.items() if _safe(p)}
+        with self.lock:
+            old = self.index(root) or {}
+            common.atomic_write(self._root_dir(root) / "index.json", json.dumps(datasets))
+            self.indexes[root] = datasets
+            for path, entry in old.items():
+                if datasets.get(path, {}).get("version") != entry["version"]:
+                    self._drop(root, path, keep=datasets.get(path))
+
+    def update(self, root: str, changed: dict[str, dict[str, Any]], deleted: list[str]) -> None:
+        """Apply a change event to a root's index."""
+        with self.lock:
+            datasets = dict(self.index(root) or {})
+            datasets.update(changed)
+            for path in deleted:
+                datasets.pop(path, None)
+            self.set_index(root, datasets)
+
+    def drop_root(self, root: str) -> None:
+        with self.lock:
+            for key in [k for k in self.replicas if k[0] == root]:
+                del self.replicas[key]
+            self.indexes.pop(root, None)
+            _trash(self._root_dir(root), self.directory)
+
+    def _drop(self, root: str, path: str, keep: dict[str, Any] | None) -> None:
+        """Forget every version of a dataset but ``keep``'s."""
+        keep_tag = version_tag(keep["version"]) if keep else None
+        for key in [k for k in self.replicas if k[:2] == (root, path)]:
+            if keep is None or key[2] != keep["version"]:
+                del self.replicas[key]
+        data_dir = self._data_dir(root, path)
+        if data_dir.is_dir():
+            for child in data_dir.iterdir():
+                if child.name != keep_tag:
+                    _trash(child, self.directory)
+
+    # -- replicas ---------------------------------------------------------------------
+    def replica(self, root: str, path: str, entry: dict[str, Any]) -> Replica:
+        """The replica of this version of a dataset, created (empty) if needed."""
+        key = (root, path, entry["version"])
+        with self.lock:
+            if key in self.replicas:
+                self.replicas.move_to_end(key)
+                return self.replicas[key]
+            replica = Replica(self._data_dir(root, path) / version_tag(entry["version"]), entry)
+            self.replicas[key] = replica
+            while len(self.replicas) > MAX_OPEN_REPLICAS:
+                self.replicas.popitem(last=False)
+            return replica
+
+    def discard(self, root: str, path: str, entry: dict[str, Any]) -> None:
+        """Throw away a replica found to be damaged; the next read rebuilds it."""
+        with self.lock:
+            self.replicas.pop((root, path, entry["version"]), None)
+            _trash(self._data_dir(root, path) / version_tag(entry["version"]), self.directory)
+
+
+def _safe(path: str) -> bool:
+    try:
+        paths.check_relpath(path)
+        return True
+    except ValueError:
+        log.warning("ignoring dataset with unsafe path %r", path)
+        return False
+
+
+def _trash(target: pathlib.Path, cache_dir: pathlib.Path) -> None:
+    """Remove a directory: first renamed away (atomic), then deleted."""
+    if not target.exists():
+        return
+    trash = cache_dir / ".trash" / uuid.uuid4().hex
+    trash.parent.mkdir(exist_ok=True)
+    try:
+        os.replace(target, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,135 @@
+"""What every service shares: logging, serving on a pre-bound socket, errors, atomic files."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import socket
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from caterva2 import config, paths
+
+log = logging.getLogger("caterva2")
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def bind(http: str) -> tuple[socket.socket, str]:
+    """Bind a listening socket for ``HOST:PORT``; returns it and the address really bound.
+
+    Port 0 picks a free port, so tests and parallel runs never collide.
+    """
+    host, port = config.parse_host(http)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise config.ConfigError(f"cannot listen on {http}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock, f"{host}:{sock.getsockname()[1]}"
+
+
+def serve(app: FastAPI, sock: socket.socket, address: str, statedir: pathlib.Path,
+          loglevel: str) -> None:
+    """Run ``app`` until SIGINT/SIGTERM.  Writes ``STATEDIR/address`` once listening."""
+    server = uvicorn.Server(uvicorn.Config(app, log_level=loglevel, access_log=False,
+                                           timeout_graceful_shutdown=3, ws_ping_interval=10))
+    atomic_write(statedir / "address", address)
+    server.run(sockets=[sock])
+
+
+def run_service(kind: str, description: str, defaults: dict[str, Any],
+                make_app: Callable[[dict[str, Any]], FastAPI],
+                add_arguments: Callable | None = None) -> None:
+    """Parse options, build the service's app with ``make_app(settings)`` and serve it.
+
+    Configuration errors end with one clear line on stderr and exit status 2.
+    """
+    parser = config.service_parser(description, kind)
+    if add_arguments:
+        add_arguments(parser)
+    args = parser.parse_args()
+    try:
+        settings = config.resolve(args, kind, defaults)
+        setup_logging(settings["loglevel"])
+        statedir = pathlib.Path(settings["statedir"])
+        statedir.mkdir(parents=True, exist_ok=True)
+        settings["statedir"] = statedir
+        sock, address = bind(settings["http"])
+        settings["address"] = address
+        app = make_app(settings)
+    except (config.ConfigError, FileNotFoundError, ValueError, OSError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"{parser.prog}: listening on http://{address}", file=sys.stderr, flush=True)
+    serve(app, sock, address, statedir, settings["loglevel"])
+
+
+def atomic_write(path: pathlib.Path, data: str | bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: pathlib.Path, default: Any) -> Any:
+    """A JSON state file, or ``default`` when it is missing or unreadable."""
+    try:
+        return json.loads(pathlib.Path(path).read_text())
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable state file %s: %s", path, e)
+        return default
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Errors are JSON ``{"detail": ...}``; bad request parameters are a 400, not a 422."""
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        return JSONResponse({"detail": f"invalid {where}: {first.get('msg', 'bad input')}"},
+                            status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+
+def safe_relpath(path: str) -> str:
+    """Validate a dataset path from a URL (see :func:`caterva2.paths.check_relpath`).
+
+    Raises HTTPException(400) otherwise, so nothing outside a root is ever named.
+    """
+    try:
+        return paths.check_relpath(path)
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None

@@ -1,0 +1,244 @@
+"""The publisher (``cat2pub NAME ROOT``): serves one root and announces every change in it.
+
+Endpoints (paths relative to the root):
+
+- ``GET /api/list``: dataset paths;
+- ``GET /api/index``: every dataset's version and metadata in one response (ETag);
+- ``GET /api/info/{path}``: one dataset's version and metadata (ETag / If-None-Match);
+- ``GET /api/chunks/{path}?nchunks=0-3,7&version=V``: stored chunks, exactly as stored,
+  as a stream of records (see :mod:`caterva2.b2`); 412 if the version is not current;
+- ``GET /api/download/{path}``: the stored file (ordinary files as their ``.b2`` SChunk).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import pathlib
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from caterva2 import b2, config
+from caterva2.models import ChangeEvent, RootInfo
+from caterva2.roots import (DatasetNotFound, DatasetUnavailable, PublishedRoot, VersionMismatch,
+                            open_root)
+from caterva2.services import common
+
+log = logging.getLogger("caterva2.publisher")
+RETRY_UNAVAILABLE_S = 0.2  # how soon to look again at a dataset that was being written
+
+
+def parse_chunk_list(text: str, nchunks: int) -> list[int]:
+    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]``; HTTPException(400) on bad or out-of-range items."""
+    out: list[int] = []
+    try:
+        for item in filter(None, text.split(",")):
+            lo, _, hi = item.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise HTTPException(400, f"malformed chunk list {text!r}") from None
+    if any(not 0 <= n < nchunks for n in out):
+        raise HTTPException(400, f"chunk numbers must be in 0..{nchunks - 1}")
+    return out
+
+
+class Announcer:
+    """Registers the root with the broker and announces changes, surviving broker restarts.
+
+    What was last announced is kept in ``statedir/announced.json``, so a publisher that was
+    down announces on restart what changed meanwhile.
+    """
+
+    def __init__(self, name: str, root: PublishedRoot, address: str, broker: str,
+                 statedir: pathlib.Path, client: httpx.AsyncClient):
+        self.name, self.root, self.address, self.broker = name, root, address, broker
+        self.client = client
+        self.state_file = statedir / "announced.json"
+        self.announced: dict[str, str] = common.read_json(self.state_file, {})
+        self.lock = asyncio.Lock()
+        self.registered = False
+
+    async def run(self) -> None:
+        watcher = asyncio.create_task(self._watch())
+        try:
+            delay = 0.1
+            while True:  # keep trying until the broker has heard everything
+                try:
+                    await self.announce()
+                    delay = 0.1
+                    await asyncio.sleep(30)  # re-register now and then: cheap, and heals
+                    self.registered = False  # a broker that lost its state
+                except httpx.HTTPError as e:
+                    self.registered = False
+                    log.warning("broker %s unreachable (%s); retrying in %.1fs",
+                                self.broker, type(e).__name__, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5)
+        finally:
+            watcher.cancel()
+
+    async def _watch(self) -> None:
+        async for _ in self.root.changes():
+            with contextlib.suppress(httpx.HTTPError):
+                await self.announce()
+
+    async def announce(self) -> None:
+        async with self.lock:
+            if not self.registered:
+                r = await self.client.post(f"http://{self.broker}/api/roots",
+                                           json=RootInfo(name=self.name, http=self.address)
+                                           .model_dump())
+                r.raise_for_status()
+                self.registered = True
+            versions = await asyncio.to_thread(self.root.versions)
+            changed, unready = {}, False
+            for path, version in versions.items():
+                if self.announced.get(path) == version:
+                    continue
+                try:
+                    entry = await asyncio.to_thread(self.root.entry, path)
+                    changed[path] = entry["version"]
+                except (DatasetUnavailable, DatasetNotFound) as e:
+                    log.info("not announcing yet: %s", e)
+                    unready = True
+            deleted = [p for p in self.announced if p not in versions]
+            if changed or deleted:
+                event = ChangeEvent(root=self.name, changed=changed, deleted=deleted)
+                r = await self.client.post(f"http://{self.broker}/api/events",
+                                           json=event.model_dump())
+                r.raise_for_status()
+                for p in deleted:
+                    del self.announced[p]
+                self.announced.update(changed)
+                await asyncio.to_thread(common.atomic_write, self.state_file,
+                                        json.dumps(self.announced))
+                log.info("announced %d changed, %d deleted", len(changed), len(deleted))
+        if unready:
+            asyncio.get_running_loop().call_later(
+                RETRY_UNAVAILABLE_S, lambda: asyncio.ensure_future(self._retry()))
+
+    async def _retry(self) -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            await self.announce()
+
+
+def build_app(name: str, root: PublishedRoot, address: str, broker: str,
+              statedir: pathlib.Path) -> FastAPI:
+    """The publisher's web application for ``root``, announced as ``name``."""
+    index_cache: dict[str, Any] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10, connect=3)) as client:
+            announcer = Announcer(name, root, address, broker, statedir, client)
+            task = asyncio.create_task(announcer.run())
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        root.close()
+
+    app = FastAPI(title=f"Caterva2 publisher of {name}", lifespan=lifespan)
+    common.install_error_handlers(app)
+
+    def entry_or_error(path: str) -> dict[str, Any]:
+        try:
+            return root.entry(path)
+        except DatasetNotFound:
+            raise HTTPException(404, f"no dataset {path!r} in root {name!r}") from None
+        except DatasetUnavailable as e:
+            raise HTTPException(503, f"dataset not readable now: {e}") from None
+
+    @app.get("/api/list")
+    async def get_list() -> list[str]:
+        return sorted(await asyncio.to_thread(root.versions))
+
+    def build_index() -> tuple[str, bytes]:
+        versions = root.versions()
+        etag = hashlib.sha1(json.dumps(sorted(versions.items())).encode()).hexdigest()
+        if index_cache.get("etag") != etag:
+            datasets = {}
+            for path in sorted(versions):
+                with contextlib.suppress(DatasetNotFound, DatasetUnavailable):
+                    datasets[path] = root.entry(path)
+            index_cache.update(etag=etag, body=json.dumps({"datasets": datasets}).encode())
+        return index_cache["etag"], index_cache["body"]
+
+    @app.get("/api/index")
+    async def get_index(request: Request) -> Response:
+        etag, body = await asyncio.to_thread(build_index)
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return Response(body, media_type="application/json", headers={"ETag": etag})
+
+    @app.get("/api/info/{path:path}")
+    async def get_info(path: str, request: Request) -> Response:
+        entry = await asyncio.to_thread(entry_or_error, common.safe_relpath(path))
+        etag = entry["version"]
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
+        return Response(json.dumps(entry), media_type="application/json",
+                        headers={"ETag": etag})
+
+    @app.get("/api/chunks/{path:path}")
+    async def get_chunks(path: str, nchunks: str, version: str | None = None) -> Response:
+        entry = await asyncio.to_thread(entry_or_error, common.safe_relpath(path))
+        if version is not None and version != entry["version"]:
+            raise HTTPException(412, f"{path} changed: version {version} is not current")
+        wanted = parse_chunk_list(nchunks, entry["meta"]["schunk"]["nchunks"])
+        version = entry["version"]
+
+        def read(n: int) -> bytes:
+            return b2.pack_record(n, root.read_chunk(path, n, version))
+
+        first = await asyncio.to_thread(read, wanted[0]) if wanted else b""
+
+        async def records():
+            yield first
+            for n in wanted[1:]:
+                try:
+                    yield await asyncio.to_thread(read, n)
+                except (VersionMismatch, DatasetNotFound, DatasetUnavailable):
+                    log.info("%s changed while streaming; stream cut short", path)
+                    return  # the reader sees fewer records than it asked for
+
+        return StreamingResponse(records(), media_type="application/x-caterva2-chunks",
+                                 headers={"ETag": version})
+
+    @app.get("/api/download/{path:path}")
+    async def download(path: str) -> Response:
+        await asyncio.to_thread(entry_or_error, common.safe_relpath(path))
+        stored = await asyncio.to_thread(root.stored_file, path)
+        if stored is None:
+            raise HTTPException(404, f"{path!r} has no stored file to download")
+        return FileResponse(stored)
+
+    return app
+
+
+def main() -> None:
+    def add_arguments(parser) -> None:
+        parser.add_argument("name", nargs="?", help="name of the root, e.g. foo")
+        parser.add_argument("root", nargs="?",
+                            help="directory (or HDF5 file) to publish, e.g. root-example")
+
+    def make_app(settings: dict[str, Any]) -> FastAPI:
+        if not settings.get("name") or not settings.get("root"):
+            raise config.ConfigError("give NAME and ROOT (or 'name' and 'root' in the "
+                                     "[publisher] section of the configuration file)")
+        root = open_root(settings["root"], settings["statedir"])
+        return build_app(settings["name"], root, settings["address"], settings["broker"],
+                         settings["statedir"])
+
+    common.run_service("publisher", "Caterva2 publisher: serves one root of datasets.",
+                       {"http": config.PUBLISHER_DEFAULT, "statedir": "_caterva2/pub",
+                        "broker": config.BROKER_DEFAULT}, make_app, add_arguments)
+
+
+if __name__ == "__main__":
+    main()
