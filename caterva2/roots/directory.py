@@ -137,8 +137,11 @@ class DirectoryRoot(PublishedRoot):
         schunk = self._open(path, source, current)
         if not 0 <= nchunk < schunk.nchunks:
             raise IndexError(f"{path} has {schunk.nchunks} chunks, not {nchunk + 1}")
-        with self._lock:
-            chunk = schunk.get_chunk(nchunk)
+        try:
+            with self._lock:
+                chunk = schunk.get_chunk(nchunk)
+        except RuntimeError as e:
+            raise DatasetUnavailable(f"{path}: chunk {nchunk} unreadable ({e})") from None
         if file_version(source.stat()) != current:
             raise VersionMismatch(path)  # rewritten while we read: do not serve a mix
         return chunk
@@ -148,14 +151,15 @@ class DirectoryRoot(PublishedRoot):
         with self._lock:
             if key in self._handles:
                 self._handles.move_to_end(key)
-                return self._handles[key]
+                return self._handles[key][1]
         if path.endswith((".b2nd", ".b2frame")):
             obj = blosc2.open(str(source), mode="r")
-            schunk = obj.schunk if isinstance(obj, blosc2.NDArray) else obj
         else:
-            schunk = blosc2.open(str(self._compressed(path, source, version)), mode="r")
+            obj = blosc2.open(str(self._compressed(path, source, version)), mode="r")
+        # Keep the opened object itself: an NDArray's schunk is only valid while it lives.
+        schunk = obj.schunk if isinstance(obj, blosc2.NDArray) else obj
         with self._lock:
-            self._handles[key] = schunk
+            self._handles[key] = (obj, schunk)
             while len(self._handles) > MAX_OPEN:
                 self._handles.popitem(last=False)
         return schunk

@@ -196,7 +196,13 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
         def read(n: int) -> bytes:
             return b2.pack_record(n, root.read_chunk(path, n, version))
 
-        first = await asyncio.to_thread(read, wanted[0]) if wanted else b""
+        try:
+            first = await asyncio.to_thread(read, wanted[0]) if wanted else b""
+        except VersionMismatch:
+            raise HTTPException(412, f"{path} changed: version {version} is not current") \
+                from None
+        except DatasetUnavailable as e:
+            raise HTTPException(503, str(e)) from None
 
         async def records():
             yield first

@@ -1,0 +1,187 @@
+"""``cat2cli``: the command-line client, a thin layer over :mod:`caterva2.client`.
+
+Examples::
+
+    cat2cli roots
+    cat2cli subscribe foo
+    cat2cli list foo
+    cat2cli info foo/dir2/ds-4d.b2nd
+    cat2cli show 'foo/dir1/ds-2d.b2nd[1:3, ::5]'
+    cat2cli download foo/dir2/ds-4d.b2nd
+
+The subscriber is ``--host HOST:PORT``, else ``[subscriber] url`` or ``http`` from
+``caterva2.toml``, else ``localhost:8002``.  Every command takes ``--json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+
+import httpx
+import numpy as np
+
+import caterva2 as cat2
+from caterva2 import b2, config, paths, slicing
+
+DATASET_WITH_SLICE = re.compile(r"^(?P<dataset>[^\[]+?)(?:\[(?P<slice>[^\]]*)\])?$")
+
+
+def split_selection(text: str) -> tuple[str, str | None]:
+    """``"foo/a.b2nd[1:3]"`` → ``("foo/a.b2nd", "1:3")``."""
+    m = DATASET_WITH_SLICE.match(text.strip())
+    if not m:
+        raise ValueError(f"cannot read {text!r}: expected DATASET or DATASET[SLICE]")
+    paths.split_dataset(m["dataset"])
+    return m["dataset"], m["slice"]
+
+
+def jsonable_data(data):
+    if isinstance(data, bytes):
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            return list(data)
+    if isinstance(data, (np.ndarray, np.generic)):
+        return b2.jsonable(data.tolist()) if data.dtype.names is None else \
+            [b2.jsonable(list(row)) for row in np.atleast_1d(data).tolist()]
+    return data
+
+
+def pretty(value) -> None:
+    try:
+        from rich.pretty import pprint
+    except ImportError:  # rich is optional (the 'clients' extra)
+        print(json.dumps(value, indent=4))
+        return
+    pprint(value, expand_all=False, indent_guides=False)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+def cmd_roots(args) -> None:
+    roots = cat2.get_roots(args.host)
+    if args.json:
+        return print(json.dumps(roots))
+    for name, info in roots.items():
+        print(f"{name} (subscribed)" if info.get("subscribed") else name)
+
+
+def cmd_subscribe(args) -> None:
+    answer = cat2.subscribe(args.root, args.host)
+    print(json.dumps(answer) if args.json else answer)
+
+
+def cmd_list(args) -> None:
+    names = [f"{args.root}/{p}" for p in cat2.get_list(args.root, args.host)]
+    print(json.dumps(names) if args.json else "\n".join(names))
+
+
+def cmd_url(args) -> None:
+    urls = cat2.client._get(args.host, f"api/url/{args.name}")
+    print(json.dumps(urls) if args.json else "\n".join(urls))
+
+
+def cmd_info(args) -> None:
+    paths.split_dataset(args.dataset)
+    info = cat2.get_info(args.dataset, args.host)
+    if args.json:
+        return print(json.dumps(info))
+    pretty(info)
+
+
+def cmd_show(args) -> None:
+    dataset, text = split_selection(args.dataset)
+    root, path = paths.split_dataset(dataset)
+    key = slicing.parse_slice(text)
+    data = (cat2.Dataset if path.endswith((".b2nd", ".b2frame")) else cat2.File)(
+        path, root=root, host=args.host).fetch(key)
+    if args.json:
+        return print(json.dumps(jsonable_data(data)))
+    if isinstance(data, bytes):
+        try:
+            print(data.decode())
+        except UnicodeDecodeError:
+            print(data)
+    else:
+        print(data)
+
+
+def cmd_download(args) -> None:
+    root, path = paths.split_dataset(args.dataset)
+    if args.output_dir:
+        os.makedirs(args.output_dir, exist_ok=True)
+        os.chdir(args.output_dir)
+    obj = (cat2.Dataset if path.endswith((".b2nd", ".b2frame")) else cat2.File)(
+        path, root=root, host=args.host)
+    saved = obj.download()
+    if args.output_dir:
+        saved = os.path.join(args.output_dir, saved)
+    print(json.dumps({"path": str(saved)}) if args.json else f"Dataset saved to {saved}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--host", default=argparse.SUPPRESS,
+                        help="HOST:PORT of the subscriber (default: from caterva2.toml, "
+                             "else localhost:8002)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="machine-readable output")
+    common.add_argument("--conf", default=argparse.SUPPRESS,
+                        help="configuration file (default: ./caterva2.toml)")
+    parser = argparse.ArgumentParser(
+        prog="cat2cli", parents=[common],
+        description="Caterva2 command-line client: ask a subscriber for roots and data.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, func, help_, *arguments):
+        p = sub.add_parser(name, parents=[common], help=help_, description=help_)
+        for arg, arg_help in arguments:
+            p.add_argument(arg, help=arg_help, **({"nargs": "?"} if arg == "output_dir" else {}))
+        p.set_defaults(func=func)
+
+    command("roots", cmd_roots, "list the roots known to the subscriber")
+    command("subscribe", cmd_subscribe, "make the subscriber follow a root",
+            ("root", "root name, e.g. foo"))
+    command("list", cmd_list, "list the datasets of a subscribed root",
+            ("root", "root name, e.g. foo"))
+    command("url", cmd_url, "where a root (or ROOT/PATH) is served",
+            ("name", "root name, e.g. foo"))
+    command("info", cmd_info, "show the metadata of a dataset",
+            ("dataset", "ROOT/PATH, e.g. foo/dir1/ds-2d.b2nd"))
+    command("show", cmd_show, "print data of a dataset, optionally a slice",
+            ("dataset", "ROOT/PATH[SLICE], e.g. 'foo/dir1/ds-2d.b2nd[1, ::5]'"))
+    command("download", cmd_download, "save a complete copy of a dataset locally",
+            ("dataset", "ROOT/PATH, e.g. foo/dir2/ds-4d.b2nd"),
+            ("output_dir", "directory to save under (default: the current one)"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.json = getattr(args, "json", False)
+    try:
+        if not hasattr(args, "host"):
+            args.host = config.client_host(getattr(args, "conf", config.CONF_DEFAULT))
+        args.func(args)
+    except cat2.ServerError as e:
+        fail(e.detail)
+    except (httpx.ConnectError, httpx.ConnectTimeout):
+        fail(f"cannot reach the subscriber at {args.host} (is cat2sub running?)")
+    except httpx.HTTPError as e:
+        fail(f"talking to the subscriber at {args.host}: {type(e).__name__}: {e}")
+    except (ValueError, config.ConfigError, OSError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted")
+
+
+def fail(message: str) -> None:
+    print(f"cat2cli: error: {message}", file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The Caterva2 client library: talk to a subscriber, get roots, metadata and data.
+
+Everything here needs only ``httpx``, ``numpy`` and ``blosc2``.  Data arrives as Blosc2
+(never pickle) and is decoded locally::
+
+    >>> import caterva2 as cat2
+    >>> root = cat2.Root("foo")               # subscribes to root foo
+    >>> root.node_list[:2]
+    ['README.md', 'dir1/ds-2d.b2nd']
+    >>> ds = root["dir1/ds-2d.b2nd"]
+    >>> ds[1, ::5]                            # a NumPy array
+    array([20, 25, 30, 35], dtype=uint16)
+    >>> root["ds-hello.b2frame"][:12]         # bytes
+    b'Hello world!'
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import pathlib
+import tempfile
+import urllib.parse
+from typing import Any
+
+import blosc2
+import httpx
+import numpy as np
+
+from caterva2 import b2, paths, slicing
+
+bro_host_default = "localhost:8000"
+"""The default HTTP endpoint of the broker (host:port)."""
+pub_host_default = "localhost:8001"
+"""The default HTTP endpoint of a publisher (host:port)."""
+sub_host_default = "localhost:8002"
+"""The default HTTP endpoint of the subscriber (host:port)."""
+
+TIMEOUT = httpx.Timeout(300, connect=5)
+# Selections at least this large, and covering at least 1/STREAM_COVERAGE of the chunks
+# they touch, travel as stored chunks and are decompressed here, not on the subscriber.
+STREAM_MIN_BYTES = 256 * 1024
+STREAM_COVERAGE = 4
+
+
+class ServerError(httpx.HTTPStatusError):
+    """The subscriber refused a request; ``str(error)`` is its explanation."""
+
+    def __init__(self, response: httpx.Response):
+        try:
+            detail = response.json().get("detail", response.text)
+        except ValueError:
+            detail = response.text or response.reason_phrase
+        super().__init__(f"{detail} (HTTP {response.status_code})",
+                         request=response.request, response=response)
+        self.status_code, self.detail = response.status_code, detail
+
+
+@functools.lru_cache(maxsize=1)
+def _http() -> httpx.Client:
+    """One pooled HTTP client for the whole program: connections are reused."""
+    return httpx.Client(timeout=TIMEOUT)
+
+
+def _url(host: str, path: str) -> str:
+    base = host if host.startswith(("http://", "https://")) else f"http://{host}"
+    return f"{base.rstrip('/')}/{urllib.parse.quote(path)}"
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 400:
+        raise ServerError(response)
+    return response
+
+
+def _get(host: str, path: str, params: dict | None = None) -> Any:
+    return _checked(_http().get(_url(host, path), params=params)).json()
+
+
+def _post(host: str, path: str) -> Any:
+    return _checked(_http().post(_url(host, path))).json()
+
+
+# ---------------------------------------------------------------------------
+# Functions
+# ---------------------------------------------------------------------------
+
+def get_roots(host: str = sub_host_default) -> dict[str, dict[str, Any]]:
+    """Roots known to the subscriber: ``{name: {"name", "http", "subscribed"}}``."""
+    return _get(host, "api/roots")
+
+
+def subscribe(root: str, host: str = sub_host_default) -> str:
+    """Ask the subscriber to follow ``root``; returns ``"Ok"``."""
+    return _post(host, f"api/subscribe/{root}")
+
+
+def get_list(root: str, host: str = sub_host_default) -> list[str]:
+    """Dataset paths of a subscribed root, relative to the root."""
+    return _get(host, f"api/list/{root}")
+
+
+def get_info(dataset: str, host: str = sub_host_default) -> dict[str, Any]:
+    """Metadata of ``dataset`` (``ROOT/PATH``), as a dict."""
+    return _get(host, f"api/info/{dataset}")
+
+
+def _decode(content: bytes, is_array: bool):
+    if is_array:
+        array = blosc2.ndarray_from_cframe(content)
+        return array[()] if array.ndim == 0 else array[:]
+    return blosc2.decompress2(content)
+
+
+def fetch(dataset: str, host: str = sub_host_default, slice_=None, prefer_schunk: bool = True):
+    """A selection of ``dataset``: a NumPy array (or scalar) for ``.b2nd``, else bytes.
+
+    ``slice_`` is text (``"0:10, ::2"``) or a key (``3``, ``slice(0, 10)``, a tuple).
+    ``prefer_schunk`` is accepted for compatibility; data always travels as Blosc2.
+    """
+    text = slice_ if isinstance(slice_, str) else slicing.format_slice(slice_)
+    r = _checked(_http().get(_url(host, f"api/fetch/{dataset}"), params={"slice_": text}))
+    return _decode(r.content, str(dataset).endswith(".b2nd"))
+
+
+def download(dataset: str, host: str = sub_host_default) -> pathlib.Path:
+    """Save the complete ``dataset`` at ``./ROOT/PATH``; returns that path.
+
+    Ordinary files are decompressed back to their original bytes.
+    """
+    url = _get(host, f"api/download/{dataset}")
+    return _download_url(url, pathlib.Path(dataset))
+
+
+def _download_url(url: str, local: pathlib.Path) -> pathlib.Path:
+    """Stream ``url`` to ``local`` (atomically); unpack ``.b2`` files to their original bytes."""
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f, _http().stream("GET", url) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise ServerError(r)
+            for data in r.iter_raw(1 << 20):
+                f.write(data)
+        if url.endswith(".b2"):
+            packed, tmp = tmp, tmp + ".unpacked"
+            schunk = blosc2.open(packed)
+            with open(tmp, "wb") as out:
+                for n in range(schunk.nchunks):  # one chunk at a time: bounded memory
+                    out.write(schunk.decompress_chunk(n))
+            del schunk
+            os.unlink(packed)
+        os.replace(tmp, local)
+    except BaseException:
+        pathlib.Path(tmp).unlink(missing_ok=True)
+        raise
+    return local
+
+
+# ---------------------------------------------------------------------------
+# Objects
+# ---------------------------------------------------------------------------
+
+class Root:
+    """A root followed through a subscriber; creating it subscribes.
+
+    ``root[path]`` gives a :class:`Dataset` for ``.b2nd``/``.b2frame`` paths and a
+    :class:`File` for anything else.
+    """
+
+    def __init__(self, name: str, host: str = sub_host_default):
+        self.name, self.host = name, host
+        if subscribe(name, host) != "Ok":
+            raise ValueError(f"could not subscribe to root {name!r}")
+        self.node_list: list[str] = get_list(name, host)
+
+    def __repr__(self) -> str:
+        return f"<Root: {self.name}>"
+
+    def __getitem__(self, node: str) -> File:
+        if node.endswith((".b2nd", ".b2frame")):
+            return Dataset(node, root=self.name, host=self.host)
+        return File(node, root=self.name, host=self.host)
+
+
+class File:
+    """A dataset of a root, with its metadata; index it (``file[0:10]``) to get data.
+
+    Ordinary files and ``.b2frame`` datasets give ``bytes``; ``.b2nd`` datasets give
+    NumPy arrays.
+    """
+
+    def __init__(self, name: str, root: str, host: str = sub_host_default):
+        self.name, self.root, self.host = name, root, host
+        self.path = pathlib.Path(f"{root}/{name}")
+        paths.split_dataset(f"{root}/{name}")  # ValueError for unsafe names
+        self.meta: dict[str, Any] = get_info(self._dataset, host)
+
+    @property
+    def _dataset(self) -> str:
+        return f"{self.root}/{self.name}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.path}>"
+
+    @functools.cached_property
+    def vlmeta(self) -> dict[str, Any]:
+        """User attributes of the dataset."""
+        return self.meta.get("schunk", self.meta).get("vlmeta", {})
+
+    def __getitem__(self, key):
+        return self.fetch(key)
+
+    def fetch(self, slice_=None, prefer_schunk: bool = True):
+        """The selection ``slice_`` (text or key) of the dataset."""
+        key = slicing.parse_slice(slice_) if isinstance(slice_, str) else \
+            (slice_ if isinstance(slice_, tuple) else (() if slice_ is None else (slice_,)))
+        if self.meta.get("shape") is not None:
+            streamed = self._fetch_streamed(key)
+            if streamed is not None:
+                return streamed
+        return fetch(self._dataset, self.host, slicing.format_slice(key), prefer_schunk)
+
+    def _fetch_streamed(self, key):
+        """Large array selections: get the stored chunks and decompress them here."""
+        meta = self.meta
+        try:
+            dtype = np.dtype(meta["dtype"])
+        except TypeError:
+            return None  # structured dtypes: let the subscriber build the array
+        shape, chunks = tuple(meta["shape"]), tuple(meta["chunks"])
+        plan = slicing.plan(key, shape)
+        selected = math.prod(plan.result_shape) * dtype.itemsize
+        nchunks = b2.chunks_in_region(shape, chunks, plan.region)
+        touched = len(nchunks) * math.prod(chunks) * dtype.itemsize
+        if selected < STREAM_MIN_BYTES or selected * STREAM_COVERAGE < touched:
+            return None
+        assembler = b2.ChunkAssembler(shape, chunks, tuple(meta["blocks"]), dtype, plan.region)
+        reader = b2.RecordReader()
+        params = {"slice_": slicing.format_slice(key), "chunks": "true"}
+        with _http().stream("GET", _url(self.host, f"api/fetch/{self._dataset}"),
+                            params=params) as r:
+            if r.status_code >= 400:
+                r.read()
+                raise ServerError(r)
+            for data in r.iter_raw(1 << 20):
+                for n, chunk in reader.feed(data):
+                    assembler.add(n, chunk)
+        reader.close()
+        return assembler.out[plan.within]
+
+    def get_download_url(self) -> str:
+        """Where the subscriber serves the complete dataset."""
+        suffix = "" if self.name.endswith((".b2nd", ".b2frame")) else ".b2"
+        return _url(self.host, f"files/{self.path.as_posix()}{suffix}")
+
+    def download(self) -> pathlib.Path:
+        """Save the complete dataset at ``./ROOT/PATH`` and return that path."""
+        url = _get(self.host, f"api/download/{self._dataset}")
+        return _download_url(url, self.path)
+
+
+class Dataset(File):
+    """A ``.b2nd`` (NDArray) or ``.b2frame`` (SChunk) dataset."""
+
+    @property
+    def shape(self) -> tuple[int, ...] | None:
+        shape = self.meta.get("shape")
+        return tuple(shape) if shape is not None else None
+
+    @property
+    def dtype(self) -> str | None:
+        return self.meta.get("dtype")

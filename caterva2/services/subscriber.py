@@ -1,0 +1,273 @@
+"""The subscriber (``cat2sub``): follows roots, caches chunks on demand, serves clients.
+
+REST API (dataset paths always include the root):
+
+- ``GET /api/roots``, ``POST /api/subscribe/{root}``, ``GET /api/list/{root}``,
+  ``GET /api/url/{root}[/{path}]``, ``GET /api/info/{root}/{path}``;
+- ``GET /api/fetch/{root}/{path}?slice_=...``: the selection as an NDArray cframe (arrays)
+  or a Blosc2-compressed buffer (bytes).  With ``&chunks=true`` (arrays only) the answer is
+  instead the stored chunks the selection touches, as a chunk stream (see
+  :mod:`caterva2.b2`), for the client to decompress — much cheaper for large selections;
+- ``GET /api/download/{root}/{path}``: the URL of the complete file;
+- ``GET /files/{root}/{path}``: the complete dataset as a Blosc2 file (``.b2`` added for
+  ordinary files).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html
+import logging
+import pathlib
+from typing import Any
+
+import blosc2
+import httpx
+import numpy as np
+from fastapi import FastAPI, HTTPException, Response
+from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
+
+from caterva2 import b2, config, paths, slicing
+from caterva2.models import DatasetEntry, user_info
+from caterva2.services import common
+from caterva2.services.sync import Follower, Gone, Stale, Unavailable
+
+log = logging.getLogger("caterva2.subscriber")
+WIRE_CPARAMS = {"codec": blosc2.Codec.LZ4, "clevel": 5}  # fast: subscribers and clients are close
+STREAM_BATCH = 8  # chunks read from a replica per thread hop
+
+
+def encode_array(data: np.ndarray) -> bytes:
+    """An NDArray cframe of ``data`` (0-d included)."""
+    data = np.asarray(data)
+    if not data.flags.c_contiguous:  # (np.ascontiguousarray would turn 0-d into 1-d)
+        data = data.copy()
+    return blosc2.asarray(data, cparams=WIRE_CPARAMS).to_cframe()
+
+
+def build_app(broker: str, statedir: pathlib.Path, address: str,
+              url: str | None = None) -> FastAPI:
+    """The subscriber's web application.  ``url`` is the base of the URLs it hands out."""
+    base_url = (url or f"http://{address}").rstrip("/")
+    state: dict[str, Follower] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30, connect=3),
+                                     limits=limits) as client:
+            state["f"] = follower = Follower(broker, statedir, client)
+            task = asyncio.create_task(follower.follow_broker())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(follower.connected.wait(), 2)  # a head start
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    app = FastAPI(title="Caterva2 subscriber", lifespan=lifespan)
+    common.install_error_handlers(app)
+
+    # -- lookups ----------------------------------------------------------------------
+    def subscribed_root(root: str) -> Follower:
+        follower = state["f"]
+        try:
+            paths.check_root_name(root)
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        if root not in follower.subscribed:
+            if root in follower.roots:
+                raise HTTPException(404, f"root {root!r} is not subscribed; subscribe first")
+            raise HTTPException(404, f"no root named {root!r}")
+        return follower
+
+    async def lookup(root: str, path: str) -> dict[str, Any]:
+        follower = subscribed_root(root)
+        common.safe_relpath(path)
+        index = await asyncio.to_thread(follower.cache.index, root) or {}
+        if path not in index:
+            raise HTTPException(404, f"no dataset {path!r} in root {root!r}")
+        return index[path]
+
+    async def with_chunks(root: str, path: str, nchunks: list[int]):
+        """(entry, replica) with ``nchunks`` cached; follows a change once if one races us."""
+        follower = state["f"]
+        for attempt in range(3):
+            entry = await lookup(root, path)
+            try:
+                return entry, await follower.ensure_chunks(root, path, entry, nchunks)
+            except Stale:
+                # The source changed under us: learn its new version, then try again.
+                with contextlib.suppress(Gone, Unavailable):
+                    new = await follower.fetch_entry(root, path)
+                    await asyncio.to_thread(follower.cache.update, root, {path: new}, [])
+                    if new["meta"] != entry["meta"]:
+                        raise HTTPException(409, f"{root}/{path} changed shape while being "
+                                                 "read; read it again") from None
+            except Gone:
+                await asyncio.to_thread(follower.cache.update, root, {}, [path])
+                raise HTTPException(404, f"dataset {root}/{path} no longer exists") from None
+            except Unavailable as e:
+                raise HTTPException(504 if e.timeout else 503, str(e)) from None
+        raise HTTPException(503, f"{root}/{path} keeps changing at its source; try later")
+
+    # -- roots ------------------------------------------------------------------------
+    @app.get("/api/roots")
+    async def get_roots() -> dict[str, dict[str, Any]]:
+        follower = state["f"]
+        with contextlib.suppress(httpx.HTTPError):
+            await follower.refresh_roots()
+        return {name: {"name": name, "http": info.http, "subscribed": name in follower.subscribed}
+                for name, info in sorted(follower.roots.items())}
+
+    @app.post("/api/subscribe/{root}")
+    async def subscribe(root: str) -> str:
+        follower = state["f"]
+        try:
+            paths.check_root_name(root)
+            await follower.subscribe(root)
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        except KeyError:
+            raise HTTPException(404, f"no root named {root!r}") from None
+        except Unavailable as e:
+            raise HTTPException(503, str(e)) from None
+        return "Ok"
+
+    @app.get("/api/list/{root}")
+    async def get_list(root: str) -> list[str]:
+        follower = subscribed_root(root)
+        return sorted(await asyncio.to_thread(follower.cache.index, root) or {})
+
+    @app.get("/api/url/{root}")
+    async def get_root_url(root: str) -> list[str]:
+        follower = state["f"]
+        if root not in follower.roots:
+            raise HTTPException(404, f"no root named {root!r}")
+        return [f"http://{follower.roots[root].http}"]
+
+    @app.get("/api/url/{root}/{path:path}")
+    async def get_dataset_url(root: str, path: str) -> list[str]:
+        await lookup(root, path)
+        return [f"http://{state['f'].publisher(root)}/api/download/{path}"]
+
+    @app.get("/api/info/{root}/{path:path}")
+    async def get_info(root: str, path: str) -> dict[str, Any]:
+        entry = await lookup(root, path)
+        return user_info(DatasetEntry.model_validate(entry).meta)
+
+    # -- data -------------------------------------------------------------------------
+    @app.get("/api/fetch/{root}/{path:path}")
+    async def fetch(root: str, path: str, slice_: str | None = None,
+                    prefer_schunk: bool = True, chunks: bool = False) -> Response:
+        entry = await lookup(root, path)
+        meta = entry["meta"]
+        try:
+            key = slicing.parse_slice(slice_)
+            if meta["kind"] == "ndarray":
+                shape = tuple(meta["shape"])
+                plan = slicing.plan(key, shape)
+                nchunks = b2.chunks_in_region(shape, meta["chunks"], plan.region)
+            else:
+                sc = meta["schunk"]
+                plan = slicing.plan_bytes(key, sc["nbytes"] // sc["typesize"])
+                r = plan.region[0]
+                nchunks = list(range(r.start // sc["chunkshape"], -(-r.stop // sc["chunkshape"]))) \
+                    if r.stop > r.start else []
+        except slicing.SelectionError as e:
+            raise HTTPException(400, str(e)) from None
+        entry, replica = await with_chunks(root, path, nchunks)
+        if chunks and meta["kind"] == "ndarray":
+            return StreamingResponse(stream_chunks(replica, nchunks),
+                                     media_type="application/x-caterva2-chunks")
+        if meta["kind"] == "ndarray":
+            def answer() -> bytes:
+                data = replica.read_array(plan.region)
+                return encode_array(np.asarray(data)[plan.within])
+        else:
+            def answer() -> bytes:
+                r = plan.region[0]
+                data = replica.read_items(r.start, r.stop)
+                typesize = meta["schunk"]["typesize"]
+                items = np.frombuffer(data, dtype=f"V{typesize}")[plan.within]
+                return blosc2.compress2(np.ascontiguousarray(items).tobytes(), typesize=1)
+        try:
+            return Response(await asyncio.to_thread(answer),
+                            media_type="application/octet-stream")
+        except RuntimeError as e:  # a damaged replica: drop it, the next read rebuilds it
+            await asyncio.to_thread(state["f"].cache.discard, root, path, entry)
+            raise HTTPException(503, f"cached copy of {root}/{path} was damaged ({e}); "
+                                     "it has been dropped, read again") from None
+
+    async def stream_chunks(replica, nchunks: list[int]):
+        for i in range(0, len(nchunks), STREAM_BATCH):
+            batch = nchunks[i:i + STREAM_BATCH]
+            yield await asyncio.to_thread(
+                lambda: b"".join(b2.pack_record(n, replica.read_chunk(n)) for n in batch))
+
+    async def complete_file(root: str, path: str) -> pathlib.Path:
+        entry = await lookup(root, path)
+        nchunks = list(range(entry["meta"]["schunk"]["nchunks"]))
+        entry, replica = await with_chunks(root, path, nchunks)
+        return await asyncio.to_thread(replica.complete_file)
+
+    def files_path(root: str, path: str, meta: dict[str, Any]) -> str:
+        return f"{root}/{path}.b2" if meta["kind"] == "file" else f"{root}/{path}"
+
+    @app.get("/api/download/{root}/{path:path}")
+    async def download(root: str, path: str) -> str:
+        entry = await lookup(root, path)
+        await complete_file(root, path)
+        return f"{base_url}/files/{files_path(root, path, entry['meta'])}"
+
+    @app.get("/files/{root}/{path:path}")
+    async def files(root: str, path: str) -> FileResponse:
+        index = {}
+        with contextlib.suppress(HTTPException):
+            subscribed_root(root)
+            index = await asyncio.to_thread(state["f"].cache.index, root) or {}
+        if path.endswith(".b2") and index.get(path[:-3], {}).get("meta", {}).get("kind") == "file":
+            path = path[:-3]
+        elif index.get(path, {}).get("meta", {}).get("kind") == "file":
+            raise HTTPException(404, f"ordinary files are served as {root}/{path}.b2")
+        complete = await complete_file(root, path)
+        name = pathlib.PurePosixPath(files_path(root, path, index[path]["meta"])).name
+        return FileResponse(complete, filename=name, media_type="application/octet-stream")
+
+    # -- a page for browsers ----------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse)
+    async def home() -> str:
+        follower = state["f"]
+        rows = []
+        for name in sorted(follower.roots):
+            if name in follower.subscribed:
+                index = await asyncio.to_thread(follower.cache.index, name) or {}
+                items = "".join(
+                    f'<li><a href="/api/info/{html.escape(name)}/{html.escape(p)}">'
+                    f"{html.escape(name)}/{html.escape(p)}</a></li>" for p in sorted(index))
+                rows.append(f"<h2>{html.escape(name)} (subscribed)</h2><ul>{items}</ul>")
+            else:
+                rows.append(f"<h2>{html.escape(name)}</h2><p>not subscribed: "
+                            f"<code>cat2cli subscribe {html.escape(name)}</code></p>")
+        body = "".join(rows) or "<p>No roots yet: start a publisher.</p>"
+        return (f"<!doctype html><title>Caterva2 subscriber</title><h1>Caterva2 subscriber</h1>"
+                f"{body}<p><a href='/docs'>REST API</a></p>")
+
+    return app
+
+
+def main() -> None:
+    def add_arguments(parser) -> None:
+        parser.add_argument("--url", help="base of the URLs handed out (when behind a proxy)")
+
+    def make_app(settings: dict[str, Any]) -> FastAPI:
+        return build_app(settings["broker"], settings["statedir"], settings["address"],
+                         settings.get("url"))
+
+    common.run_service("subscriber", "Caterva2 subscriber: follows roots and serves clients.",
+                       {"http": config.SUBSCRIBER_DEFAULT, "statedir": "_caterva2/sub",
+                        "broker": config.BROKER_DEFAULT}, make_app, add_arguments)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,280 @@
+"""How a subscriber keeps up with the broker and publishers, and moves chunks.
+
+:class:`Follower` holds the subscriber's view of the world (known roots, subscriptions,
+the cache) and does all network work: it listens to the broker's events, re-synchronises
+roots after any gap, and fetches missing chunks from publishers, never the same chunk
+twice at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import pathlib
+import urllib.parse
+from typing import Any
+
+import httpx
+import websockets
+from pydantic import TypeAdapter, ValidationError
+
+from caterva2 import b2
+from caterva2.models import ChangeEvent, DatasetEntry, Event, RootEvent, RootIndex, RootInfo
+from caterva2.services import common
+from caterva2.services.cache import Cache, Replica
+
+log = logging.getLogger("caterva2.subscriber")
+PARALLEL_STREAMS = 4  # chunk requests in flight per fetch
+MIN_CHUNKS_PER_STREAM = 4
+
+
+class Unavailable(Exception):
+    """The data is not cached and its publisher cannot provide it now (→ 503/504)."""
+
+    def __init__(self, message: str, timeout: bool = False):
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class Gone(Exception):
+    """The dataset no longer exists at its publisher (→ 404)."""
+
+
+class Stale(Exception):
+    """The dataset changed at the publisher while we were fetching it."""
+
+
+def chunk_list(numbers: list[int]) -> str:
+    """``[0, 1, 2, 5]`` → ``"0-2,5"``: compact chunk lists for URLs."""
+    parts, start, prev = [], None, None
+    for n in numbers:
+        if start is None:
+            start = prev = n
+        elif n == prev + 1:
+            prev = n
+        else:
+            parts.append(f"{start}-{prev}" if prev > start else str(start))
+            start = prev = n
+    if start is not None:
+        parts.append(f"{start}-{prev}" if prev > start else str(start))
+    return ",".join(parts)
+
+
+class Follower:
+    """A subscriber's state and its conversations with the broker and publishers."""
+
+    def __init__(self, broker: str, statedir: pathlib.Path, client: httpx.AsyncClient):
+        self.broker, self.client = broker, client
+        self.cache = Cache(statedir / "cache")
+        self.subs_file = statedir / "subscriptions.json"
+        self.subscribed: dict[str, RootInfo] = {
+            name: RootInfo(**info) for name, info in common.read_json(self.subs_file, {}).items()}
+        self.roots: dict[str, RootInfo] = dict(self.subscribed)
+        self.inflight: dict[tuple, asyncio.Future] = {}
+        self.connected = asyncio.Event()
+
+    # -- broker -----------------------------------------------------------------------
+    async def refresh_roots(self) -> None:
+        """Ask the broker for every root (raises httpx.HTTPError if it is down)."""
+        r = await self.client.get(f"http://{self.broker}/api/roots")
+        r.raise_for_status()
+        for name, info in r.json().items():
+            self.roots[name] = RootInfo(**info)
+            if name in self.subscribed and self.subscribed[name] != self.roots[name]:
+                self.subscribed[name] = self.roots[name]
+                await self._save_subscriptions()
+
+    async def follow_broker(self) -> None:
+        """Listen to the broker's events forever, reconnecting with backoff.
+
+        After every (re)connection, roots and subscribed roots are re-synchronised, so
+        whatever happened while we were not listening is caught up.
+        """
+        delay = 0.1
+        url = f"ws://{self.broker}/api/events"
+        events = TypeAdapter(Event)
+        while True:
+            try:
+                async with websockets.connect(url, open_timeout=5, max_size=None) as ws:
+                    await self.refresh_roots()
+                    for name in list(self.subscribed):
+                        await self.resync(name, quiet=True)
+                    self.connected.set()
+                    delay = 0.1
+                    async for message in ws:
+                        try:
+                            await self.handle(events.validate_json(message))
+                        except ValidationError as e:
+                            log.warning("ignoring malformed event: %s", e)
+            except (OSError, websockets.WebSocketException, httpx.HTTPError,
+                    asyncio.TimeoutError) as e:
+                log.warning("broker %s: %s; reconnecting in %.1fs", self.broker, e, delay)
+            self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5)
+
+    async def handle(self, event: RootEvent | ChangeEvent) -> None:
+        if isinstance(event, RootEvent):
+            info = event.root
+            moved = self.roots.get(info.name) != info
+            self.roots[info.name] = info
+            if info.name in self.subscribed:
+                if moved:
+                    self.subscribed[info.name] = info
+                    await self._save_subscriptions()
+                await self.resync(info.name, quiet=True)  # its publisher (re)started
+            return
+        if event.root not in self.subscribed:
+            return
+        index = await asyncio.to_thread(self.cache.index, event.root) or {}
+        wanted = [p for p, v in event.changed.items()
+                  if index.get(p, {}).get("version") != v]
+        entries = await asyncio.gather(*(self._entry_or_none(event.root, p) for p in wanted))
+        changed = {p: e for p, e in zip(wanted, entries) if e is not None}
+        deleted = list(event.deleted) + [p for p, e in zip(wanted, entries) if e is None]
+        await asyncio.to_thread(self.cache.update, event.root, changed, deleted)
+
+    # -- roots ------------------------------------------------------------------------
+    def publisher(self, root: str) -> str:
+        info = self.subscribed.get(root) or self.roots.get(root)
+        return info.http
+
+    async def subscribe(self, root: str) -> None:
+        """Follow ``root``: fetch its index (metadata only, no data)."""
+        if root not in self.roots:
+            with contextlib.suppress(httpx.HTTPError):
+                await self.refresh_roots()
+        if root not in self.roots:
+            raise KeyError(root)
+        if root not in self.subscribed or await asyncio.to_thread(self.cache.index, root) is None:
+            await self.resync(root)
+        if root not in self.subscribed:
+            self.subscribed[root] = self.roots[root]
+            await self._save_subscriptions()
+
+    async def resync(self, root: str, quiet: bool = False) -> None:
+        """Bring a root's index up to date with its publisher."""
+        url = f"http://{self.roots[root].http}/api/index"
+        try:
+            r = await self.client.get(url)
+            r.raise_for_status()
+            index = await asyncio.to_thread(
+                lambda: RootIndex.model_validate_json(r.content).model_dump()["datasets"])
+        except (httpx.HTTPError, ValidationError) as e:
+            if quiet:
+                log.warning("cannot resync %s from %s: %s", root, url, e)
+                return
+            raise Unavailable(f"publisher of root {root!r} at {self.roots[root].http} "
+                              f"is unreachable: {type(e).__name__}") from None
+        await asyncio.to_thread(self.cache.set_index, root, index)
+
+    async def _save_subscriptions(self) -> None:
+        data = {n: i.model_dump() for n, i in self.subscribed.items()}
+        await asyncio.to_thread(common.atomic_write, self.subs_file, json.dumps(data))
+
+    async def _entry_or_none(self, root: str, path: str) -> dict[str, Any] | None:
+        """A dataset's current entry at its publisher, or None if it is gone or unreadable."""
+        try:
+            return await self.fetch_entry(root, path)
+        except (Gone, Unavailable):
+            return None
+
+    async def fetch_entry(self, root: str, path: str) -> dict[str, Any]:
+        url = f"http://{self.publisher(root)}/api/info/{urllib.parse.quote(path)}"
+        try:
+            r = await self.client.get(url)
+        except httpx.HTTPError as e:
+            raise Unavailable(f"publisher of {root!r} unreachable: {type(e).__name__}") from None
+        if r.status_code == 404:
+            raise Gone(path)
+        if r.status_code != 200:
+            raise Unavailable(f"publisher of {root!r} answered {r.status_code} for {path}")
+        return DatasetEntry.model_validate_json(r.content).model_dump()
+
+    # -- chunks -----------------------------------------------------------------------
+    async def ensure_chunks(self, root: str, path: str, entry: dict[str, Any],
+                            nchunks: list[int]) -> Replica:
+        """The replica of ``entry``'s version, holding at least ``nchunks``.
+
+        Raises Unavailable, Gone or Stale.
+        """
+        replica = await asyncio.to_thread(self.cache.replica, root, path, entry)
+        missing = await asyncio.to_thread(replica.missing, nchunks)
+        if not missing:
+            return replica
+        loop = asyncio.get_running_loop()
+        own, waits = [], []
+        for n in missing:
+            key = (root, path, entry["version"], n)
+            if key in self.inflight:
+                waits.append(self.inflight[key])
+            else:
+                self.inflight[key] = loop.create_future()
+                own.append(n)
+        if own:
+            size = max(MIN_CHUNKS_PER_STREAM, -(-len(own) // PARALLEL_STREAMS))
+            groups = [own[i:i + size] for i in range(0, len(own), size)]
+            results = await asyncio.gather(
+                *(self._download(root, path, entry, replica, g) for g in groups),
+                return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        for future in waits:
+            await asyncio.shield(future)
+        return replica
+
+    async def _download(self, root: str, path: str, entry: dict[str, Any], replica: Replica,
+                        group: list[int]) -> None:
+        """Stream ``group`` of chunks from the publisher into the replica."""
+        version = entry["version"]
+        pending = {n: self.inflight[(root, path, version, n)] for n in group}
+        pub = self.publisher(root)
+        url = f"http://{pub}/api/chunks/{urllib.parse.quote(path)}"
+        try:
+            async with self.client.stream("GET", url, params={
+                    "nchunks": chunk_list(group), "version": version}) as r:
+                if r.status_code == 412:
+                    raise Stale(path)
+                if r.status_code == 404:
+                    raise Gone(path)
+                if r.status_code != 200:
+                    await r.aread()
+                    raise Unavailable(f"publisher of {root!r} answered {r.status_code}: "
+                                      f"{r.text[:200]}")
+                reader = b2.RecordReader()
+                async for data in r.aiter_raw():
+                    for n, chunk in reader.feed(data):
+                        if n not in pending:
+                            raise Unavailable(f"publisher sent chunk {n}, not asked for")
+                        await asyncio.to_thread(replica.store, n, chunk)
+                        self._settle(root, path, version, n, pending.pop(n))
+                reader.close()
+            if pending:
+                raise Stale(path)  # the publisher cut the stream: the file changed
+        except httpx.TimeoutException:
+            error: Exception = Unavailable(f"publisher of {root!r} at {pub} timed out",
+                                           timeout=True)
+            self._fail(root, path, version, pending, error)
+            raise error from None
+        except httpx.HTTPError as e:
+            error = Unavailable(f"publisher of {root!r} at {pub} is unreachable "
+                                f"({type(e).__name__}) and the data is not cached")
+            self._fail(root, path, version, pending, error)
+            raise error from None
+        except BaseException as e:
+            self._fail(root, path, version, pending, e)
+            raise
+
+    def _settle(self, root, path, version, n, future) -> None:
+        self.inflight.pop((root, path, version, n), None)
+        if not future.done():
+            future.set_result(None)
+
+    def _fail(self, root, path, version, pending, error) -> None:
+        for n, future in pending.items():
+            self.inflight.pop((root, path, version, n), None)
+            if not future.done():
+                future.set_exception(error)
+                future.add_done_callback(lambda f: f.exception())  # retrieved: no warning
