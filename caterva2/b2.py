@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterator
 from typing import Any
 
 import blosc2
@@ -225,8 +224,10 @@ class RecordReader:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> Iterator[tuple[int, bytes]]:
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        """Take the next piece of the stream; returns the records it completed."""
         self._buf += data
+        records = []
         while len(self._buf) >= _RECORD.size:
             nchunk, length = _RECORD.unpack_from(self._buf)
             end = _RECORD.size + length
@@ -234,7 +235,8 @@ class RecordReader:
                 break
             chunk = bytes(self._buf[_RECORD.size:end])
             del self._buf[:end]
-            yield nchunk, chunk
+            records.append((nchunk, chunk))
+        return records
 
     def close(self) -> None:
         if self._buf:

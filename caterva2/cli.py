@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 
@@ -111,14 +110,9 @@ def cmd_show(args) -> None:
 
 def cmd_download(args) -> None:
     root, path = paths.split_dataset(args.dataset)
-    if args.output_dir:
-        os.makedirs(args.output_dir, exist_ok=True)
-        os.chdir(args.output_dir)
     obj = (cat2.Dataset if path.endswith((".b2nd", ".b2frame")) else cat2.File)(
         path, root=root, host=args.host)
-    saved = obj.download()
-    if args.output_dir:
-        saved = os.path.join(args.output_dir, saved)
+    saved = obj.download(args.output_dir)
     print(json.dumps({"path": str(saved)}) if args.json else f"Dataset saved to {saved}")
 
 

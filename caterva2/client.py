@@ -108,7 +108,7 @@ def get_info(dataset: str, host: str = sub_host_default) -> dict[str, Any]:
 def _decode(content: bytes, is_array: bool):
     if is_array:
         array = blosc2.ndarray_from_cframe(content)
-        return array[()] if array.ndim == 0 else array[:]
+        return np.asarray(array[()])[()] if array.ndim == 0 else array[:]
     return blosc2.decompress2(content)
 
 
@@ -255,10 +255,11 @@ class File:
         suffix = "" if self.name.endswith((".b2nd", ".b2frame")) else ".b2"
         return _url(self.host, f"files/{self.path.as_posix()}{suffix}")
 
-    def download(self) -> pathlib.Path:
-        """Save the complete dataset at ``./ROOT/PATH`` and return that path."""
+    def download(self, directory: str | os.PathLike | None = None) -> pathlib.Path:
+        """Save the complete dataset at ``ROOT/PATH`` under ``directory`` (default: the
+        current one) and return that path."""
         url = _get(self.host, f"api/download/{self._dataset}")
-        return _download_url(url, self.path)
+        return _download_url(url, pathlib.Path(directory or "") / self.path)
 
 
 class Dataset(File):

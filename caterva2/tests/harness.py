@@ -39,9 +39,9 @@ class Service:
         address_file = self.statedir / "address"
         address_file.unlink(missing_ok=True)
         self.statedir.mkdir(parents=True, exist_ok=True)
-        log = open(self.statedir / "service.log", "ab")
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=self.cwd,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with open(self.statedir / "service.log", "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=self.cwd,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,0 +1,87 @@
+"""Unit tests: selection parsing and planning, chunk geometry, chunk assembly."""
+import blosc2
+import numpy as np
+import pytest
+
+from caterva2 import b2, slicing
+
+
+@pytest.mark.parametrize("text, key", [
+    (None, ()), ("", ()), ("[]", ()), ("3", (3,)), ("-1", (-1,)), (":12", (slice(None, 12),)),
+    ("[1,2,3]", (1, 2, 3)), (" 0:10 , 5 ", (slice(0, 10), 5)), ("::2", (slice(None, None, 2),)),
+    ("1:9:-2", (slice(1, 9, -2),)),
+])
+def test_parse_slice(text, key):
+    assert slicing.parse_slice(text) == key
+
+
+@pytest.mark.parametrize("text", ["a", "1:2:3:4", "1;2", "1.5", "(1,2)", "..."])
+def test_parse_slice_rejects_malformed_text(text):
+    with pytest.raises(slicing.SelectionError, match="malformed"):
+        slicing.parse_slice(text)
+
+
+@pytest.mark.parametrize("key", [3, slice(1, 5), (1, slice(None, None, 3)), slice(None, -2, -4),
+                                 (slice(None),)])
+def test_format_slice_round_trips(key):
+    normal = key if isinstance(key, tuple) else (key,)
+    assert slicing.parse_slice(slicing.format_slice(key)) == normal
+
+
+SHAPE = (7, 11)
+KEYS = [(), (3,), (-1, 2), (slice(2, 5),), (slice(None, None, 3), slice(1, 10, 4)),
+        (slice(None, None, -2),), (slice(6, 1, -3), slice(None, None, -1)),
+        (slice(5, 2),), (slice(20, 30), 0), (slice(-3, None), -11)]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_plan_selects_like_numpy(key):
+    a = np.arange(77).reshape(SHAPE)
+    plan = slicing.plan(key, SHAPE)
+    got = a[plan.region][plan.within]
+    np.testing.assert_array_equal(got, a[key])
+    assert got.shape == plan.result_shape
+
+
+@pytest.mark.parametrize("key, message", [
+    ((7,), "out of range"), ((0, -12), "out of range"), ((1, 2, 3), "too many indices"),
+    ((slice(None, None, 0),), "step cannot be zero")])
+def test_plan_rejects_selections_that_do_not_fit(key, message):
+    with pytest.raises(slicing.SelectionError, match=message):
+        slicing.plan(key, SHAPE)
+
+
+def test_chunks_in_region_lists_exactly_the_touched_chunks():
+    shape, chunks = (10, 20), (5, 5)  # a 2 x 4 grid of chunks
+    assert b2.chunks_in_region(shape, chunks, (slice(0, 10), slice(0, 20))) == list(range(8))
+    assert b2.chunks_in_region(shape, chunks, (slice(4, 6), slice(9, 11))) == [1, 2, 5, 6]
+    assert b2.chunks_in_region(shape, chunks, (slice(3, 3), slice(0, 20))) == []
+    assert b2.chunks_in_region((), (), ()) == [0]
+
+
+@pytest.mark.parametrize("shape, chunks, blocks, dtype", [
+    ((10, 20), (5, 5), (2, 3), "uint16"),
+    ((3, 4, 5), (2, 3, 4), (2, 2, 2), "float32"),
+    ((1000,), (100,), (10,), "S6"),
+    ((13, 7), (4, 7), (3, 2), "complex128"),
+])
+def test_chunk_assembler_rebuilds_any_region_from_stored_chunks(shape, chunks, blocks, dtype):
+    rng = np.random.default_rng(1)
+    a = (rng.integers(0, 100, size=shape)).astype(dtype)
+    arr = blosc2.asarray(a, chunks=chunks, blocks=blocks)
+    region = tuple(slice(1, max(2, s - 1)) for s in shape)
+    asm = b2.ChunkAssembler(shape, chunks, blocks, np.dtype(dtype), region)
+    for n in b2.chunks_in_region(shape, chunks, region):
+        asm.add(n, arr.schunk.get_chunk(n))
+    np.testing.assert_array_equal(asm.out, a[region])
+
+
+def test_record_reader_splits_a_stream_cut_anywhere():
+    data = b2.pack_record(3, b"abc") + b2.pack_record(9, b"") + b2.pack_record(4, b"x" * 100)
+    reader = b2.RecordReader()
+    got = [rec for i in range(0, len(data), 7) for rec in reader.feed(data[i:i + 7])]
+    reader.close()
+    assert got == [(3, b"abc"), (9, b""), (4, b"x" * 100)]
+    reader.feed(b"\x01\x02")
+    with pytest.raises(ValueError, match="cut short"):
+        reader.close()

@@ -1,0 +1,202 @@
+"""``cat2import FILE.h5 ROOTDIR``: turn an HDF5 file into a Caterva2 root directory."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import pathlib
+import shutil
+import sys
+from typing import Any
+
+import blosc2
+import numpy as np
+
+try:
+    import h5py
+
+    from caterva2.hdf5 import (GROUP_ATTRS, KIND_ATTR, NULL_KIND, ConversionError, Report,
+                               Unsupported, Warn, check_hdf5, copy_chunk, dataset_layout,
+                               new_array, partial_path, read_attrs, walk)
+except ImportError as e:  # reported by main(), in one line
+    MISSING = e
+else:
+    MISSING = None
+
+GROUP_ATTRS = globals().get("GROUP_ATTRS", "__attrs__.b2frame")
+KIND_ATTR, NULL_KIND = globals().get("KIND_ATTR", "caterva2_kind"), "hdf5-null"
+DESCRIPTION = f"""\
+Convert the HDF5 file FILE.h5 into a new Caterva2 root directory ROOTDIR, which
+cat2pub can then publish.
+
+  - Groups become directories.  Group attributes are kept as the user attributes
+    (vlmeta) of an empty SChunk named {GROUP_ATTRS} in that directory.
+  - Each dataset NAME becomes the Blosc2 array NAME.b2nd with the same shape, dtype and
+    chunk shape (a contiguous dataset gets a chunk shape chosen by Blosc2).  Its
+    attributes become user attributes: numbers, strings, arrays (as lists), compound
+    values (as dicts) and empty values (as None).
+  - Chunks stored with the Blosc2 HDF5 filter (hdf5plugin.Blosc2) are copied as they
+    are, without recompressing; other chunks are decompressed by HDF5 and compressed
+    with --codec/--clevel.
+  - Scalar and empty datasets, fixed-length strings, compound types and all numeric types
+    are converted.  A dataset with no dataspace (h5py.Empty) becomes an empty 1-D array
+    with the user attribute {KIND_ATTR}="{NULL_KIND}".  1-D uint8 datasets written by
+    cat2export with {KIND_ATTR}="b2frame" or "file" become .b2frame SChunks and
+    ordinary files again.
+  - What cannot be converted is skipped with one warning line each and listed at the
+    end: object and region references, variable-length types (strings, sequences),
+    HDF5 array types, opaque types, external and soft links (the target of a soft link
+    is converted at its own path), named datatypes, unreadable datasets.
+
+The conversion works chunk by chunk, so memory stays bounded by a few chunks whatever the
+file size.  ROOTDIR is written under a hidden name and renamed when complete: it never
+exists half-written.  ROOTDIR must not exist already."""
+
+CODECS = {"zstd": blosc2.Codec.ZSTD, "lz4": blosc2.Codec.LZ4, "lz4hc": blosc2.Codec.LZ4HC,
+          "blosclz": blosc2.Codec.BLOSCLZ, "zlib": blosc2.Codec.ZLIB}
+
+
+def import_hdf5(source: str | os.PathLike, target: str | os.PathLike, warn: Warn = print,
+                cparams: dict[str, Any] | None = None) -> Report:
+    """Convert HDF5 file ``source`` into a new root directory ``target``.
+
+    Objects that cannot be converted are reported through ``warn`` (one line each) and
+    listed in the returned report.  Raises ConversionError for bad input.
+    """
+    source, target = pathlib.Path(source), pathlib.Path(target)
+    check_hdf5(source)
+    tmp = partial_path(target)
+    report = Report()
+
+    def skip(message: str) -> None:
+        report.skip(message, warn)
+
+    try:
+        tmp.mkdir()
+        with h5py.File(source, "r", locking=False) as h5:
+            _write_group_attrs(h5, tmp, "", skip)
+            for path, obj in walk(h5, skip):
+                dest = tmp / path
+                if isinstance(obj, h5py.Group):
+                    if os.path.lexists(dest):
+                        skip(f"{path}: name clashes with another converted object, skipped")
+                        continue
+                    dest.mkdir()
+                    _write_group_attrs(obj, dest, path, skip)
+                else:
+                    _import_dataset(obj, path, dest, cparams, skip, report)
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _write_group_attrs(group, dest: pathlib.Path, where: str, warn: Warn) -> None:
+    attrs = read_attrs(group, where, warn)
+    if attrs:
+        schunk = blosc2.SChunk(urlpath=str(dest / GROUP_ATTRS), mode="w", contiguous=True)
+        for key, value in attrs.items():
+            schunk.vlmeta[key] = value
+
+
+def _import_dataset(dset, path: str, dest: pathlib.Path, cparams: dict[str, Any] | None,
+                    skip: Warn, report: Report) -> None:
+    try:
+        layout = dataset_layout(dset, cparams)
+    except Unsupported as e:
+        skip(f"{path}: {e}, skipped")
+        return
+    attrs = read_attrs(dset, path, skip)
+    kind = attrs.pop(KIND_ATTR, None)
+    is_bytes = (kind in ("b2frame", "file") and len(layout.shape) == 1
+                and layout.dtype == np.uint8 and not layout.null)
+    if is_bytes:
+        if kind == "b2frame" and not dest.name.endswith(".b2frame"):
+            dest = dest.with_name(dest.name + ".b2frame")
+    else:
+        dest = dest.with_name(dest.name + ".b2nd")
+        if layout.null:
+            attrs[KIND_ATTR] = NULL_KIND
+        elif kind is not None:
+            attrs[KIND_ATTR] = kind
+    if os.path.lexists(dest):
+        skip(f"{path}: name clashes with another converted object, skipped")
+        return
+    try:
+        if is_bytes:
+            _import_bytes(dset, dest, kind, attrs)
+        else:
+            out = new_array(layout, str(dest), attrs)
+            for n in range(layout.nchunks):
+                copy_chunk(dset, layout, out, n)
+            del out
+    except OSError as e:
+        if e.errno is not None:
+            raise  # a local problem (disk full...), not the dataset's: stop
+        dest.unlink(missing_ok=True)
+        skip(f"{path}: unreadable ({e}), skipped")
+        return
+    report.datasets += 1
+    report.nbytes += math.prod(layout.shape) * layout.dtype.itemsize
+
+
+def _import_bytes(dset, dest: pathlib.Path, kind: str, attrs: dict[str, Any]) -> None:
+    """A 1-D uint8 dataset written by cat2export back into a SChunk or an ordinary file."""
+    size = dset.shape[0]
+    step = dset.chunks[0] if dset.chunks else 1 << 20
+    pieces = (dset[i:i + step].tobytes() for i in range(0, size, step))
+    if kind == "file":
+        with open(dest, "wb") as f:
+            for piece in pieces:
+                f.write(piece)
+        return
+    schunk = blosc2.SChunk(chunksize=step, urlpath=str(dest), mode="w", contiguous=True,
+                           cparams={"typesize": 1, "codec": blosc2.Codec.ZSTD, "clevel": 5})
+    for piece in pieces:
+        schunk.append_data(piece)
+    for key, value in attrs.items():
+        schunk.vlmeta[key] = value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="cat2import", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("source", metavar="FILE.h5", help="HDF5 file to convert")
+    parser.add_argument("target", metavar="ROOTDIR", help="root directory to create")
+    parser.add_argument("--codec", choices=sorted(CODECS), default="zstd",
+                        help="codec for chunks that must be compressed (default: zstd)")
+    parser.add_argument("--clevel", type=int, choices=range(10), default=1, metavar="0-9",
+                        help="compression level for those chunks (default: 1)")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="no warnings while converting (the summary still lists "
+                             "what was skipped)")
+    args = parser.parse_args(argv)
+    if MISSING is not None:
+        sys.exit(f"cat2import: error: {MISSING}; install with: pip install 'caterva2[hdf5]'")
+    cparams = {"codec": CODECS[args.codec], "clevel": args.clevel,
+               "filters": [blosc2.Filter.SHUFFLE]}
+
+    def warn(message: str) -> None:
+        if not args.quiet:
+            print(f"cat2import: warning: {message}", file=sys.stderr)
+
+    try:
+        report = import_hdf5(args.source, args.target, warn, cparams)
+    except ConversionError as e:
+        sys.exit(f"cat2import: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("cat2import: interrupted; nothing written")
+    except Exception as e:  # noqa: BLE001 - one clear line, no traceback
+        sys.exit(f"cat2import: error: {type(e).__name__}: {e}")
+    print(f"Imported {report.datasets} datasets ({report.nbytes / 1e6:.1f} MB) "
+          f"into {args.target}")
+    if report.skipped:
+        print(f"Skipped {len(report.skipped)} objects:")
+        for message in report.skipped:
+            print(f"  {message}")
+
+
+if __name__ == "__main__":
+    main()
