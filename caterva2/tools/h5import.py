@@ -23,14 +23,12 @@ except ImportError as e:  # reported by main(), in one line
 else:
     MISSING = None
 
-GROUP_ATTRS = globals().get("GROUP_ATTRS", "__attrs__.b2frame")
-KIND_ATTR, NULL_KIND = globals().get("KIND_ATTR", "caterva2_kind"), "hdf5-null"
-DESCRIPTION = f"""\
+DESCRIPTION = """\
 Convert the HDF5 file FILE.h5 into a new Caterva2 root directory ROOTDIR, which
 cat2pub can then publish.
 
   - Groups become directories.  Group attributes are kept as the user attributes
-    (vlmeta) of an empty SChunk named {GROUP_ATTRS} in that directory.
+    (vlmeta) of an empty SChunk named __attrs__.b2frame in that directory.
   - Each dataset NAME becomes the Blosc2 array NAME.b2nd with the same shape, dtype and
     chunk shape (a contiguous dataset gets a chunk shape chosen by Blosc2).  Its
     attributes become user attributes: numbers, strings, arrays (as lists), compound
@@ -40,8 +38,8 @@ cat2pub can then publish.
     with --codec/--clevel.
   - Scalar and empty datasets, fixed-length strings, compound types and all numeric types
     are converted.  A dataset with no dataspace (h5py.Empty) becomes an empty 1-D array
-    with the user attribute {KIND_ATTR}="{NULL_KIND}".  1-D uint8 datasets written by
-    cat2export with {KIND_ATTR}="b2frame" or "file" become .b2frame SChunks and
+    with the user attribute caterva2_kind="hdf5-null".  1-D uint8 datasets written by
+    cat2export with caterva2_kind="b2frame" or "file" become .b2frame SChunks and
     ordinary files again.
   - What cannot be converted is skipped with one warning line each and listed at the
     end: object and region references, variable-length types (strings, sequences),
