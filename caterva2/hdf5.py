@@ -418,6 +418,6 @@ class ChunkExporter:
                                             self.frame.to_cframe())
             return
         data = self.array[region]
-        if data.dtype.kind == "U":
-            data = np.char.encode(data, "utf-8")
+        if data.dtype.kind == "U":  # the dtype keeps h5py's UTF-8 mark
+            data = np.char.encode(data, "utf-8").astype(self.dset.dtype)
         self.dset[region] = data

@@ -133,7 +133,7 @@ def _export_array(array: blosc2.NDArray, name: str, group):
     if array.ndim == 0:
         value = array[()]
         if dtype != array.dtype:
-            value = np.char.encode(value, "utf-8")
+            value = np.char.encode(value, "utf-8").astype(dtype)
         return group.create_dataset(name, data=value, dtype=dtype)
     if array.size == 0:
         if kind == NULL_KIND:
