@@ -88,9 +88,16 @@ class Replica:
 
     # -- chunks -----------------------------------------------------------------------
     def missing(self, nchunks: list[int]) -> list[int]:
-        """Which of ``nchunks`` are not held yet."""
+        """Which of ``nchunks`` are not held yet (a damaged chunk counts as not held)."""
         with self.lock:
-            return [n for n in nchunks if b2.is_uninit_chunk(self.schunk.get_lazychunk(n))]
+            return [n for n in nchunks if not self._holds(n)]
+
+    def _holds(self, nchunk: int) -> bool:
+        try:
+            return not b2.is_uninit_chunk(self.schunk.get_lazychunk(nchunk))
+        except RuntimeError:  # unreadable (truncated by a crash, a full disk...): refetch
+            log.warning("chunk %d of %s is damaged; fetching it again", nchunk, self.file)
+            return False
 
     def store(self, nchunk: int, chunk: bytes) -> None:
         """Store a chunk exactly as received from the source."""

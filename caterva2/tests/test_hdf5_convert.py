@@ -82,7 +82,8 @@ def make_h5(path: pathlib.Path) -> pathlib.Path:
         for code in NUMERIC:
             data = (np.arange(120) % 2).astype(code) if code == "?" else \
                 np.arange(120).astype(code)
-            numeric.create_dataset(code.replace(">", "be_"), data=data.reshape(12, 10),
+            name = np.dtype(code).name + ("_be" if code.startswith(">") else "")
+            numeric.create_dataset(name, data=data.reshape(12, 10),
                                    chunks=(5, 4))
         f.create_dataset("enum", data=np.arange(3, dtype="i1"),
                          dtype=h5py.enum_dtype({"a": 0, "b": 1, "c": 2}, basetype="i1"))

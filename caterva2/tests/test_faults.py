@@ -1,0 +1,122 @@
+"""Faults caused for real: publishers killed, subscribers and brokers restarted, cache damaged."""
+import pathlib
+
+import blosc2
+import httpx
+import numpy as np
+import pytest
+
+import caterva2 as cat2
+from caterva2.tests.harness import wait_until
+
+
+@pytest.fixture
+def deployment(stack, tmp_path):
+    src = tmp_path / "data"
+    src.mkdir()
+    for name in ("cached.b2nd", "uncached.b2nd"):
+        blosc2.asarray(np.arange(1000), urlpath=str(src / name), mode="w", chunks=(100,),
+                       blocks=(10,))
+    pub = stack.publisher("data", src)
+    sub = stack.subscriber()
+    wait_until(lambda: "data" in cat2.get_roots(sub.address), what="root data")
+    root = cat2.Root("data", host=sub.address)
+    root["cached.b2nd"][:]
+    return stack, pub, sub, src
+
+
+def test_killed_publisher_cached_served_uncached_503_then_resumes(deployment):
+    stack, pub, sub, src = deployment
+    pub.stop(kill=True)
+    host = sub.address
+    np.testing.assert_array_equal(cat2.fetch("data/cached.b2nd", host, "10:20"),
+                                  np.arange(10, 20))
+    assert cat2.get_info("data/uncached.b2nd", host)["shape"] == [1000]  # metadata too
+    with pytest.raises(cat2.ServerError) as err:
+        cat2.fetch("data/uncached.b2nd", host, "0:5")
+    assert err.value.status_code in (503, 504)
+    assert "unreachable" in err.value.detail
+    pub.start()
+    wait_until(lambda: cat2.fetch("data/uncached.b2nd", host, "0:5").tolist() == [0, 1, 2, 3, 4],
+               what="service resumed after publisher restart")
+
+
+def test_publisher_announces_changes_made_while_it_was_down(deployment):
+    stack, pub, sub, src = deployment
+    pub.stop()
+    blosc2.asarray(np.arange(1000) * 2, urlpath=str(src / "cached.b2nd"), mode="w",
+                   chunks=(100,), blocks=(10,))
+    (src / "uncached.b2nd").unlink()
+    pub.start()
+    host = sub.address
+    wait_until(lambda: cat2.get_list("data", host) == ["cached.b2nd"], what="deletion seen")
+    np.testing.assert_array_equal(cat2.fetch("data/cached.b2nd", host, "0:3"), [0, 2, 4])
+
+
+def test_restarted_subscriber_keeps_subscriptions_and_cache(deployment):
+    stack, pub, sub, src = deployment
+    sub.stop()
+    pub.stop()  # only the cache can answer now
+    sub.start()
+    host = sub.address
+    assert cat2.get_roots(host)["data"]["subscribed"]
+    np.testing.assert_array_equal(cat2.fetch("data/cached.b2nd", host, "::100"),
+                                  np.arange(0, 1000, 100))
+
+
+def test_restarted_broker_notifications_resume(deployment):
+    stack, pub, sub, src = deployment
+    stack.broker.restart()
+    blosc2.asarray(np.arange(1000) + 5, urlpath=str(src / "cached.b2nd"), mode="w",
+                   chunks=(100,), blocks=(10,))
+    wait_until(lambda: cat2.fetch("data/cached.b2nd", sub.address, "0:1")[0] == 5, timeout=30,
+               what="change seen through the restarted broker")
+
+
+def test_roots_published_while_subscriber_down_appear(deployment, tmp_path):
+    stack, pub, sub, src = deployment
+    sub.stop()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "x.txt").write_text("x")
+    stack.publisher("other", other)
+    sub.start()
+    wait_until(lambda: "other" in cat2.get_roots(sub.address), what="new root")
+
+
+def test_damaged_cache_is_detected_and_rebuilt(deployment):
+    stack, pub, sub, src = deployment
+    chunk_files = sorted(pathlib.Path(sub.statedir, "cache").rglob("*.chunk"))
+    assert chunk_files, "expected cached chunk files"
+    for f in chunk_files:
+        f.write_bytes(f.read_bytes()[:20])  # truncated, as after a crash or a full disk
+    host = sub.address
+    for _ in range(3):  # damage is reported as an error (never as data) and then healed
+        try:
+            got = cat2.fetch("data/cached.b2nd", host, ":")
+            break
+        except cat2.ServerError as e:
+            assert e.status_code == 503
+    np.testing.assert_array_equal(got, np.arange(1000))
+
+
+def test_two_publishers_two_subscribers(stack, tmp_path):
+    for name in ("one", "two"):
+        d = tmp_path / name
+        d.mkdir()
+        blosc2.asarray(np.full(50, len(name) * 10 + (name == "two")), urlpath=str(d / "v.b2nd"),
+                       mode="w")
+        stack.publisher(name, d)
+    subs = [stack.subscriber("sub1"), stack.subscriber("sub2")]
+    for s in subs:
+        wait_until(lambda: {"one", "two"} <= set(cat2.get_roots(s.address)), what="both roots")
+        assert cat2.fetch("one/v.b2nd", s.address, "0") if cat2.subscribe("one", s.address) else 0
+        cat2.subscribe("two", s.address)
+        assert cat2.fetch("one/v.b2nd", s.address, "0") == 30
+        assert cat2.fetch("two/v.b2nd", s.address, "0") == 31
+    assert cat2.get_roots(subs[0].address)["one"]["subscribed"]
+
+
+def test_stopped_subscriber_gives_a_clear_error(tmp_path):
+    with pytest.raises(httpx.ConnectError):
+        cat2.get_roots("127.0.0.1:9")  # nothing listens on the discard port

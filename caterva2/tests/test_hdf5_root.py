@@ -1,0 +1,183 @@
+"""End to end: an HDF5 file published directly as a root (``cat2pub h5 FILE.h5``).
+
+Real broker, publisher and subscriber processes; data read through the client library and
+``cat2cli`` must equal h5py's reading of the same file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+h5py = pytest.importorskip("h5py")
+pytest.importorskip("hdf5plugin")
+
+import caterva2 as cat2  # noqa: E402
+from caterva2 import hdf5  # noqa: E402
+from caterva2.tests.harness import Stack, wait_until  # noqa: E402
+from caterva2.tests.test_hdf5_convert import SKIPPED, make_h5  # noqa: E402
+
+pytestmark = pytest.mark.skipif(os.environ.get("CATERVA2_USE_EXTERNAL") == "1",
+                                reason="needs its own services")
+
+# dataset -> slices to fetch (text, as a user types them)
+SLICES = {
+    "images/stack_gzip": ["0:3", "5, 10:20, ::7", "-1", ":"],
+    "blosc2/cube": ["0:12, 15:25, 20:30", "32, 40, 49", "::4, ::5, ::6"],
+    "blosc2/big_chunks": ["10:20, 100:128, 0:64"],
+    "blosc2/line": ["95:205", "::50"],
+    "contiguous": ["100:160, 30", ":"],
+    "compound": ["60:70"],
+    "sparse": ["15:35, 35:55"],
+    "strings": ["0:5"],
+    "numeric/int16": [":, 3"],
+    "numeric/complex128": ["2:4"],
+    "scalar": [""],
+    "zero_size": [""],
+}
+
+
+def h5_read(h5file, name: str, text: str):
+    with h5py.File(h5file) as f:
+        dset = f[name]
+        if not text:
+            return dset[()]
+        key = tuple(slice(*[int(x) if x else None for x in part.split(":")]) if ":" in part
+                    else int(part) for part in text.split(","))
+        return dset[key]
+
+
+def same(got, expected) -> bool:
+    got, expected = np.asarray(got), np.asarray(expected)
+    return got.shape == expected.shape and got.dtype == expected.dtype and \
+        np.array_equal(got, expected)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """The sample file published as ``h5``, subscribed: (file, subscriber host, stack)."""
+    tmp = tmp_path_factory.mktemp("h5root")
+    h5file = make_h5(tmp / "sample.h5")
+    stack = Stack(tmp / "state")
+    try:
+        stack.publisher("h5", h5file)
+        sub = stack.subscriber()
+        wait_until(lambda: "h5" in cat2.get_roots(sub.address), what="root h5 at subscriber")
+        assert cat2.subscribe("h5", sub.address) == "Ok"
+        yield h5file, sub.address, stack
+    finally:
+        stack.stop()
+
+
+def test_every_convertible_dataset_is_listed(published):
+    h5file, host, _ = published
+    expected = {hdf5.GROUP_ATTRS, f"images/{hdf5.GROUP_ATTRS}"}
+    with h5py.File(h5file) as f:
+        def add(name, obj):
+            if isinstance(obj, h5py.Dataset) and name.split("/")[-1] not in SKIPPED:
+                expected.add(f"{name}.b2nd")
+        f.visititems(add)
+    assert set(cat2.get_list("h5", host)) == expected
+
+
+def test_metadata_matches_the_file(published):
+    h5file, host, _ = published
+    with h5py.File(h5file) as f:
+        for name in ("images/stack_gzip", "blosc2/cube", "contiguous", "compound"):
+            info = cat2.get_info(f"h5/{name}.b2nd", host)
+            dset = f[name]
+            assert info["shape"] == list(dset.shape), name
+            assert info["dtype"] == str(dset.dtype), name
+            if dset.chunks:
+                assert info["chunks"] == list(dset.chunks), name
+            assert info["schunk"]["cbytes"] == dset.id.get_storage_size(), name
+        stack_info = cat2.get_info("h5/images/stack_gzip.b2nd", host)
+        assert stack_info["schunk"]["vlmeta"] == {"units": "counts", "exposure": 0.5,
+                                                  "shape_hint": [24, 64, 48]}
+    group = cat2.Root("h5", host=host)[f"images/{hdf5.GROUP_ATTRS}"]
+    assert group.vlmeta == {"instrument": "camera"}
+
+
+@pytest.mark.parametrize("name", sorted(SLICES))
+def test_library_slices_equal_h5py(published, name):
+    h5file, host, _ = published
+    dataset = cat2.Root("h5", host=host)[f"{name}.b2nd"]
+    for text in SLICES[name]:
+        expected = h5_read(h5file, name, text)
+        fetched = cat2.fetch(f"h5/{name}.b2nd", host=host, slice_=text)
+        assert same(fetched, expected), f"fetch {name}[{text}]"
+        key = () if not text else tuple(
+            slice(*[int(x) if x else None for x in part.split(":")]) if ":" in part
+            else int(part) for part in text.split(","))
+        assert same(dataset[key], expected), f"Root()[{name}][{text}]"
+
+
+def test_cli_show_equals_h5py(published):
+    h5file, host, _ = published
+    for name, text in [("blosc2/cube", "0:2, 3, ::10"), ("images/stack_gzip", "2, 0:3, 0:4"),
+                       ("contiguous", "5:8, 0:4")]:
+        expected = h5_read(h5file, name, text)
+        cmd = [sys.executable, "-m", "caterva2.cli", "--host", host, "show",
+               f"h5/{name}.b2nd[{text}]"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == str(expected), name
+        r = subprocess.run(cmd + ["--json"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == expected.tolist(), name
+
+
+def test_chunks_are_converted_once_and_cached_at_the_publisher(published):
+    h5file, host, stack = published
+    cat2.fetch("h5/images/stack_gzip.b2nd", host=host, slice_="0:2")
+    publisher = next(s for s in stack.services if s.kind == "publisher")
+    cached = list((publisher.statedir / "hdf5-cache").rglob("stack_gzip.b2nd"))
+    assert len(cached) == 1, "no cache array for a converted dataset"
+
+
+def write_small(path, value: int, extra: bool = False) -> None:
+    with h5py.File(path, "a" if extra else "w") as f:
+        if extra:
+            f.create_dataset("added", data=np.full(7, value, dtype="i2"))
+        else:
+            f.create_dataset("data", data=np.arange(100, dtype="i4") + value, chunks=(10,))
+
+
+def test_changes_to_the_file_are_announced(tmp_path):
+    h5file = tmp_path / "live.h5"
+    write_small(h5file, 0)
+    stack = Stack(tmp_path / "state")
+    try:
+        stack.publisher("live", h5file)
+        sub = stack.subscriber()
+        host = sub.address
+        wait_until(lambda: "live" in cat2.get_roots(host), what="root live at subscriber")
+        cat2.subscribe("live", host)
+        assert same(cat2.fetch("live/data.b2nd", host=host), np.arange(100, dtype="i4"))
+        write_small(h5file, 1000)  # rewritten in place
+        wait_until(lambda: cat2.fetch("live/data.b2nd", host=host, slice_="0:1")[0] == 1000,
+                   what="rewritten data at the subscriber")
+        assert same(cat2.fetch("live/data.b2nd", host=host), np.arange(100, dtype="i4") + 1000)
+        write_small(h5file, 5, extra=True)  # appended
+        wait_until(lambda: "added.b2nd" in cat2.get_list("live", host),
+                   what="appended dataset listed")
+        assert same(cat2.fetch("live/added.b2nd", host=host), np.full(7, 5, dtype="i2"))
+        h5file.unlink()
+        wait_until(lambda: cat2.get_list("live", host) == [], what="datasets of a removed file")
+    finally:
+        stack.stop()
+
+
+def test_publishing_a_file_that_is_not_hdf5_fails_clearly(tmp_path):
+    bogus = tmp_path / "bogus.h5"
+    bogus.write_text("not HDF5")
+    r = subprocess.run([sys.executable, "-m", "caterva2.services.publisher", "--statedir",
+                        str(tmp_path / "pub"), "--http", "127.0.0.1:0", "bogus", str(bogus)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not an HDF5 file" in lines[0], r.stderr
