@@ -41,14 +41,17 @@ SLICES = {
 }
 
 
+def parse_key(text: str) -> tuple:
+    """``"5, 10:20, ::7"`` → ``(5, slice(10, 20), slice(None, None, 7))`` (test's own parser)."""
+    if not text.strip():
+        return ()
+    return tuple(slice(*[int(x) if x.strip() else None for x in part.split(":")])
+                 if ":" in part else int(part) for part in text.split(","))
+
+
 def h5_read(h5file, name: str, text: str):
     with h5py.File(h5file) as f:
-        dset = f[name]
-        if not text:
-            return dset[()]
-        key = tuple(slice(*[int(x) if x else None for x in part.split(":")]) if ":" in part
-                    else int(part) for part in text.split(","))
-        return dset[key]
+        return f[name][parse_key(text)]
 
 
 def same(got, expected) -> bool:
@@ -110,10 +113,7 @@ def test_library_slices_equal_h5py(published, name):
         expected = h5_read(h5file, name, text)
         fetched = cat2.fetch(f"h5/{name}.b2nd", host=host, slice_=text)
         assert same(fetched, expected), f"fetch {name}[{text}]"
-        key = () if not text else tuple(
-            slice(*[int(x) if x else None for x in part.split(":")]) if ":" in part
-            else int(part) for part in text.split(","))
-        assert same(dataset[key], expected), f"Root()[{name}][{text}]"
+        assert same(dataset[parse_key(text)], expected), f"Root()[{name}][{text}]"
 
 
 def test_cli_show_equals_h5py(published):

@@ -1,0 +1,82 @@
+"""Bad input gets a clear error (JSON detail, 4xx), never a 500 nor a traceback."""
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+import caterva2 as cat2
+
+
+@pytest.mark.parametrize("url, status, words", [
+    ("/api/fetch/foo/ds-1d.b2nd?slice_=1:2:3:4", 400, "malformed"),
+    ("/api/fetch/foo/ds-1d.b2nd?slice_=abc", 400, "malformed"),
+    ("/api/fetch/foo/ds-1d.b2nd?slice_=5000", 400, "out of range"),
+    ("/api/fetch/foo/ds-1d.b2nd?slice_=1,2", 400, "too many indices"),
+    ("/api/fetch/foo/ds-1d.b2nd?slice_=::0", 400, "zero"),
+    ("/api/fetch/foo/dir1/ds-2d.b2nd?slice_=0,99", 400, "out of range"),
+    ("/api/fetch/foo/nope.b2nd", 404, "no dataset"),
+    ("/api/info/foo/nope.b2nd", 404, "no dataset"),
+    ("/api/fetch/nope/ds-1d.b2nd", 404, "no root"),
+    ("/api/list/nope", 404, "no root"),
+    ("/api/url/nope", 404, "no root"),
+    ("/api/fetch/foo/%2e%2e/%2e%2e/etc/passwd", 400, "'..'"),
+    ("/api/info/foo/dir1/%2e%2e/dir1/ds-2d.b2nd", 400, "'..'"),
+    ("/api/fetch/foo//etc/passwd", 400, "must be relative"),
+    ("/api/download/foo/%2e%2e/x", 400, "'..'"),
+    ("/files/foo/%2e%2e/%2e%2e/x", 400, "'..'"),
+    ("/files/foo/README.md", 404, ".b2"),
+    ("/api/fetch/foo/ds-1d.b2nd?chunks=maybe", 400, "chunks"),
+])
+def test_subscriber_rejects_bad_requests_clearly(sub_host, url, status, words):
+    r = httpx.get(f"http://{sub_host}{url}")
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+
+
+def test_subscribe_to_unknown_root_is_404(sub_host):
+    r = httpx.post(f"http://{sub_host}/api/subscribe/nope")
+    assert r.status_code == 404 and "no root" in r.json()["detail"]
+
+
+def test_publisher_never_serves_outside_its_root(services):
+    stack = services["stack"]
+    if stack is None:
+        pytest.skip("needs the managed publisher")
+    pub = next(s for s in stack.services if s.kind == "publisher")
+    for path in ("%2e%2e/%2e%2e/etc/passwd", "..%2fsecret", "%2fetc%2fpasswd", ".hidden"):
+        for endpoint in ("info", "download", "chunks"):
+            r = httpx.get(f"http://{pub.address}/api/{endpoint}/{path}?nchunks=0")
+            assert r.status_code in (400, 404), (endpoint, path, r.status_code)
+
+
+def test_library_errors_carry_the_explanation(sub_host):
+    with pytest.raises(cat2.ServerError, match="out of range") as err:
+        cat2.fetch("foo/ds-1d.b2nd", sub_host, "2000")
+    assert err.value.status_code == 400
+    with pytest.raises(ValueError, match="ROOT/PATH"):
+        cat2.Root("foo", host=sub_host)[""]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["show", "foo/ds-1d.b2nd[1:2:3:4]"], "malformed selection"),
+    (["show", "foo/nope.b2nd"], "no dataset 'nope.b2nd'"),
+    (["list", "nope"], "no root named 'nope'"),
+    (["subscribe", "nope"], "no root named 'nope'"),
+    (["info", "foo"], "is not ROOT/PATH"),
+    (["show", "foo/../secret.b2nd"], "no '..'"),
+])
+def test_cli_errors_are_one_line_and_nonzero(sub_host, args, message):
+    done = subprocess.run([sys.executable, "-m", "caterva2.cli", "--host", sub_host, *args],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("cat2cli: error: ") and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_cli_with_no_subscriber_running():
+    done = subprocess.run([sys.executable, "-m", "caterva2.cli", "--host", "127.0.0.1:9",
+                           "roots"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("cat2cli: error: cannot reach the subscriber at "
+                                   "127.0.0.1:9 (is cat2sub running?)")
