@@ -181,3 +181,31 @@ def test_publishing_a_file_that_is_not_hdf5_fails_clearly(tmp_path):
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "not an HDF5 file" in lines[0], r.stderr
+
+
+def test_root_versions_cache_and_unclean_shutdown(tmp_path):
+    """In process: version checks, chunks cached per version, cache dropped after a crash."""
+    from caterva2.roots import VersionMismatch
+    from caterva2.roots.hdf5 import HDF5Root
+
+    h5file = tmp_path / "live.h5"
+    write_small(h5file, 0)
+    root = HDF5Root(h5file, tmp_path / "pub")
+    version = root.versions()["data.b2nd"]
+    chunk = root.read_chunk("data.b2nd", 3, version)
+    assert root.read_chunk("data.b2nd", 3, version) == chunk
+    cache = tmp_path / "pub" / "hdf5-cache" / version / "data.b2nd"
+    assert cache.exists()
+    root.close()
+    write_small(h5file, 7)
+    root = HDF5Root(h5file, tmp_path / "pub")  # the previous one closed cleanly
+    new_version = root.versions()["data.b2nd"]
+    assert new_version != version and not cache.exists()  # other versions are dropped
+    with pytest.raises(VersionMismatch):
+        root.read_chunk("data.b2nd", 3, version)
+    root.read_chunk("data.b2nd", 3, new_version)
+    new_cache = tmp_path / "pub" / "hdf5-cache" / new_version / "data.b2nd"
+    assert new_cache.exists()
+    # Not closed (a crash): the next publisher does not trust the cache.
+    HDF5Root(h5file, tmp_path / "pub")
+    assert not new_cache.exists()
