@@ -55,9 +55,12 @@ def parse_host(text: str) -> tuple[str, int]:
     return host or "localhost", int(port)
 
 
+PROGRAMS = {"broker": "cat2bro", "publisher": "cat2pub", "subscriber": "cat2sub"}
+
+
 def service_parser(description: str, kind: str) -> argparse.ArgumentParser:
     """Options shared by every service (see SPEC "Services: common options")."""
-    p = argparse.ArgumentParser(description=description)
+    p = argparse.ArgumentParser(prog=PROGRAMS[kind], description=description)
     p.add_argument("--http", help="HOST:PORT to listen on (port 0: any free port)")
     p.add_argument("--loglevel", help="logging level (default: warning)")
     p.add_argument("--statedir", help="directory for this service's state")

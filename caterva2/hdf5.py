@@ -21,7 +21,9 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import queue
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -256,19 +258,80 @@ def new_array(layout: Layout, urlpath: str | None = None,
     return array
 
 
-def copy_chunk(dset: h5py.Dataset, layout: Layout, out: blosc2.NDArray, nchunk: int) -> None:
-    """Write chunk ``nchunk`` of ``dset`` into ``out`` (as stored when possible)."""
+def read_chunk(dset: h5py.Dataset, layout: Layout, nchunk: int) -> bytes | np.ndarray:
+    """Chunk ``nchunk`` of ``dset``: the stored Blosc2 chunk when it can be copied as is,
+    else the decompressed data (a NumPy array)."""
     if not layout.shape:
-        out[()] = dset[()]
-        return
+        return np.asarray(dset[()])
     region = b2.chunk_slices(nchunk, layout.shape, layout.chunks)
     if layout.passthrough:
         raw = _read_stored(dset, tuple(r.start for r in region))
         found = raw and _blosc2_chunk(raw, layout.chunks, layout.dtype.itemsize)
         if found and found[1] == layout.blocks:
-            out.schunk.update_chunk(nchunk, found[0])
-            return
-    out[region] = dset[region]
+            return found[0]
+    return dset[region]
+
+
+def write_chunk(out: blosc2.NDArray, layout: Layout, nchunk: int,
+                chunk: bytes | np.ndarray) -> None:
+    """Store what :func:`read_chunk` returned as chunk ``nchunk`` of ``out``."""
+    if isinstance(chunk, bytes):
+        out.schunk.update_chunk(nchunk, chunk)
+    elif not layout.shape:
+        out[()] = chunk
+    else:
+        out[b2.chunk_slices(nchunk, layout.shape, layout.chunks)] = chunk
+
+
+def copy_chunk(dset: h5py.Dataset, layout: Layout, out: blosc2.NDArray, nchunk: int) -> None:
+    """Write chunk ``nchunk`` of ``dset`` into ``out`` (as stored when possible)."""
+    write_chunk(out, layout, nchunk, read_chunk(dset, layout, nchunk))
+
+
+def copy_chunks(dset: h5py.Dataset, layout: Layout, out: blosc2.NDArray,
+                depth: int = 2) -> None:
+    """Copy every chunk of ``dset`` into ``out``, reading and compressing in parallel.
+
+    A reader thread runs HDF5 (decompression included) while this one compresses with
+    Blosc2, which releases the GIL; at most ``depth`` chunks wait in between, so memory
+    stays bounded by a few chunks.
+    """
+    if layout.nchunks <= 1:
+        for n in range(layout.nchunks):
+            copy_chunk(dset, layout, out, n)
+        return
+    pending: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for n in range(layout.nchunks):
+                if stop.is_set():
+                    return
+                pending.put((n, read_chunk(dset, layout, n)))
+        except BaseException as e:  # noqa: BLE001 - handed over to the writer
+            pending.put((None, e))
+        else:
+            pending.put((None, None))
+
+    thread = threading.Thread(target=reader, name="hdf5-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            n, item = pending.get()
+            if n is None:
+                if item is not None:
+                    raise item
+                return
+            write_chunk(out, layout, n, item)
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a reader waiting on a full queue
+            try:
+                pending.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 # ---------------------------------------------------------------------------

@@ -85,13 +85,26 @@ def build_app(statedir: pathlib.Path) -> FastAPI:
 
     @app.websocket("/api/events")
     async def events(websocket: WebSocket) -> None:
+        """Send every event to one subscriber until it leaves or the broker stops."""
         await websocket.accept()
         with hub.listener() as queue:
+            # Watch the connection too, so a departing subscriber (or a shutting-down
+            # server) ends this handler at once instead of leaving it waiting for events.
+            leaving = asyncio.create_task(websocket.receive())
             try:
-                while (message := await queue.get()) is not None:
+                while True:
+                    getter = asyncio.create_task(queue.get())
+                    await asyncio.wait({getter, leaving}, return_when=asyncio.FIRST_COMPLETED)
+                    if leaving.done():
+                        getter.cancel()
+                        return
+                    if (message := getter.result()) is None:
+                        break  # too slow: dropped by the hub
                     await websocket.send_text(message)
             except (WebSocketDisconnect, RuntimeError):
                 return
+            finally:
+                leaving.cancel()
         with contextlib.suppress(RuntimeError):
             await websocket.close(code=1013, reason="too slow; reconnect and resync")
 

@@ -87,7 +87,10 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 p.kill()
 
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    # Ctrl-C (SIGINT) and SIGTERM both stop everything, even when started from a script
+    # that ignores SIGINT for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     subscribers = []
     try:
         for label, cmd, address in plan(conf, args.conf if conf else None):

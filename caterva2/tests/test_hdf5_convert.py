@@ -254,16 +254,15 @@ def test_root_example_exports_and_imports_back(tmp_path):
 
 def test_a_failure_half_way_leaves_nothing(h5file, tmp_path, monkeypatch):
     calls = []
+    write_chunk = hdf5.write_chunk
 
-    def failing_copy(*args):
+    def failing_write(*args):
         calls.append(1)
         if len(calls) == 5:
             raise RuntimeError("disk on fire")
-        return copy_chunk(*args)
+        return write_chunk(*args)
 
-    from caterva2.tools import h5import
-    copy_chunk = h5import.copy_chunk
-    monkeypatch.setattr(h5import, "copy_chunk", failing_copy)
+    monkeypatch.setattr(hdf5, "write_chunk", failing_write)
     with pytest.raises(RuntimeError, match="disk on fire"):
         import_hdf5(h5file, tmp_path / "root", lambda m: None)
     assert list(tmp_path.iterdir()) == []

@@ -16,7 +16,7 @@ try:
     import h5py
 
     from caterva2.hdf5 import (GROUP_ATTRS, KIND_ATTR, NULL_KIND, ConversionError, Report,
-                               Unsupported, Warn, check_hdf5, copy_chunk, dataset_layout,
+                               Unsupported, Warn, check_hdf5, copy_chunks, dataset_layout,
                                new_array, partial_path, read_attrs, walk)
 except ImportError as e:  # reported by main(), in one line
     MISSING = e
@@ -126,8 +126,7 @@ def _import_dataset(dset, path: str, dest: pathlib.Path, cparams: dict[str, Any]
             _import_bytes(dset, dest, kind, attrs)
         else:
             out = new_array(layout, str(dest), attrs)
-            for n in range(layout.nchunks):
-                copy_chunk(dset, layout, out, n)
+            copy_chunks(dset, layout, out)
             del out
     except OSError as e:
         if e.errno is not None:
