@@ -410,3 +410,29 @@ def test_unicode_arrays_export_as_utf8(tmp_path):
         assert h5py.check_string_dtype(dset.dtype).encoding == "utf-8"
         assert dset.chunks == (16,)
         assert np.array_equal(np.char.decode(dset[:], "utf-8"), text)
+
+
+def test_export_pass_through_padded_blocks_and_fallback_codecs(tmp_path):
+    """Chunks whose blocks do not divide them still pass through; other codecs recompress."""
+    root = tmp_path / "root"
+    root.mkdir()
+    data = np.arange(37 * 23 * 11, dtype="f8").reshape(37, 23, 11)
+    padded = blosc2.asarray(data, chunks=(10, 10, 11), blocks=(4, 3, 5),
+                            urlpath=str(root / "padded.b2nd"), mode="w")
+    blosc2.asarray(data, chunks=(10, 10, 11), urlpath=str(root / "bytedelta.b2nd"), mode="w",
+                   cparams=blosc2.CParams(codec=blosc2.Codec.LZ4,
+                                          filters=[blosc2.Filter.BYTEDELTA]))
+    (root / "empty.txt").write_bytes(b"")
+    export_root(root, tmp_path / "t.h5", lambda m: None)
+    with h5py.File(tmp_path / "t.h5") as f:
+        for name in ("padded", "bytedelta"):
+            assert f[name].chunks == (10, 10, 11), name
+            assert np.array_equal(f[name][...], data), name
+        raw = f["padded"].id.read_direct_chunk((10, 10, 0))[1]
+        assert inner_chunk(raw) == padded.schunk.get_chunk(4)  # passed through
+        assert f["empty.txt"].shape == (0,)
+    import_hdf5(tmp_path / "t.h5", tmp_path / "back", lambda m: None)
+    assert (tmp_path / "back" / "empty.txt").read_bytes() == b""
+    back = blosc2.open(str(tmp_path / "back" / "padded.b2nd"))
+    assert back.blocks == (4, 3, 5) and np.array_equal(back[...], data)
+    assert back.schunk.get_chunk(4) == padded.schunk.get_chunk(4)

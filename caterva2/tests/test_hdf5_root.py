@@ -103,6 +103,9 @@ def test_metadata_matches_the_file(published):
                                                   "shape_hint": [24, 64, 48]}
     group = cat2.Root("h5", host=host)[f"images/{hdf5.GROUP_ATTRS}"]
     assert group.vlmeta == {"instrument": "camera"}
+    null = cat2.get_info("h5/null.b2nd", host)
+    assert null["shape"] == [0] and null["schunk"]["vlmeta"] == {hdf5.KIND_ATTR: hdf5.NULL_KIND}
+    assert cat2.fetch("h5/null.b2nd", host=host).shape == (0,)
 
 
 @pytest.mark.parametrize("name", sorted(SLICES))
