@@ -101,10 +101,10 @@ def main() -> None:
             path = workdir / f"stack-{nframes}-{name}.h5"
             make_file(path, nframes, options)
             nbytes = read_all_chunks(path)  # also warms the page cache
-            floor = best_time(lambda: read_all_chunks(path), args.repeat)
+            floor = best_time(lambda path=path: read_all_chunks(path), args.repeat)
             out = workdir / f"out-{name}"
 
-            def convert() -> None:
+            def convert(path=path, out=out) -> None:
                 shutil.rmtree(out, ignore_errors=True)
                 import_hdf5(path, out, warn=print)
 

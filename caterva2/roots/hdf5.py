@@ -11,6 +11,7 @@ changes them all, which is coarse but never serves stale data.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
@@ -128,10 +129,8 @@ class HDF5Root(PublishedRoot):
 
     def _close_file(self) -> None:
         if self._file is not None:
-            try:
+            with contextlib.suppress(Exception):  # closing a file that went bad
                 self._file.close()
-            except Exception:  # noqa: BLE001 - closing a file that went bad
-                pass
             self._file = None
 
     def _drop_other_caches(self, version: str) -> None:

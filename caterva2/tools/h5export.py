@@ -5,15 +5,29 @@ import argparse
 import os
 import pathlib
 import sys
+
 import blosc2
 import numpy as np
 
 try:
     import h5py
 
-    from caterva2.hdf5 import (FILE_CHUNKSIZE, GROUP_ATTRS, KIND_ATTR, NULL_KIND,
-                               ChunkExporter, ConversionError, Report, Unsupported, Warn,
-                               h5_chunking, h5_dtype, h5_filter, partial_path, write_attrs)
+    from caterva2.hdf5 import (
+        FILE_CHUNKSIZE,
+        GROUP_ATTRS,
+        KIND_ATTR,
+        NULL_KIND,
+        ChunkExporter,
+        ConversionError,
+        Report,
+        Unsupported,
+        Warn,
+        h5_chunking,
+        h5_dtype,
+        h5_filter,
+        partial_path,
+        write_attrs,
+    )
 except ImportError as e:  # reported by main(), in one line
     MISSING = e
 else:

@@ -15,9 +15,22 @@ import numpy as np
 try:
     import h5py
 
-    from caterva2.hdf5 import (GROUP_ATTRS, KIND_ATTR, NULL_KIND, ConversionError, Report,
-                               Unsupported, Warn, check_hdf5, copy_chunks, dataset_layout,
-                               new_array, partial_path, read_attrs, walk)
+    from caterva2.hdf5 import (
+        GROUP_ATTRS,
+        KIND_ATTR,
+        NULL_KIND,
+        ConversionError,
+        Report,
+        Unsupported,
+        Warn,
+        check_hdf5,
+        copy_chunks,
+        dataset_layout,
+        new_array,
+        partial_path,
+        read_attrs,
+        walk,
+    )
 except ImportError as e:  # reported by main(), in one line
     MISSING = e
 else:
@@ -145,8 +158,7 @@ def _import_bytes(dset, dest: pathlib.Path, kind: str, attrs: dict[str, Any]) ->
     pieces = (dset[i:i + step].tobytes() for i in range(0, size, step))
     if kind == "file":
         with open(dest, "wb") as f:
-            for piece in pieces:
-                f.write(piece)
+            f.writelines(pieces)
         return
     schunk = blosc2.SChunk(chunksize=step, urlpath=str(dest), mode="w", contiguous=True,
                            cparams={"typesize": 1, "codec": blosc2.Codec.ZSTD, "clevel": 5})
