@@ -1,6 +1,7 @@
 """Benchmark: cat2import throughput against the floor of just reading the file with h5py.
 
     python bench/hdf5_import.py [--size-mb 300] [--dir DIR] [--repeat 3] [--keep]
+                                [--codec zstd] [--clevel 1]
 
 Makes one 3-D uint16 image stack of about SIZE MB (synthetic images: smooth background
 plus noise, chunks of 4 frames) in three HDF5 variants: uncompressed, gzip (level 4 with
@@ -23,11 +24,12 @@ import shutil
 import tempfile
 import time
 
+import blosc2
 import h5py
 import hdf5plugin
 import numpy as np
 
-from caterva2.tools.h5import import import_hdf5
+from caterva2.tools.h5import import CODECS, import_hdf5
 
 FRAME = (512, 512)
 CHUNK_FRAMES = 4
@@ -91,7 +93,12 @@ def main() -> None:
                         help="where to put the files (default: a temporary directory)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per measurement")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    parser.add_argument("--codec", choices=sorted(CODECS), default="zstd",
+                        help="cat2import --codec (for chunks it compresses; default: zstd)")
+    parser.add_argument("--clevel", type=int, default=1, help="cat2import --clevel")
     args = parser.parse_args()
+    cparams = {"codec": CODECS[args.codec], "clevel": args.clevel,
+               "filters": [blosc2.Filter.SHUFFLE]}
     nframes = max(CHUNK_FRAMES, int(args.size_mb * 1e6 / (2 * FRAME[0] * FRAME[1])))
     workdir = args.dir or pathlib.Path(tempfile.mkdtemp(prefix="cat2-h5bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +113,7 @@ def main() -> None:
 
             def convert(path=path, out=out) -> None:
                 shutil.rmtree(out, ignore_errors=True)
-                import_hdf5(path, out, warn=print)
+                import_hdf5(path, out, warn=print, cparams=cparams)
 
             convert_s = best_time(convert, args.repeat)
             out_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -117,7 +124,8 @@ def main() -> None:
         if not args.keep and args.dir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"\n{nframes} frames of {FRAME[0]}x{FRAME[1]} uint16, chunks of {CHUNK_FRAMES} "
-          f"frames; best of {args.repeat}; file in page cache\n")
+          f"frames; cat2import --codec {args.codec} --clevel {args.clevel}; "
+          f"best of {args.repeat}; file in page cache\n")
     header = ("HDF5 file", "data MB", "file MB", "root MB", "h5py read MB/s",
               "cat2import MB/s", "import/read")
     print("{:<14}{:>9}{:>9}{:>9}{:>16}{:>17}{:>13}".format(*header))
