@@ -28,6 +28,7 @@ try:
         partial_path,
         write_attrs,
     )
+    from caterva2.tools.runner import run_conversion
 except ImportError as e:  # reported by main(), in one line
     MISSING = e
 else:
@@ -190,24 +191,9 @@ def main(argv: list[str] | None = None) -> None:
     if MISSING is not None:
         sys.exit(f"cat2export: error: {MISSING}; install with: pip install 'caterva2[hdf5]'")
 
-    def warn(message: str) -> None:
-        if not args.quiet:
-            print(f"cat2export: warning: {message}", file=sys.stderr)
-
-    try:
-        report = export_root(args.source, args.target, warn)
-    except ConversionError as e:
-        sys.exit(f"cat2export: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("cat2export: interrupted; nothing written")
-    except Exception as e:  # noqa: BLE001 - one clear line, no traceback
-        sys.exit(f"cat2export: error: {type(e).__name__}: {e}")
-    print(f"Exported {report.datasets} datasets ({report.nbytes / 1e6:.1f} MB) "
-          f"into {args.target}")
-    if report.skipped:
-        print(f"Skipped {len(report.skipped)} objects:")
-        for message in report.skipped:
-            print(f"  {message}")
+    run_conversion("cat2export", "Exported",
+                   lambda warn: export_root(args.source, args.target, warn),
+                   args.target, args.quiet)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ try:
         GROUP_ATTRS,
         KIND_ATTR,
         NULL_KIND,
-        ConversionError,
         Report,
         Unsupported,
         Warn,
@@ -31,6 +30,7 @@ try:
         read_attrs,
         walk,
     )
+    from caterva2.tools.runner import run_conversion
 except ImportError as e:  # reported by main(), in one line
     MISSING = e
 else:
@@ -187,24 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     cparams = {"codec": CODECS[args.codec], "clevel": args.clevel,
                "filters": [blosc2.Filter.SHUFFLE]}
 
-    def warn(message: str) -> None:
-        if not args.quiet:
-            print(f"cat2import: warning: {message}", file=sys.stderr)
-
-    try:
-        report = import_hdf5(args.source, args.target, warn, cparams)
-    except ConversionError as e:
-        sys.exit(f"cat2import: error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("cat2import: interrupted; nothing written")
-    except Exception as e:  # noqa: BLE001 - one clear line, no traceback
-        sys.exit(f"cat2import: error: {type(e).__name__}: {e}")
-    print(f"Imported {report.datasets} datasets ({report.nbytes / 1e6:.1f} MB) "
-          f"into {args.target}")
-    if report.skipped:
-        print(f"Skipped {len(report.skipped)} objects:")
-        for message in report.skipped:
-            print(f"  {message}")
+    run_conversion("cat2import", "Imported",
+                   lambda warn: import_hdf5(args.source, args.target, warn, cparams),
+                   args.target, args.quiet)
 
 
 if __name__ == "__main__":

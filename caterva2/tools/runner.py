@@ -1,0 +1,33 @@
+"""What cat2import and cat2export share: warnings, one-line errors and the final summary."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from caterva2.hdf5 import ConversionError
+
+
+def run_conversion(prog: str, verb: str, convert: Callable[[Callable[[str], None]], Any],
+                   target: str, quiet: bool) -> None:
+    """Run ``convert(warn)``; report its result, or fail with one line and exit status 1.
+
+    ``convert`` returns a report with ``datasets``, ``nbytes`` and ``skipped``.
+    """
+    def warn(message: str) -> None:
+        if not quiet:
+            print(f"{prog}: warning: {message}", file=sys.stderr)
+
+    try:
+        report = convert(warn)
+    except ConversionError as e:
+        sys.exit(f"{prog}: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"{prog}: interrupted; nothing written")
+    except Exception as e:  # noqa: BLE001 - one clear line, no traceback
+        sys.exit(f"{prog}: error: {type(e).__name__}: {e}")
+    print(f"{verb} {report.datasets} datasets ({report.nbytes / 1e6:.1f} MB) into {target}")
+    if report.skipped:
+        print(f"Skipped {len(report.skipped)} objects:")
+        for message in report.skipped:
+            print(f"  {message}")
