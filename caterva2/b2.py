@@ -190,12 +190,15 @@ class ChunkAssembler:
         self.shape, self.chunks, self.blocks, self.dtype = shape, chunks, blocks, dtype
         self.region = region
         self.out = np.empty([r.stop - r.start for r in region], dtype=dtype)
+        self.nitems = math.prod(-(-c // b) * b for c, b in zip(chunks, blocks))
+        self.max_chunk_bytes = self.nitems * dtype.itemsize + blosc2.MAX_OVERHEAD
+        self.added: set[int] = set()
         self._buffer = None
 
-    def add(self, nchunk: int, chunk: bytes) -> None:
-        nitems = math.prod(-(-c // b) * b for c, b in zip(self.chunks, self.blocks))
+    def add(self, nchunk: int, chunk) -> None:
+        """Decompress one stored chunk (bytes-like) into its place in ``out``."""
         if self._buffer is None:
-            self._buffer = np.empty(nitems, dtype=self.dtype)
+            self._buffer = np.empty(self.nitems, dtype=self.dtype)
         blosc2.decompress2(chunk, dst=self._buffer)
         block = chunk_to_array(self._buffer, self.dtype, self.chunks, self.blocks)
         held = chunk_slices(nchunk, self.shape, self.chunks)
@@ -205,6 +208,15 @@ class ChunkAssembler:
             src.append(slice(lo - h.start, hi - h.start))
             dst.append(slice(lo - r.start, hi - r.start))
         self.out[tuple(dst)] = block[tuple(src)]
+        self.added.add(nchunk)
+
+    def check_complete(self, nchunks: list[int]) -> None:
+        """Raise ValueError unless every chunk of ``nchunks`` was added."""
+        missing = set(nchunks) - self.added
+        if missing:
+            raise ValueError(f"the answer lacks {len(missing)} of {len(nchunks)} chunks (the "
+                             "subscriber could not get them: its publisher may be down or "
+                             "the data changed); read again")
 
 
 # ---------------------------------------------------------------------------
@@ -212,6 +224,19 @@ class ChunkAssembler:
 # ---------------------------------------------------------------------------
 # A stream is a sequence of records, each ``<u8 nchunk><u8 length>`` followed by the chunk.
 _RECORD = struct.Struct("<QQ")
+
+
+RECORD_HEADER_SIZE = _RECORD.size
+
+
+def record_header(nchunk: int, length: int) -> bytes:
+    """The header of a record; the chunk's ``length`` bytes follow it."""
+    return _RECORD.pack(nchunk, length)
+
+
+def parse_record_header(header) -> tuple[int, int]:
+    """``(nchunk, length)`` from a record header."""
+    return _RECORD.unpack_from(header)
 
 
 def pack_record(nchunk: int, chunk: bytes) -> bytes:
@@ -233,7 +258,8 @@ class RecordReader:
             end = _RECORD.size + length
             if len(self._buf) < end:
                 break
-            chunk = bytes(self._buf[_RECORD.size:end])
+            with memoryview(self._buf) as view:
+                chunk = bytes(view[_RECORD.size:end])  # one copy, not two
             del self._buf[:end]
             records.append((nchunk, chunk))
         return records

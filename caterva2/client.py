@@ -27,7 +27,7 @@ import blosc2
 import httpx
 import numpy as np
 
-from caterva2 import b2, paths, slicing
+from caterva2 import b2, bulk, paths, slicing
 
 bro_host_default = "localhost:8000"
 """The default HTTP endpoint of the broker (host:port)."""
@@ -119,8 +119,12 @@ def fetch(dataset: str, host: str = sub_host_default, slice_=None, prefer_schunk
     ``prefer_schunk`` is accepted for compatibility; data always travels as Blosc2.
     """
     text = slice_ if isinstance(slice_, str) else slicing.format_slice(slice_)
-    r = _checked(_http().get(_url(host, f"api/fetch/{dataset}"), params={"slice_": text}))
-    return _decode(r.content, str(dataset).endswith(".b2nd"))
+    url = _url(host, f"api/fetch/{dataset}")
+    with bulk.get(url, {"slice_": text}) as r:
+        if r.status >= 400:
+            raise ServerError(bulk.as_httpx(r, url))
+        content = r.read()
+    return _decode(content, str(dataset).endswith(".b2nd"))
 
 
 def download(dataset: str, host: str = sub_host_default) -> pathlib.Path:
@@ -137,12 +141,10 @@ def _download_url(url: str, local: pathlib.Path) -> pathlib.Path:
     local.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as f, _http().stream("GET", url) as r:
-            if r.status_code >= 400:
-                r.read()
-                raise ServerError(r)
-            for data in r.iter_raw(1 << 20):
-                f.write(data)
+        with os.fdopen(fd, "wb") as f, bulk.get(url) as r:
+            if r.status >= 400:
+                raise ServerError(bulk.as_httpx(r, url))
+            bulk.save(r, f)
         if url.endswith(".b2"):
             packed, tmp = tmp, tmp + ".unpacked"
             schunk = blosc2.open(packed)
@@ -237,17 +239,13 @@ class File:
         if selected < STREAM_MIN_BYTES or selected * STREAM_COVERAGE < touched:
             return None
         assembler = b2.ChunkAssembler(shape, chunks, tuple(meta["blocks"]), dtype, plan.region)
-        reader = b2.RecordReader()
-        params = {"slice_": slicing.format_slice(key), "chunks": "true"}
-        with _http().stream("GET", _url(self.host, f"api/fetch/{self._dataset}"),
-                            params=params) as r:
-            if r.status_code >= 400:
-                r.read()
-                raise ServerError(r)
-            for data in r.iter_raw(1 << 20):
-                for n, chunk in reader.feed(data):
-                    assembler.add(n, chunk)
-        reader.close()
+        url = _url(self.host, f"api/fetch/{self._dataset}")
+        with bulk.get(url, {"slice_": slicing.format_slice(key), "chunks": "true"}) as r:
+            if r.status >= 400:
+                raise ServerError(bulk.as_httpx(r, url))
+            for n, chunk in bulk.records(r, assembler.max_chunk_bytes):
+                assembler.add(n, chunk)
+        assembler.check_complete(nchunks)
         return assembler.out[plan.within]
 
     def get_download_url(self) -> str:

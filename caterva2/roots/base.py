@@ -50,6 +50,11 @@ class PublishedRoot(abc.ABC):
         With ``version``, raises VersionMismatch unless that is still the current version.
         """
 
+    def read_chunks(self, path: str, nchunks: list[int],
+                    version: str | None = None) -> list[bytes]:
+        """Several chunks of one version at once (roots may do this more cheaply)."""
+        return [self.read_chunk(path, n, version) for n in nchunks]
+
     @abc.abstractmethod
     def changes(self) -> AsyncIterator[None]:
         """Yield each time datasets of the root may have changed (then call versions())."""

@@ -130,21 +130,26 @@ class DirectoryRoot(PublishedRoot):
 
     # -- data --------------------------------------------------------------------------
     def read_chunk(self, path: str, nchunk: int, version: str | None = None) -> bytes:
+        return self.read_chunks(path, [nchunk], version)[0]
+
+    def read_chunks(self, path: str, nchunks: list[int],
+                    version: str | None = None) -> list[bytes]:
         source = self._source(path)
         current = file_version(source.stat())
         if version is not None and version != current:
             raise VersionMismatch(path)
         schunk = self._open(path, source, current)
-        if not 0 <= nchunk < schunk.nchunks:
-            raise IndexError(f"{path} has {schunk.nchunks} chunks, not {nchunk + 1}")
+        for n in nchunks:
+            if not 0 <= n < schunk.nchunks:
+                raise IndexError(f"{path} has {schunk.nchunks} chunks, not {n + 1}")
         try:
             with self._lock:
-                chunk = schunk.get_chunk(nchunk)
+                chunks = [schunk.get_chunk(n) for n in nchunks]
         except RuntimeError as e:
-            raise DatasetUnavailable(f"{path}: chunk {nchunk} unreadable ({e})") from None
+            raise DatasetUnavailable(f"{path}: chunk unreadable ({e})") from None
         if file_version(source.stat()) != current:
             raise VersionMismatch(path)  # rewritten while we read: do not serve a mix
-        return chunk
+        return chunks
 
     def _open(self, path: str, source: pathlib.Path, version: str) -> blosc2.SChunk:
         key = (path, version)

@@ -105,9 +105,13 @@ class Replica:
         with self.lock:
             self.schunk.update_chunk(nchunk, chunk)
 
-    def read_chunk(self, nchunk: int) -> bytes:
+    def read_chunks(self, nchunks: list[int]) -> list[bytes]:
+        """Chunks exactly as stored; ValueError if one is damaged."""
         with self.lock:
-            return self.schunk.get_chunk(nchunk)
+            chunks = [self.schunk.get_chunk(n) for n in nchunks]
+        for chunk in chunks:
+            b2.check_chunk(chunk)
+        return chunks
 
     # -- reads ------------------------------------------------------------------------
     def read_array(self, region: tuple[slice, ...]) -> np.ndarray:

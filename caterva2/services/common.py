@@ -1,6 +1,8 @@
 """What every service shares: logging, serving on a pre-bound socket, errors, atomic files."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -8,15 +10,15 @@ import pathlib
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 
-from caterva2 import config, paths
+from caterva2 import b2, config, paths
 
 log = logging.getLogger("caterva2")
 
@@ -135,3 +137,47 @@ def safe_relpath(path: str) -> str:
         return paths.check_relpath(path)
     except ValueError as e:
         raise HTTPException(400, str(e)) from None
+
+
+async def chunk_records(read: Callable[[list[int]], list[bytes]], batches: Iterable[list[int]],
+                        first: list[bytes] | None = None) -> AsyncIterator[bytes]:
+    """A chunk stream's body (see :mod:`caterva2.b2`): each batch of chunk numbers is read
+    with ``read(batch)`` in a thread, one batch ahead of the sender; ``first`` is the first
+    batch's chunks if already read.  Headers and chunks are yielded separately: no copies.
+    """
+    batches = list(batches)
+    if not batches:
+        return
+    loop = asyncio.get_running_loop()
+
+    def start(batch: list[int]) -> asyncio.Future:
+        return loop.run_in_executor(None, read, batch)
+
+    pending: asyncio.Future = loop.create_future()
+    if first is not None:
+        pending.set_result(first)
+    else:
+        pending = start(batches[0])
+    try:
+        for i, batch in enumerate(batches):
+            chunks = await pending
+            if i + 1 < len(batches):
+                pending = start(batches[i + 1])
+            for n, chunk in zip(batch, chunks):
+                yield b2.record_header(n, len(chunk))
+                yield chunk
+    finally:
+        if not pending.done():  # the receiver went away: drop the batch being read
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+            with contextlib.suppress(Exception):
+                pending.cancel()
+
+
+def batched(numbers: list[int], size: int) -> list[list[int]]:
+    return [numbers[i:i + size] for i in range(0, len(numbers), size)]
+
+
+class LargeFileResponse(FileResponse):
+    """A file answer read and sent in 4 MiB pieces (Starlette's 64 KiB halves the speed)."""
+
+    chunk_size = 4 << 20

@@ -21,16 +21,22 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
-from caterva2 import b2, config
+from caterva2 import config
 from caterva2.models import ChangeEvent, RootInfo
-from caterva2.roots import (DatasetNotFound, DatasetUnavailable, PublishedRoot, VersionMismatch,
-                            open_root)
+from caterva2.roots import (
+    DatasetNotFound,
+    DatasetUnavailable,
+    PublishedRoot,
+    VersionMismatch,
+    open_root,
+)
 from caterva2.services import common
 
 log = logging.getLogger("caterva2.publisher")
 RETRY_UNAVAILABLE_S = 0.2  # how soon to look again at a dataset that was being written
+READ_BATCH = 4  # chunks read per thread hop when streaming
 
 
 def parse_chunk_list(text: str, nchunks: int) -> list[int]:
@@ -192,12 +198,13 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
             raise HTTPException(412, f"{path} changed: version {version} is not current")
         wanted = parse_chunk_list(nchunks, entry["meta"]["schunk"]["nchunks"])
         version = entry["version"]
+        batches = common.batched(wanted, READ_BATCH)
 
-        def read(n: int) -> bytes:
-            return b2.pack_record(n, root.read_chunk(path, n, version))
+        def read(batch: list[int]) -> list[bytes]:
+            return root.read_chunks(path, batch, version)
 
         try:
-            first = await asyncio.to_thread(read, wanted[0]) if wanted else b""
+            first = await asyncio.to_thread(read, batches[0]) if batches else []
         except VersionMismatch:
             raise HTTPException(412, f"{path} changed: version {version} is not current") \
                 from None
@@ -205,13 +212,12 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
             raise HTTPException(503, str(e)) from None
 
         async def records():
-            yield first
-            for n in wanted[1:]:
-                try:
-                    yield await asyncio.to_thread(read, n)
-                except (VersionMismatch, DatasetNotFound, DatasetUnavailable):
-                    log.info("%s changed while streaming; stream cut short", path)
-                    return  # the reader sees fewer records than it asked for
+            try:
+                async for piece in common.chunk_records(read, batches, first):
+                    yield piece
+            except (VersionMismatch, DatasetNotFound, DatasetUnavailable):
+                log.info("%s changed while streaming; stream cut short", path)
+                # the reader sees fewer records than it asked for
 
         return StreamingResponse(records(), media_type="application/x-caterva2-chunks",
                                  headers={"ETag": version})
@@ -222,7 +228,7 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
         stored = await asyncio.to_thread(root.stored_file, path)
         if stored is None:
             raise HTTPException(404, f"{path!r} has no stored file to download")
-        return FileResponse(stored)
+        return common.LargeFileResponse(stored)
 
     return app
 

@@ -25,7 +25,7 @@ import blosc2
 import httpx
 import numpy as np
 from fastapi import FastAPI, HTTPException, Response
-from fastapi.responses import FileResponse, HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from caterva2 import b2, config, paths, slicing
 from caterva2.models import DatasetEntry, user_info
@@ -89,13 +89,27 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
             raise HTTPException(404, f"no dataset {path!r} in root {root!r}")
         return index[path]
 
-    async def with_chunks(root: str, path: str, nchunks: list[int]):
-        """(entry, replica) with ``nchunks`` cached; follows a change once if one races us."""
+    async def with_chunks(root: str, path: str, nchunks: list[int], wait: bool = True):
+        """``(entry, replica, arrivals)`` for a read of ``nchunks``, with HTTP errors.
+
+        With ``wait``, every chunk is cached on return (``arrivals`` is empty); without, only
+        one (so the answer can start while the rest arrive) and ``arrivals`` maps each chunk
+        still coming to its future.  Follows a change once if one races us.
+        """
         follower = state["f"]
         for attempt in range(3):
             entry = await lookup(root, path)
             try:
-                return entry, await follower.ensure_chunks(root, path, entry, nchunks)
+                replica, arrivals = await follower.request_chunks(root, path, entry, nchunks)
+                if wait or not arrivals:
+                    for future in arrivals.values():
+                        await asyncio.shield(future)
+                    return entry, replica, {}
+                done, _ = await asyncio.wait(arrivals.values(),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    future.result()  # the fetch's error, if it failed
+                return entry, replica, arrivals
             except Stale:
                 # The source changed under us: learn its new version, then try again.
                 with contextlib.suppress(Gone, Unavailable):
@@ -176,10 +190,11 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
                     if r.stop > r.start else []
         except slicing.SelectionError as e:
             raise HTTPException(400, str(e)) from None
-        entry, replica = await with_chunks(root, path, nchunks)
         if chunks and meta["kind"] == "ndarray":
-            return StreamingResponse(stream_chunks(replica, nchunks),
+            entry, replica, arrivals = await with_chunks(root, path, nchunks, wait=False)
+            return StreamingResponse(stream_chunks(root, path, entry, replica, nchunks, arrivals),
                                      media_type="application/x-caterva2-chunks")
+        entry, replica, _ = await with_chunks(root, path, nchunks)
         if meta["kind"] == "ndarray":
             def answer() -> bytes:
                 data = replica.read_array(plan.region)
@@ -199,16 +214,34 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
             raise HTTPException(503, f"cached copy of {root}/{path} was damaged ({e}); "
                                      "it has been dropped, read again") from None
 
-    async def stream_chunks(replica, nchunks: list[int]):
-        for i in range(0, len(nchunks), STREAM_BATCH):
-            batch = nchunks[i:i + STREAM_BATCH]
-            yield await asyncio.to_thread(
-                lambda: b"".join(b2.pack_record(n, replica.read_chunk(n)) for n in batch))
+    async def stream_chunks(root: str, path: str, entry: dict[str, Any], replica,
+                            nchunks: list[int], arrivals: dict[int, asyncio.Future]):
+        """Held chunks first, then each missing one as soon as it is stored.
+
+        If a chunk cannot be had midway, the stream ends without it: the client checks that
+        every chunk came, so a partial answer is never taken for a whole one.
+        """
+        held = [n for n in nchunks if n not in arrivals]
+        coming = {future: n for n, future in arrivals.items()}
+        try:
+            async for piece in common.chunk_records(replica.read_chunks,
+                                                    common.batched(held, STREAM_BATCH)):
+                yield piece
+            while coming:
+                done, _ = await asyncio.wait(coming, return_when=asyncio.FIRST_COMPLETED)
+                stored = [coming.pop(future) for future in done if future.result() is None]
+                async for piece in common.chunk_records(replica.read_chunks, [stored]):
+                    yield piece
+        except (Unavailable, Gone, Stale) as e:
+            log.warning("answer for %s/%s cut short: %s", root, path, e or type(e).__name__)
+        except (ValueError, RuntimeError) as e:  # a damaged replica: the next read rebuilds it
+            log.warning("cached copy of %s/%s damaged (%s); dropped", root, path, e)
+            await asyncio.to_thread(state["f"].cache.discard, root, path, entry)
 
     async def complete_file(root: str, path: str) -> pathlib.Path:
         entry = await lookup(root, path)
         nchunks = list(range(entry["meta"]["schunk"]["nchunks"]))
-        entry, replica = await with_chunks(root, path, nchunks)
+        entry, replica, _ = await with_chunks(root, path, nchunks)
         return await asyncio.to_thread(replica.complete_file)
 
     def files_path(root: str, path: str, meta: dict[str, Any]) -> str:
@@ -221,7 +254,7 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         return f"{base_url}/files/{files_path(root, path, entry['meta'])}"
 
     @app.get("/files/{root}/{path:path}")
-    async def files(root: str, path: str) -> FileResponse:
+    async def files(root: str, path: str) -> Response:
         index = {}
         with contextlib.suppress(HTTPException):
             subscribed_root(root)
@@ -232,7 +265,7 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
             raise HTTPException(404, f"ordinary files are served as {root}/{path}.b2")
         complete = await complete_file(root, path)
         name = pathlib.PurePosixPath(files_path(root, path, index[path]["meta"])).name
-        return FileResponse(complete, filename=name, media_type="application/octet-stream")
+        return common.LargeFileResponse(complete, filename=name, media_type="application/octet-stream")
 
     # -- a page for browsers ----------------------------------------------------------
     @app.get("/", response_class=HTMLResponse)

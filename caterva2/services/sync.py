@@ -72,6 +72,7 @@ class Follower:
             name: RootInfo(**info) for name, info in common.read_json(self.subs_file, {}).items()}
         self.roots: dict[str, RootInfo] = dict(self.subscribed)
         self.inflight: dict[tuple, asyncio.Future] = {}
+        self.tasks: set[asyncio.Task] = set()
         self.connected = asyncio.Event()
 
     # -- broker -----------------------------------------------------------------------
@@ -199,31 +200,40 @@ class Follower:
 
         Raises Unavailable, Gone or Stale.
         """
-        replica = await asyncio.to_thread(self.cache.replica, root, path, entry)
-        missing = await asyncio.to_thread(replica.missing, nchunks)
-        if not missing:
-            return replica
-        loop = asyncio.get_running_loop()
-        own, waits = [], []
-        for n in missing:
-            key = (root, path, entry["version"], n)
-            if key in self.inflight:
-                waits.append(self.inflight[key])
-            else:
-                self.inflight[key] = loop.create_future()
-                own.append(n)
-        if own:
-            size = max(MIN_CHUNKS_PER_STREAM, -(-len(own) // PARALLEL_STREAMS))
-            groups = [own[i:i + size] for i in range(0, len(own), size)]
-            results = await asyncio.gather(
-                *(self._download(root, path, entry, replica, g) for g in groups),
-                return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-        for future in waits:
+        replica, arrivals = await self.request_chunks(root, path, entry, nchunks)
+        for future in arrivals.values():
             await asyncio.shield(future)
         return replica
+
+    async def request_chunks(self, root: str, path: str, entry: dict[str, Any],
+                             nchunks: list[int]) -> tuple[Replica, dict[int, asyncio.Future]]:
+        """The replica of ``entry``'s version, and a future for each of ``nchunks`` it does
+        not hold yet, done when that chunk is stored (or failed with Unavailable, Gone or
+        Stale).  Missing chunks are fetched in the background, none twice at once.
+        """
+        replica = await asyncio.to_thread(self.cache.replica, root, path, entry)
+        missing = await asyncio.to_thread(replica.missing, nchunks)
+        loop = asyncio.get_running_loop()
+        own, arrivals = [], {}
+        for n in missing:
+            key = (root, path, entry["version"], n)
+            if key not in self.inflight:
+                self.inflight[key] = loop.create_future()
+                own.append(n)
+            arrivals[n] = self.inflight[key]
+        if own:
+            size = max(MIN_CHUNKS_PER_STREAM, -(-len(own) // PARALLEL_STREAMS))
+            for i in range(0, len(own), size):
+                task = asyncio.create_task(
+                    self._download(root, path, entry, replica, own[i:i + size]))
+                self.tasks.add(task)  # (failures reach the chunks' futures)
+                task.add_done_callback(self._task_done)
+        return replica, arrivals
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: its chunks' futures carry it
 
     async def _download(self, root: str, path: str, entry: dict[str, Any], replica: Replica,
                         group: list[int]) -> None:
