@@ -237,33 +237,3 @@ def record_header(nchunk: int, length: int) -> bytes:
 def parse_record_header(header) -> tuple[int, int]:
     """``(nchunk, length)`` from a record header."""
     return _RECORD.unpack_from(header)
-
-
-def pack_record(nchunk: int, chunk: bytes) -> bytes:
-    return _RECORD.pack(nchunk, len(chunk)) + chunk
-
-
-class RecordReader:
-    """Split a byte stream (arriving in arbitrary pieces) into (nchunk, chunk) records."""
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
-        """Take the next piece of the stream; returns the records it completed."""
-        self._buf += data
-        records = []
-        while len(self._buf) >= _RECORD.size:
-            nchunk, length = _RECORD.unpack_from(self._buf)
-            end = _RECORD.size + length
-            if len(self._buf) < end:
-                break
-            with memoryview(self._buf) as view:
-                chunk = bytes(view[_RECORD.size:end])  # one copy, not two
-            del self._buf[:end]
-            records.append((nchunk, chunk))
-        return records
-
-    def close(self) -> None:
-        if self._buf:
-            raise ValueError(f"chunk stream cut short ({len(self._buf)} bytes left over)")

@@ -32,16 +32,21 @@ def _pool() -> dict[tuple[str, str], http.client.HTTPConnection]:
     return _local.connections
 
 
-def _connect(scheme: str, netloc: str, timeout: float) -> http.client.HTTPConnection:
+def _connect(scheme: str, netloc: str,
+             timeout: tuple[float, float]) -> http.client.HTTPConnection:
     cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-    return cls(netloc, timeout=timeout)
+    conn = cls(netloc, timeout=timeout[0])
+    conn.connect()
+    conn.sock.settimeout(timeout[1])
+    return conn
 
 
 @contextlib.contextmanager
 def get(url: str, params: dict[str, str] | None = None,
-        timeout: float = 300) -> Iterator[http.client.HTTPResponse]:
+        timeout: tuple[float, float] = (5, 300)) -> Iterator[http.client.HTTPResponse]:
     """GET ``url``; the response (any status) is read inside the ``with`` block.
 
+    ``timeout`` is (seconds to connect, seconds to wait for each piece of the answer).
     A connection left half-read (an exception in the block) is closed, never reused.
     """
     parts = urllib.parse.urlsplit(url)
@@ -50,8 +55,17 @@ def get(url: str, params: dict[str, str] | None = None,
     pool = _pool()
     request = httpx.Request("GET", url, params=params)
     for attempt in range(2):
-        reused = key in pool
-        conn = pool.pop(key, None) or _connect(*key, timeout)
+        conn = pool.pop(key, None)
+        reused = conn is not None
+        if conn is None:
+            try:
+                conn = _connect(*key, timeout)
+            except TimeoutError:
+                raise httpx.ConnectTimeout(f"cannot connect to {parts.netloc} in time",
+                                           request=request) from None
+            except OSError as e:
+                raise httpx.ConnectError(f"cannot connect to {parts.netloc}: {e}",
+                                         request=request) from None
         try:
             conn.request("GET", target, headers={"Accept-Encoding": "identity"})
             response = conn.getresponse()
@@ -64,15 +78,18 @@ def get(url: str, params: dict[str, str] | None = None,
                                   request=request) from None
         except TimeoutError:
             conn.close()
-            raise httpx.ReadTimeout(f"no answer from {parts.netloc} in {timeout}s",
+            raise httpx.ReadTimeout(f"no answer from {parts.netloc} in time",
                                     request=request) from None
-        except OSError as e:
+        except (http.client.HTTPException, OSError) as e:
             conn.close()
-            raise httpx.ConnectError(f"cannot connect to {parts.netloc}: {e}",
-                                     request=request) from None
+            raise httpx.ReadError(f"bad answer from {parts.netloc}: {e}",
+                                  request=request) from None
     try:
         yield response
-    except (http.client.HTTPException, ConnectionError, TimeoutError) as e:
+    except TimeoutError:
+        conn.close()
+        raise httpx.ReadTimeout(f"{parts.netloc} stopped sending", request=request) from None
+    except (http.client.HTTPException, ConnectionError) as e:
         conn.close()
         raise httpx.ReadError(f"answer from {parts.netloc} cut short: {e}",
                               request=request) from None

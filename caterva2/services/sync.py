@@ -15,11 +15,12 @@ import pathlib
 import urllib.parse
 from typing import Any
 
+import blosc2
 import httpx
 import websockets
 from pydantic import TypeAdapter, ValidationError
 
-from caterva2 import b2
+from caterva2 import bulk
 from caterva2.models import ChangeEvent, DatasetEntry, Event, RootEvent, RootIndex, RootInfo
 from caterva2.services import common
 from caterva2.services.cache import Cache, Replica
@@ -27,6 +28,7 @@ from caterva2.services.cache import Cache, Replica
 log = logging.getLogger("caterva2.subscriber")
 PARALLEL_STREAMS = 4  # chunk requests in flight per fetch
 MIN_CHUNKS_PER_STREAM = 4
+UPSTREAM_TIMEOUT = (3, 30)  # seconds to connect to a publisher, and to wait for its data
 
 
 class Unavailable(Exception):
@@ -237,30 +239,43 @@ class Follower:
 
     async def _download(self, root: str, path: str, entry: dict[str, Any], replica: Replica,
                         group: list[int]) -> None:
-        """Stream ``group`` of chunks from the publisher into the replica."""
+        """Stream ``group`` of chunks from the publisher into the replica.
+
+        The stream is read and stored in a worker thread with :mod:`caterva2.bulk` (several
+        times faster than an async HTTP client for bulk data); each stored chunk settles its
+        future on the event loop at once, so answers can go out while the rest arrive.
+        """
         version = entry["version"]
         pending = {n: self.inflight[(root, path, version, n)] for n in group}
         pub = self.publisher(root)
         url = f"http://{pub}/api/chunks/{urllib.parse.quote(path)}"
-        try:
-            async with self.client.stream("GET", url, params={
-                    "nchunks": chunk_list(group), "version": version}) as r:
-                if r.status_code == 412:
+        params = {"nchunks": chunk_list(group), "version": version}
+        max_length = entry["meta"]["schunk"]["chunksize"] + blosc2.MAX_OVERHEAD
+        loop = asyncio.get_running_loop()
+
+        def stored(n: int) -> None:
+            if n in pending:
+                self._settle(root, path, version, n, pending.pop(n))
+
+        def fetch() -> None:  # in a worker thread
+            asked = set(group)
+            with bulk.get(url, params, timeout=UPSTREAM_TIMEOUT) as r:
+                if r.status == 412:
                     raise Stale(path)
-                if r.status_code == 404:
+                if r.status == 404:
                     raise Gone(path)
-                if r.status_code != 200:
-                    await r.aread()
-                    raise Unavailable(f"publisher of {root!r} answered {r.status_code}: "
-                                      f"{r.text[:200]}")
-                reader = b2.RecordReader()
-                async for data in r.aiter_raw():
-                    for n, chunk in reader.feed(data):
-                        if n not in pending:
-                            raise Unavailable(f"publisher sent chunk {n}, not asked for")
-                        await asyncio.to_thread(replica.store, n, chunk)
-                        self._settle(root, path, version, n, pending.pop(n))
-                reader.close()
+                if r.status != 200:
+                    raise Unavailable(f"publisher of {root!r} answered {r.status}: "
+                                      f"{r.read()[:200].decode(errors='replace')}")
+                for n, chunk in bulk.records(r, max_length):
+                    if n not in asked:
+                        raise Unavailable(f"publisher sent chunk {n}, not asked for")
+                    asked.discard(n)
+                    replica.store(n, chunk)
+                    loop.call_soon_threadsafe(stored, n)
+
+        try:
+            await asyncio.to_thread(fetch)
             if pending:
                 raise Stale(path)  # the publisher cut the stream: the file changed
         except httpx.TimeoutException:

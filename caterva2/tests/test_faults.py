@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import caterva2 as cat2
+from caterva2 import b2
 from caterva2.tests.harness import wait_until
 
 
@@ -39,6 +40,37 @@ def test_killed_publisher_cached_served_uncached_503_then_resumes(deployment):
     pub.start()
     wait_until(lambda: cat2.fetch("data/uncached.b2nd", host, "0:5").tolist() == [0, 1, 2, 3, 4],
                what="service resumed after publisher restart")
+
+
+def test_killed_publisher_large_streamed_reads(stack, tmp_path):
+    """Large selections travel as chunk streams: the cached part is still served whole, and
+    a read needing chunks the dead publisher cannot give fails clearly, never partially."""
+    src = tmp_path / "big"
+    src.mkdir()
+    a = np.arange(400_000, dtype="f8").reshape(400, 1000)
+    blosc2.asarray(a, urlpath=str(src / "a.b2nd"), mode="w", chunks=(100, 1000),
+                   blocks=(10, 1000))
+    pub = stack.publisher("big", src)
+    sub = stack.subscriber()
+    wait_until(lambda: "big" in cat2.get_roots(sub.address), what="root big")
+    ds = cat2.Root("big", host=sub.address)["a.b2nd"]
+    np.testing.assert_array_equal(ds[:200], a[:200])  # 1.6 MB: a chunk stream
+    pub.stop(kill=True)
+    np.testing.assert_array_equal(ds[:200], a[:200])
+    with pytest.raises(cat2.ServerError) as err:
+        ds[:]
+    assert err.value.status_code in (503, 504)
+    assert "unreachable" in err.value.detail
+
+
+def test_a_chunk_stream_lacking_chunks_is_an_error_not_data():
+    shape, chunks, blocks = (40,), (10,), (5,)
+    arr = blosc2.asarray(np.arange(40), chunks=chunks, blocks=blocks)
+    asm = b2.ChunkAssembler(shape, chunks, blocks, np.dtype(int), (slice(0, 40),))
+    for n in (0, 1, 3):
+        asm.add(n, arr.schunk.get_chunk(n))
+    with pytest.raises(ValueError, match="lacks 1 of 4 chunks"):
+        asm.check_complete([0, 1, 2, 3])
 
 
 def test_publisher_announces_changes_made_while_it_was_down(deployment):

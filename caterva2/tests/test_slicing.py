@@ -1,9 +1,12 @@
-"""Unit tests: selection parsing and planning, chunk geometry, chunk assembly."""
+"""Unit tests: selection parsing and planning, chunk geometry, chunk assembly and streams."""
+import io
+
 import blosc2
+import httpx
 import numpy as np
 import pytest
 
-from caterva2 import b2, slicing
+from caterva2 import b2, bulk, slicing
 
 
 @pytest.mark.parametrize("text, key", [
@@ -76,12 +79,33 @@ def test_chunk_assembler_rebuilds_any_region_from_stored_chunks(shape, chunks, b
     np.testing.assert_array_equal(asm.out, a[region])
 
 
-def test_record_reader_splits_a_stream_cut_anywhere():
-    data = b2.pack_record(3, b"abc") + b2.pack_record(9, b"") + b2.pack_record(4, b"x" * 100)
-    reader = b2.RecordReader()
-    got = [rec for i in range(0, len(data), 7) for rec in reader.feed(data[i:i + 7])]
-    reader.close()
+class Trickle(io.RawIOBase):
+    """A body that arrives a few bytes at a time, as from a socket."""
+
+    def __init__(self, data: bytes):
+        self.data = io.BytesIO(data)
+
+    def readinto(self, buffer) -> int:
+        return self.data.readinto(memoryview(buffer)[:7])
+
+
+def record(nchunk: int, chunk: bytes) -> bytes:
+    return b2.record_header(nchunk, len(chunk)) + chunk
+
+
+def test_chunk_stream_records_are_rebuilt_from_any_pieces():
+    data = record(3, b"abc") + record(9, b"") + record(4, b"x" * 100)
+    got = [(n, bytes(c)) for n, c in bulk.records(Trickle(data), max_length=100)]
     assert got == [(3, b"abc"), (9, b""), (4, b"x" * 100)]
-    reader.feed(b"\x01\x02")
-    with pytest.raises(ValueError, match="cut short"):
-        reader.close()
+
+
+@pytest.mark.parametrize("cut", [3, 16, 17, 20])
+def test_a_chunk_stream_cut_short_is_an_error(cut):
+    data = record(3, b"abc") + record(4, b"x" * 100)
+    with pytest.raises(httpx.RemoteProtocolError, match="cut short"):
+        list(bulk.records(Trickle(data[:len(record(3, b"abc")) + cut]), max_length=100))
+
+
+def test_an_oversized_chunk_record_is_refused_before_any_allocation():
+    with pytest.raises(httpx.RemoteProtocolError, match="at most"):
+        list(bulk.records(Trickle(b2.record_header(0, 1 << 60)), max_length=1000))
