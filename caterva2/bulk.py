@@ -53,7 +53,10 @@ def get(url: str, params: dict[str, str] | None = None,
     target = (parts.path or "/") + (f"?{urllib.parse.urlencode(params)}" if params else "")
     key = (parts.scheme, parts.netloc)
     pool = _pool()
-    request = httpx.Request("GET", url, params=params)
+
+    def request() -> httpx.Request:  # what errors carry; built only then (it costs ~0.2 ms)
+        return httpx.Request("GET", url, params=params)
+
     for attempt in range(2):
         conn = pool.pop(key, None)
         reused = conn is not None
@@ -62,10 +65,10 @@ def get(url: str, params: dict[str, str] | None = None,
                 conn = _connect(*key, timeout)
             except TimeoutError:
                 raise httpx.ConnectTimeout(f"cannot connect to {parts.netloc} in time",
-                                           request=request) from None
+                                           request=request()) from None
             except OSError as e:
                 raise httpx.ConnectError(f"cannot connect to {parts.netloc}: {e}",
-                                         request=request) from None
+                                         request=request()) from None
         try:
             conn.request("GET", target, headers={"Accept-Encoding": "identity"})
             response = conn.getresponse()
@@ -75,24 +78,24 @@ def get(url: str, params: dict[str, str] | None = None,
             if reused and attempt == 0:
                 continue  # the server closed a kept-alive connection: open a new one
             raise httpx.ReadError(f"connection to {parts.netloc} lost: {e}",
-                                  request=request) from None
+                                  request=request()) from None
         except TimeoutError:
             conn.close()
             raise httpx.ReadTimeout(f"no answer from {parts.netloc} in time",
-                                    request=request) from None
+                                    request=request()) from None
         except (http.client.HTTPException, OSError) as e:
             conn.close()
             raise httpx.ReadError(f"bad answer from {parts.netloc}: {e}",
-                                  request=request) from None
+                                  request=request()) from None
     try:
         yield response
     except TimeoutError:
         conn.close()
-        raise httpx.ReadTimeout(f"{parts.netloc} stopped sending", request=request) from None
+        raise httpx.ReadTimeout(f"{parts.netloc} stopped sending", request=request()) from None
     except (http.client.HTTPException, ConnectionError) as e:
         conn.close()
         raise httpx.ReadError(f"answer from {parts.netloc} cut short: {e}",
-                              request=request) from None
+                              request=request()) from None
     except BaseException:
         conn.close()
         raise

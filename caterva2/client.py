@@ -218,26 +218,35 @@ class File:
         """The selection ``slice_`` (text or key) of the dataset."""
         key = slicing.parse_slice(slice_) if isinstance(slice_, str) else \
             (slice_ if isinstance(slice_, tuple) else (() if slice_ is None else (slice_,)))
-        if self.meta.get("shape") is not None:
-            streamed = self._fetch_streamed(key)
-            if streamed is not None:
-                return streamed
-        return fetch(self._dataset, self.host, slicing.format_slice(key), prefer_schunk)
-
-    def _fetch_streamed(self, key):
-        """Large array selections: get the stored chunks and decompress them here."""
         meta = self.meta
         try:
-            dtype = np.dtype(meta["dtype"])
+            dtype = np.dtype(meta["dtype"]) if meta.get("shape") is not None else None
         except TypeError:
-            return None  # structured dtypes: let the subscriber build the array
+            dtype = None  # a structured dtype: the subscriber builds the array (a cframe)
+        if dtype is None:
+            return fetch(self._dataset, self.host, slicing.format_slice(key), prefer_schunk)
         shape, chunks = tuple(meta["shape"]), tuple(meta["chunks"])
         plan = slicing.plan(key, shape)
         selected = math.prod(plan.result_shape) * dtype.itemsize
+        ntouched = math.prod(len(range(r.start // c, -(-r.stop // c)))
+                             for r, c in zip(plan.region, chunks))
+        touched = ntouched * math.prod(chunks) * dtype.itemsize
+        if selected >= STREAM_MIN_BYTES and selected * STREAM_COVERAGE >= touched:
+            return self._fetch_streamed(key, plan, dtype)
+        if selected > b2.MAX_BUFFER_BYTES:
+            return fetch(self._dataset, self.host, slicing.format_slice(key), prefer_schunk)
+        url = _url(self.host, f"api/fetch/{self._dataset}")
+        with bulk.get(url, {"slice_": slicing.format_slice(key), "buffer": "true"}) as r:
+            if r.status >= 400:
+                raise ServerError(bulk.as_httpx(r, url))
+            out = b2.decompress_items(r.read(), dtype, plan.result_shape)
+        return out[()] if out.ndim == 0 else out
+
+    def _fetch_streamed(self, key, plan: slicing.Plan, dtype: np.dtype) -> np.ndarray:
+        """Large array selections: get the stored chunks and decompress them here."""
+        meta = self.meta
+        shape, chunks = tuple(meta["shape"]), tuple(meta["chunks"])
         nchunks = b2.chunks_in_region(shape, chunks, plan.region)
-        touched = len(nchunks) * math.prod(chunks) * dtype.itemsize
-        if selected < STREAM_MIN_BYTES or selected * STREAM_COVERAGE < touched:
-            return None
         assembler = b2.ChunkAssembler(shape, chunks, tuple(meta["blocks"]), dtype, plan.region)
         url = _url(self.host, f"api/fetch/{self._dataset}")
         with bulk.get(url, {"slice_": slicing.format_slice(key), "chunks": "true"}) as r:

@@ -182,6 +182,10 @@ class Cache:
                 self.indexes[root] = data
             return self.indexes[root]
 
+    def loaded_index(self, root: str) -> dict[str, dict[str, Any]] | None:
+        """The index of ``root`` if already in memory (never blocks: callable from async code)."""
+        return self.indexes.get(root)
+
     def set_index(self, root: str, datasets: dict[str, dict[str, Any]]) -> None:
         """Replace a root's index, dropping replicas of changed and deleted datasets."""
         datasets = {p: e for p, e in datasets.items() if _safe(p)}

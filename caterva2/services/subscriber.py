@@ -5,9 +5,11 @@ REST API (dataset paths always include the root):
 - ``GET /api/roots``, ``POST /api/subscribe/{root}``, ``GET /api/list/{root}``,
   ``GET /api/url/{root}[/{path}]``, ``GET /api/info/{root}/{path}``;
 - ``GET /api/fetch/{root}/{path}?slice_=...``: the selection as an NDArray cframe (arrays)
-  or a Blosc2-compressed buffer (bytes).  With ``&chunks=true`` (arrays only) the answer is
-  instead the stored chunks the selection touches, as a chunk stream (see
-  :mod:`caterva2.b2`), for the client to decompress — much cheaper for large selections;
+  or a Blosc2-compressed buffer (bytes).  For arrays, ``&buffer=true`` asks instead for the
+  selection's items in C order as one Blosc2-compressed buffer (the client knows shape and
+  dtype: far cheaper than a cframe for small reads), and ``&chunks=true`` for the stored
+  chunks the selection touches, as a chunk stream (see :mod:`caterva2.b2`), for the client
+  to decompress — much cheaper for large selections;
 - ``GET /api/download/{root}/{path}``: the URL of the complete file;
 - ``GET /files/{root}/{path}``: the complete dataset as a Blosc2 file (``.b2`` added for
   ordinary files).
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import html
 import logging
+import math
 import pathlib
 from typing import Any
 
@@ -84,7 +87,9 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
     async def lookup(root: str, path: str) -> dict[str, Any]:
         follower = subscribed_root(root)
         common.safe_relpath(path)
-        index = await asyncio.to_thread(follower.cache.index, root) or {}
+        index = follower.cache.loaded_index(root)
+        if index is None:
+            index = await asyncio.to_thread(follower.cache.index, root) or {}
         if path not in index:
             raise HTTPException(404, f"no dataset {path!r} in root {root!r}")
         return index[path]
@@ -173,7 +178,8 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
     # -- data -------------------------------------------------------------------------
     @app.get("/api/fetch/{root}/{path:path}")
     async def fetch(root: str, path: str, slice_: str | None = None,
-                    prefer_schunk: bool = True, chunks: bool = False) -> Response:
+                    prefer_schunk: bool = True, chunks: bool = False,
+                    buffer: bool = False) -> Response:
         entry = await lookup(root, path)
         meta = entry["meta"]
         try:
@@ -194,25 +200,38 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
             entry, replica, arrivals = await with_chunks(root, path, nchunks, wait=False)
             return StreamingResponse(stream_chunks(root, path, entry, replica, nchunks, arrivals),
                                      media_type="application/x-caterva2-chunks")
-        entry, replica, _ = await with_chunks(root, path, nchunks)
         if meta["kind"] == "ndarray":
-            def answer() -> bytes:
-                data = replica.read_array(plan.region)
-                return encode_array(np.asarray(data)[plan.within])
+            def answer(replica) -> bytes:
+                data = np.asarray(replica.read_array(plan.region))[plan.within]
+                return b2.compress_items(data) if buffer else encode_array(data)
         else:
-            def answer() -> bytes:
+            def answer(replica) -> bytes:
                 r = plan.region[0]
                 data = replica.read_items(r.start, r.stop)
                 typesize = meta["schunk"]["typesize"]
                 items = np.frombuffer(data, dtype=f"V{typesize}")[plan.within]
                 return blosc2.compress2(np.ascontiguousarray(items).tobytes(), typesize=1)
+        if buffer and (meta["kind"] != "ndarray" or
+                       math.prod(plan.result_shape) * meta["schunk"]["typesize"]
+                       > b2.MAX_BUFFER_BYTES):
+            raise HTTPException(400, "buffer=true is for array selections up to "
+                                     f"{b2.MAX_BUFFER_BYTES} bytes; use chunks=true")
+        cache = state["f"].cache
+
+        def cached_answer() -> bytes | None:  # a cached read costs one thread hop
+            replica = cache.replica(root, path, entry)
+            return None if replica.missing(nchunks) else answer(replica)
+
         try:
-            return Response(await asyncio.to_thread(answer),
-                            media_type="application/octet-stream")
+            body = await asyncio.to_thread(cached_answer)
+            if body is None:
+                entry, replica, _ = await with_chunks(root, path, nchunks)
+                body = await asyncio.to_thread(answer, replica)
         except RuntimeError as e:  # a damaged replica: drop it, the next read rebuilds it
-            await asyncio.to_thread(state["f"].cache.discard, root, path, entry)
+            await asyncio.to_thread(cache.discard, root, path, entry)
             raise HTTPException(503, f"cached copy of {root}/{path} was damaged ({e}); "
                                      "it has been dropped, read again") from None
+        return Response(body, media_type="application/octet-stream")
 
     async def stream_chunks(root: str, path: str, entry: dict[str, Any], replica,
                             nchunks: list[int], arrivals: dict[int, asyncio.Future]):

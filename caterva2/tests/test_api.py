@@ -58,6 +58,7 @@ def test_fetch_arrays(sub_host, example_dir, path):
         got = ds[key]
         np.testing.assert_array_equal(got, want, err_msg=f"{path}[{key}]")
         assert np.shape(got) == np.shape(want), f"{path}[{key}]"
+        assert np.asarray(got).dtype == np.asarray(want).dtype, f"{path}[{key}]"
         text = cat2.slicing.format_slice(key)
         np.testing.assert_array_equal(cat2.fetch(f"foo/{path}", sub_host, text), want)
 

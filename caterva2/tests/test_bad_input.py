@@ -27,6 +27,7 @@ import caterva2 as cat2
     ("/files/foo/%2e%2e/%2e%2e/x", 400, "'..'"),
     ("/files/foo/README.md", 404, ".b2"),
     ("/api/fetch/foo/ds-1d.b2nd?chunks=maybe", 400, "chunks"),
+    ("/api/fetch/foo/ds-hello.b2frame?buffer=true", 400, "buffer=true is for array"),
 ])
 def test_subscriber_rejects_bad_requests_clearly(sub_host, url, status, words):
     r = httpx.get(f"http://{sub_host}{url}")
