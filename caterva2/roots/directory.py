@@ -138,7 +138,7 @@ class DirectoryRoot(PublishedRoot):
         current = file_version(source.stat())
         if version is not None and version != current:
             raise VersionMismatch(path)
-        schunk = self._open(path, source, current)
+        keepalive, schunk = self._open(path, source, current)  # noqa: RUF059
         for n in nchunks:
             if not 0 <= n < schunk.nchunks:
                 raise IndexError(f"{path} has {schunk.nchunks} chunks, not {n + 1}")
@@ -151,23 +151,26 @@ class DirectoryRoot(PublishedRoot):
             raise VersionMismatch(path)  # rewritten while we read: do not serve a mix
         return chunks
 
-    def _open(self, path: str, source: pathlib.Path, version: str) -> blosc2.SChunk:
+    def _open(self, path: str, source: pathlib.Path, version: str):
+        """``(obj, schunk)`` of a dataset version, opened once and kept in an LRU.
+
+        The caller must keep ``obj`` while using ``schunk``: an NDArray's SChunk is only valid
+        while the NDArray lives (an evicted handle must not pull it from under a reader).
+        """
         key = (path, version)
-        with self._lock:
+        with self._lock:  # (opening inside the lock: concurrent first reads open it once)
             if key in self._handles:
                 self._handles.move_to_end(key)
-                return self._handles[key][1]
-        if path.endswith((".b2nd", ".b2frame")):
-            obj = blosc2.open(str(source), mode="r")
-        else:
-            obj = blosc2.open(str(self._compressed(path, source, version)), mode="r")
-        # Keep the opened object itself: an NDArray's schunk is only valid while it lives.
-        schunk = obj.schunk if isinstance(obj, blosc2.NDArray) else obj
-        with self._lock:
+                return self._handles[key]
+            if path.endswith((".b2nd", ".b2frame")):
+                obj = blosc2.open(str(source), mode="r")
+            else:
+                obj = blosc2.open(str(self._compressed(path, source, version)), mode="r")
+            schunk = obj.schunk if isinstance(obj, blosc2.NDArray) else obj
             self._handles[key] = (obj, schunk)
             while len(self._handles) > MAX_OPEN:
                 self._handles.popitem(last=False)
-        return schunk
+            return obj, schunk
 
     def stored_file(self, path: str) -> pathlib.Path:
         source = self._source(path)

@@ -3,15 +3,18 @@
 Layout under ``STATEDIR/cache``::
 
     roots/ROOT/index.json                       every dataset of the root: version + metadata
-    roots/ROOT/data/PATH/VTAG/replica.b2        sparse Blosc2 replica, chunks filled on demand
-    roots/ROOT/data/PATH/VTAG/complete.b2       a contiguous copy, made for downloads
+    roots/ROOT/data/PATH/VTAG/replica.b2        Blosc2 replica, chunks filled on demand
 
 A replica has the source's shape, chunks, blocks, dtype and compression parameters; its
 chunks start uninitialised and are filled, exactly as stored at the source, when a client
 needs them.  Each version of a dataset has its own directory, so a chunk of an old version
-can never land in a new one; a change drops the old directory.  Replicas are sparse frames
-(one file per chunk), so storing a chunk never rewrites others, and a replica that fails
-to open after a crash is discarded and rebuilt from the source.
+can never land in a new one; a change drops the old directory.
+
+A replica is one contiguous Blosc2 frame: storing a chunk appends it and rewrites the
+frame's small trailer, never other chunks.  Once every chunk is held, the replica file is
+itself a complete, valid Blosc2 file, and downloads are served from it with no copy.  A
+replica that fails to open (after a crash mid-write) is discarded and rebuilt from the
+source; a damaged chunk counts as missing and is fetched again.
 """
 from __future__ import annotations
 
@@ -45,12 +48,13 @@ class Replica:
         self.version = entry["version"]
         self.is_array = self.meta["kind"] == "ndarray"
         self.file = directory / "replica.b2"
-        self.complete = directory / "complete.b2"
         self.lock = threading.Lock()
         self.obj = self._open_or_create()
 
     # -- creation ---------------------------------------------------------------------
     def _open_or_create(self):
+        if self.file.is_dir():  # a sparse replica of an older layout: start again
+            shutil.rmtree(self.directory, ignore_errors=True)
         if self.file.exists():
             try:
                 return blosc2.open(str(self.file), mode="a")
@@ -63,18 +67,18 @@ class Replica:
         os.replace(tmp, self.file)  # a replica appears whole or not at all
         return blosc2.open(str(self.file), mode="a")
 
-    def _create(self, urlpath: pathlib.Path, contiguous: bool = False):
+    def _create(self, urlpath: pathlib.Path):
         meta, sc = self.meta, self.meta["schunk"]
         cparams = b2.cparams_from_dict(sc["cparams"])
         if self.is_array:
             obj = blosc2.uninit(tuple(meta["shape"]), b2.dtype_from_descr(meta["dtype_descr"]),
                                 chunks=tuple(meta["chunks"]), blocks=tuple(meta["blocks"]),
-                                cparams=cparams, urlpath=str(urlpath), contiguous=contiguous,
+                                cparams=cparams, urlpath=str(urlpath), contiguous=True,
                                 mode="w")
             schunk = obj.schunk
         else:
             obj = schunk = blosc2.SChunk(chunksize=sc["chunksize"], urlpath=str(urlpath),
-                                         contiguous=contiguous, mode="w", cparams=cparams)
+                                         contiguous=True, mode="w", cparams=cparams)
             if sc["nbytes"]:
                 schunk.fill_special(sc["nbytes"] // sc["typesize"],
                                     blosc2.SpecialValue.UNINIT)
@@ -128,26 +132,14 @@ class Replica:
 
     # -- downloads --------------------------------------------------------------------
     def complete_file(self) -> pathlib.Path:
-        """A contiguous Blosc2 file of the whole dataset (every chunk must be held).
+        """The replica file, which is the complete dataset once every chunk is held.
 
-        Made once per version, chunk by chunk (memory stays bounded), and renamed into
-        place only when finished, so a download never sees a partial file.
+        Raises RuntimeError if a chunk is missing: a partial file is never handed out.
         """
-        if self.complete.exists():
-            return self.complete
-        tmp = self.directory / f".complete-{uuid.uuid4().hex}"
-        try:
-            out = self._create(tmp, contiguous=True)
-            out_schunk = out.schunk if self.is_array else out
-            with self.lock:
-                for n in range(self.schunk.nchunks):
-                    out_schunk.update_chunk(n, self.schunk.get_chunk(n))
-            del out, out_schunk
-            os.replace(tmp, self.complete)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-        return self.complete
+        missing = self.missing(list(range(self.schunk.nchunks)))
+        if missing:
+            raise RuntimeError(f"{len(missing)} chunks are not cached")
+        return self.file
 
 
 def version_tag(version: str) -> str:

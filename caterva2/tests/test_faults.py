@@ -118,10 +118,10 @@ def test_roots_published_while_subscriber_down_appear(deployment, tmp_path):
 
 def test_damaged_cache_is_detected_and_rebuilt(deployment):
     stack, pub, sub, src = deployment
-    chunk_files = sorted(pathlib.Path(sub.statedir, "cache").rglob("*.chunk"))
-    assert chunk_files, "expected cached chunk files"
-    for f in chunk_files:
-        f.write_bytes(f.read_bytes()[:20])  # truncated, as after a crash or a full disk
+    replicas = sorted(pathlib.Path(sub.statedir, "cache").rglob("replica.b2"))
+    assert replicas, "expected cached replicas"
+    for f in replicas:
+        f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])  # as after a crash or a full disk
     host = sub.address
     for _ in range(3):  # damage is reported as an error (never as data) and then healed
         try:
