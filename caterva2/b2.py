@@ -121,11 +121,16 @@ def is_uninit_chunk(lazychunk: bytes) -> bool:
         (lazychunk[31] >> _SPECIAL_SHIFT) & _SPECIAL_MASK) == _SPECIAL_UNINIT
 
 
+def chunk_cbytes(chunk: bytes) -> int:
+    """The stored size of a chunk, from its header (a lazy chunk's header is enough)."""
+    return struct.unpack_from("<i", chunk, 12)[0]
+
+
 def check_chunk(chunk: bytes) -> None:
     """Raise ValueError unless ``chunk`` is one whole Blosc2 chunk (as its header says)."""
     if len(chunk) < 16:
         raise ValueError("chunk shorter than a Blosc2 header")
-    cbytes = struct.unpack_from("<i", chunk, 12)[0]
+    cbytes = chunk_cbytes(chunk)
     if cbytes != len(chunk):
         raise ValueError(f"chunk header says {cbytes} bytes, got {len(chunk)}")
 

@@ -55,6 +55,10 @@ class PublishedRoot(abc.ABC):
         """Several chunks of one version at once (roots may do this more cheaply)."""
         return [self.read_chunk(path, n, version) for n in nchunks]
 
+    def chunk_sizes(self, path: str, nchunks: list[int], version: str) -> list[int] | None:
+        """The stored sizes of ``nchunks`` (for a Content-Length), or None if not known cheaply."""
+        return None
+
     @abc.abstractmethod
     def changes(self) -> AsyncIterator[None]:
         """Yield each time datasets of the root may have changed (then call versions())."""

@@ -109,6 +109,11 @@ class Replica:
         with self.lock:
             self.schunk.update_chunk(nchunk, chunk)
 
+    def chunk_sizes(self, nchunks: list[int]) -> list[int]:
+        """Stored sizes of held chunks, from their headers."""
+        with self.lock:
+            return [b2.chunk_cbytes(self.schunk.get_lazychunk(n)) for n in nchunks]
+
     def read_chunks(self, nchunks: list[int]) -> list[bytes]:
         """Chunks exactly as stored; ValueError if one is damaged."""
         with self.lock:

@@ -173,6 +173,11 @@ async def chunk_records(read: Callable[[list[int]], list[bytes]], batches: Itera
                 pending.cancel()
 
 
+def stream_length(sizes: list[int]) -> int:
+    """The length of a chunk stream of chunks of these sizes."""
+    return sum(sizes) + b2.RECORD_HEADER_SIZE * len(sizes)
+
+
 def batched(numbers: list[int], size: int) -> list[list[int]]:
     return [numbers[i:i + size] for i in range(0, len(numbers), size)]
 

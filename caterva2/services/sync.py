@@ -27,7 +27,7 @@ from caterva2.services.cache import Cache, Replica
 
 log = logging.getLogger("caterva2.subscriber")
 PARALLEL_STREAMS = 4  # chunk requests in flight per fetch
-MIN_CHUNKS_PER_STREAM = 4
+MIN_CHUNKS_PER_STREAM = 2
 UPSTREAM_TIMEOUT = (3, 30)  # seconds to connect to a publisher, and to wait for its data
 
 
