@@ -196,17 +196,6 @@ class Follower:
         return DatasetEntry.model_validate_json(r.content).model_dump()
 
     # -- chunks -----------------------------------------------------------------------
-    async def ensure_chunks(self, root: str, path: str, entry: dict[str, Any],
-                            nchunks: list[int]) -> Replica:
-        """The replica of ``entry``'s version, holding at least ``nchunks``.
-
-        Raises Unavailable, Gone or Stale.
-        """
-        replica, arrivals = await self.request_chunks(root, path, entry, nchunks)
-        for future in arrivals.values():
-            await asyncio.shield(future)
-        return replica
-
     async def request_chunks(self, root: str, path: str, entry: dict[str, Any],
                              nchunks: list[int]) -> tuple[Replica, dict[int, asyncio.Future]]:
         """The replica of ``entry``'s version, and a future for each of ``nchunks`` it does
