@@ -144,19 +144,29 @@ def chunk_grid(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ..
     return tuple(-(-s // c) if c else 0 for s, c in zip(shape, chunks))
 
 
-def chunks_in_region(shape, chunks, region: tuple[slice, ...]) -> list[int]:
-    """Linear indexes (C order, as Blosc2 stores them) of the chunks a region touches.
+def chunks_in_region(shape, chunks, region: tuple[slice, ...], within=None) -> list[int]:
+    """Linear indexes (C order, as Blosc2 stores them) of the chunks a selection touches.
 
-    ``region`` is one ``slice(start, stop)`` per dimension, already clipped to ``shape``.
+    ``region`` is one ``slice(start, stop)`` per dimension, already clipped to ``shape``;
+    ``within`` (see :class:`caterva2.slicing.Plan`), if given, is the selection inside it:
+    with steps larger than a chunk, chunks holding no selected element are left out.
     """
     if any(r.stop <= r.start for r in region):
         return []
     grid = chunk_grid(shape, chunks)
-    ranges = [range(r.start // c, -(-r.stop // c)) for r, c in zip(region, chunks)]
-    if not ranges:  # 0-d array: one chunk
+    if not grid:  # 0-d array: one chunk
         return [0]
-    coords = np.stack(np.meshgrid(*[np.arange(r.start, r.stop) for r in ranges],
-                                  indexing="ij"), axis=-1).reshape(-1, len(ranges))
+    per_dim = []
+    for d, (r, c) in enumerate(zip(region, chunks)):
+        picked = range(r.start, r.stop)
+        if within is not None and isinstance(within[d], slice):
+            picked = picked[within[d]]
+        lo, hi = min(picked[0], picked[-1]), max(picked[0], picked[-1])
+        if abs(picked.step) <= c:  # every chunk in between holds a selected element
+            per_dim.append(np.arange(lo // c, hi // c + 1))
+        else:  # at most one selected element per chunk: as many as chunks, no more
+            per_dim.append(np.unique(np.fromiter((i // c for i in picked), dtype=np.int64)))
+    coords = np.stack(np.meshgrid(*per_dim, indexing="ij"), axis=-1).reshape(-1, len(grid))
     return np.ravel_multi_index(coords.T, grid).tolist()
 
 

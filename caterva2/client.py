@@ -228,11 +228,10 @@ class File:
         shape, chunks = tuple(meta["shape"]), tuple(meta["chunks"])
         plan = slicing.plan(key, shape)
         selected = math.prod(plan.result_shape) * dtype.itemsize
-        ntouched = math.prod(len(range(r.start // c, -(-r.stop // c)))
-                             for r, c in zip(plan.region, chunks))
-        touched = ntouched * math.prod(chunks) * dtype.itemsize
-        if selected >= STREAM_MIN_BYTES and selected * STREAM_COVERAGE >= touched:
-            return self._fetch_streamed(key, plan, dtype)
+        if selected >= STREAM_MIN_BYTES:
+            nchunks = b2.chunks_in_region(shape, chunks, plan.region, plan.within)
+            if selected * STREAM_COVERAGE >= len(nchunks) * math.prod(chunks) * dtype.itemsize:
+                return self._fetch_streamed(key, plan, dtype, nchunks)
         if selected > b2.MAX_BUFFER_BYTES:
             return fetch(self._dataset, self.host, slicing.format_slice(key), prefer_schunk)
         url = _url(self.host, f"api/fetch/{self._dataset}")
@@ -242,11 +241,11 @@ class File:
             out = b2.decompress_items(r.read(), dtype, plan.result_shape)
         return out[()] if out.ndim == 0 else out
 
-    def _fetch_streamed(self, key, plan: slicing.Plan, dtype: np.dtype) -> np.ndarray:
+    def _fetch_streamed(self, key, plan: slicing.Plan, dtype: np.dtype,
+                        nchunks: list[int]) -> np.ndarray:
         """Large array selections: get the stored chunks and decompress them here."""
         meta = self.meta
         shape, chunks = tuple(meta["shape"]), tuple(meta["chunks"])
-        nchunks = b2.chunks_in_region(shape, chunks, plan.region)
         assembler = b2.ChunkAssembler(shape, chunks, tuple(meta["blocks"]), dtype, plan.region)
         url = _url(self.host, f"api/fetch/{self._dataset}")
         with bulk.get(url, {"slice_": slicing.format_slice(key), "chunks": "true"}) as r:

@@ -187,7 +187,8 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
             if meta["kind"] == "ndarray":
                 shape = tuple(meta["shape"])
                 plan = slicing.plan(key, shape)
-                nchunks = b2.chunks_in_region(shape, meta["chunks"], plan.region)
+                nchunks = b2.chunks_in_region(shape, meta["chunks"], plan.region,
+                                              plan.within)
             else:
                 sc = meta["schunk"]
                 plan = slicing.plan_bytes(key, sc["nbytes"] // sc["typesize"])

@@ -62,6 +62,21 @@ def test_chunks_in_region_lists_exactly_the_touched_chunks():
     assert b2.chunks_in_region((), (), ()) == [0]
 
 
+@pytest.mark.parametrize("key", [
+    (slice(None, None, 1000), slice(None, None, 1000)), (slice(None, None, 3), 7),
+    (slice(None, None, -700), slice(1, 1999, 501)), (slice(1990, 5, -400), slice(None)),
+    (5, slice(2, 3)), (slice(None, None, 499), slice(None, None, 500)),
+])
+def test_chunks_of_a_stepped_selection_are_only_those_holding_selected_elements(key):
+    shape, chunks = (2000, 1999), (500, 400)
+    plan = slicing.plan(key, shape)
+    rows, cols = np.indices(shape)
+    grid = b2.chunk_grid(shape, chunks)
+    holding = np.ravel_multi_index((rows // 500, cols // 400), grid)[key]
+    want = sorted(set(np.ravel(holding).tolist()))
+    assert sorted(b2.chunks_in_region(shape, chunks, plan.region, plan.within)) == want
+
+
 @pytest.mark.parametrize("shape, chunks, blocks, dtype", [
     ((10, 20), (5, 5), (2, 3), "uint16"),
     ((3, 4, 5), (2, 3, 4), (2, 2, 2), "float32"),
