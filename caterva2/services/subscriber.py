@@ -255,7 +255,8 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
             while coming:
                 done, _ = await asyncio.wait(coming, return_when=asyncio.FIRST_COMPLETED)
                 stored = [coming.pop(future) for future in done if future.result() is None]
-                async for piece in common.chunk_records(replica.read_chunks, [stored]):
+                async for piece in common.chunk_records(replica.read_chunks,
+                                                        common.batched(stored, STREAM_BATCH)):
                     yield piece
         except (Unavailable, Gone, Stale) as e:
             log.warning("answer for %s/%s cut short: %s", root, path, e or type(e).__name__)
