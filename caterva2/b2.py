@@ -121,9 +121,19 @@ def is_uninit_chunk(lazychunk: bytes) -> bool:
         (lazychunk[31] >> _SPECIAL_SHIFT) & _SPECIAL_MASK) == _SPECIAL_UNINIT
 
 
+def chunk_nbytes(chunk: bytes) -> int:
+    """The decompressed size of a chunk, from its header."""
+    return struct.unpack_from("<i", chunk, 4)[0]
+
+
 def chunk_cbytes(chunk: bytes) -> int:
     """The stored size of a chunk, from its header (a lazy chunk's header is enough)."""
     return struct.unpack_from("<i", chunk, 12)[0]
+
+
+def stored_sizes(schunk: blosc2.SChunk, nchunks: list[int]) -> list[int]:
+    """Stored sizes of chunks of ``schunk``, read from their headers only."""
+    return [chunk_cbytes(schunk.get_lazychunk(n)) for n in nchunks]
 
 
 def check_chunk(chunk: bytes) -> None:
@@ -253,7 +263,7 @@ def decompress_items(buffer: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> 
     """The array that :func:`compress_items` compressed; ValueError if sizes disagree."""
     out = np.empty(shape, dtype=dtype)
     check_chunk(buffer)
-    nbytes = struct.unpack_from("<i", buffer, 4)[0]
+    nbytes = chunk_nbytes(buffer)
     if nbytes != out.nbytes:
         raise ValueError(f"answer holds {nbytes} bytes, the selection {out.nbytes}")
     if nbytes:

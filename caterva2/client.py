@@ -15,12 +15,15 @@ Everything here needs only ``httpx``, ``numpy`` and ``blosc2``.  Data arrives as
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import http.client
 import math
 import os
 import pathlib
 import tempfile
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 import blosc2
@@ -73,6 +76,15 @@ def _checked(response: httpx.Response) -> httpx.Response:
     return response
 
 
+@contextlib.contextmanager
+def _data(url: str, params: dict | None = None) -> Iterator[http.client.HTTPResponse]:
+    """A data answer (read fast, see :mod:`caterva2.bulk`); ServerError if refused."""
+    with bulk.get(url, params) as r:
+        if r.status >= 400:
+            raise ServerError(bulk.as_httpx(r, url))
+        yield r
+
+
 def _get(host: str, path: str, params: dict | None = None) -> Any:
     return _checked(_http().get(_url(host, path), params=params)).json()
 
@@ -120,9 +132,7 @@ def fetch(dataset: str, host: str = sub_host_default, slice_=None, prefer_schunk
     """
     text = slice_ if isinstance(slice_, str) else slicing.format_slice(slice_)
     url = _url(host, f"api/fetch/{dataset}")
-    with bulk.get(url, {"slice_": text}) as r:
-        if r.status >= 400:
-            raise ServerError(bulk.as_httpx(r, url))
+    with _data(url, {"slice_": text}) as r:
         content = r.read()
     return _decode(content, str(dataset).endswith(".b2nd"))
 
@@ -141,9 +151,7 @@ def _download_url(url: str, local: pathlib.Path) -> pathlib.Path:
     local.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as f, bulk.get(url) as r:
-            if r.status >= 400:
-                raise ServerError(bulk.as_httpx(r, url))
+        with os.fdopen(fd, "wb") as f, _data(url) as r:
             bulk.save(r, f)
         if url.endswith(".b2"):
             packed, tmp = tmp, tmp + ".unpacked"
@@ -235,9 +243,7 @@ class File:
         if selected > b2.MAX_BUFFER_BYTES:
             return fetch(self._dataset, self.host, slicing.format_slice(key), prefer_schunk)
         url = _url(self.host, f"api/fetch/{self._dataset}")
-        with bulk.get(url, {"slice_": slicing.format_slice(key), "buffer": "true"}) as r:
-            if r.status >= 400:
-                raise ServerError(bulk.as_httpx(r, url))
+        with _data(url, {"slice_": slicing.format_slice(key), "buffer": "true"}) as r:
             out = b2.decompress_items(r.read(), dtype, plan.result_shape)
         return out[()] if out.ndim == 0 else out
 
@@ -248,9 +254,7 @@ class File:
         shape, chunks = tuple(meta["shape"]), tuple(meta["chunks"])
         assembler = b2.ChunkAssembler(shape, chunks, tuple(meta["blocks"]), dtype, plan.region)
         url = _url(self.host, f"api/fetch/{self._dataset}")
-        with bulk.get(url, {"slice_": slicing.format_slice(key), "chunks": "true"}) as r:
-            if r.status >= 400:
-                raise ServerError(bulk.as_httpx(r, url))
+        with _data(url, {"slice_": slicing.format_slice(key), "chunks": "true"}) as r:
             for n, chunk in bulk.records(r, assembler.max_chunk_bytes):
                 assembler.add(n, chunk)
         assembler.check_complete(nchunks)

@@ -134,11 +134,7 @@ class DirectoryRoot(PublishedRoot):
 
     def read_chunks(self, path: str, nchunks: list[int],
                     version: str | None = None) -> list[bytes]:
-        source = self._source(path)
-        current = file_version(source.stat())
-        if version is not None and version != current:
-            raise VersionMismatch(path)
-        keepalive, schunk = self._open(path, source, current)  # noqa: RUF059
+        source, current, (keepalive, schunk) = self._current(path, version)  # noqa: RUF059
         for n in nchunks:
             if not 0 <= n < schunk.nchunks:
                 raise IndexError(f"{path} has {schunk.nchunks} chunks, not {n + 1}")
@@ -152,15 +148,21 @@ class DirectoryRoot(PublishedRoot):
         return chunks
 
     def chunk_sizes(self, path: str, nchunks: list[int], version: str) -> list[int] | None:
-        source = self._source(path)
-        if file_version(source.stat()) != version:
-            raise VersionMismatch(path)
-        keepalive, schunk = self._open(path, source, version)  # noqa: RUF059
+        source, current, (keepalive, schunk) = self._current(path, version)  # noqa: RUF059
         try:
             with self._lock:
-                return [b2.chunk_cbytes(schunk.get_lazychunk(n)) for n in nchunks]
+                return b2.stored_sizes(schunk, nchunks)
         except RuntimeError:
             return None
+
+    def _current(self, path: str, version: str | None):
+        """``(source, current version, (obj, schunk))``; VersionMismatch unless ``version``
+        (if given) is still the current one."""
+        source = self._source(path)
+        current = file_version(source.stat())
+        if version is not None and version != current:
+            raise VersionMismatch(path)
+        return source, current, self._open(path, source, current)
 
     def _open(self, path: str, source: pathlib.Path, version: str):
         """``(obj, schunk)`` of a dataset version, opened once and kept in an LRU.

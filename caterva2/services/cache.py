@@ -112,7 +112,7 @@ class Replica:
     def chunk_sizes(self, nchunks: list[int]) -> list[int]:
         """Stored sizes of held chunks, from their headers."""
         with self.lock:
-            return [b2.chunk_cbytes(self.schunk.get_lazychunk(n)) for n in nchunks]
+            return b2.stored_sizes(self.schunk, nchunks)
 
     def read_chunks(self, nchunks: list[int]) -> list[bytes]:
         """Chunks exactly as stored; ValueError if one is damaged."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -153,11 +152,11 @@ async def chunk_records(read: Callable[[list[int]], list[bytes]], batches: Itera
     def start(batch: list[int]) -> asyncio.Future:
         return loop.run_in_executor(None, read, batch)
 
-    pending: asyncio.Future = loop.create_future()
-    if first is not None:
-        pending.set_result(first)
-    else:
+    if first is None:
         pending = start(batches[0])
+    else:
+        pending = loop.create_future()
+        pending.set_result(first)
     try:
         for i, batch in enumerate(batches):
             chunks = await pending
@@ -169,8 +168,7 @@ async def chunk_records(read: Callable[[list[int]], list[bytes]], batches: Itera
     finally:
         if not pending.done():  # the receiver went away: drop the batch being read
             pending.add_done_callback(lambda f: f.cancelled() or f.exception())
-            with contextlib.suppress(Exception):
-                pending.cancel()
+            pending.cancel()
 
 
 def stream_length(sizes: list[int]) -> int:
