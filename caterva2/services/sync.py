@@ -260,7 +260,7 @@ class Follower:
                     if n not in asked:
                         raise Unavailable(f"publisher sent chunk {n}, not asked for")
                     asked.discard(n)
-                    replica.store(n, chunk)
+                    replica.store(n, chunk)  # (stored before records reuses its buffer)
                     loop.call_soon_threadsafe(stored, n)
 
         try:
