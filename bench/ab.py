@@ -23,65 +23,52 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # for scaling.py, the benchmark's data maker and helpers
 NFILES = 5
 SHAPE = (4000, 4000)  # float64: 128 MB, 64 chunks of 500x500
 
 
 def make_data(directory: pathlib.Path) -> None:
-    sys.path.insert(0, str(HERE))
-    import scaling  # the benchmark's own data maker
+    import scaling  # imported late: see one_round
 
     for i in range(1, NFILES + 1):
         scaling.make_array(directory / f"f{i}.b2nd", SHAPE, seed=i)
 
 
-def peak_mb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) // 1024
-    return 0
-
-
 def one_round(code: str, work: pathlib.Path, data: pathlib.Path) -> dict[str, list[float]]:
     """Times of one stack of the code in ``code`` (run in a process of its own)."""
-    import caterva2 as cat2  # from ``code``: see main
-    from caterva2.tests.harness import Service
+    import caterva2 as cat2  # from ``code`` (PYTHONPATH, see main)
+    from caterva2.tests.harness import Stack, wait_until
 
-    def timed(fn, *args) -> float:
-        t = time.perf_counter()
-        fn(*args)
-        return time.perf_counter() - t
+    if not pathlib.Path(cat2.__file__).resolve().is_relative_to(code):
+        raise RuntimeError(f"caterva2 came from {cat2.__file__}, not from {code}")
+    # Only now: scaling puts this checkout first on sys.path, but caterva2 is loaded already.
+    from scaling import proc_status_mb, timed
 
-    bro = Service("broker", [], work / "bro")
-    pub = Service("publisher", ["ab", data], work / "pub", broker=bro.address)
-    sub = Service("subscriber", [], work / "sub", broker=bro.address)
+    stack = Stack(work)
+    pub = stack.publisher("ab", data)
+    sub = stack.subscriber()
     out: dict[str, list[float]] = {"cold_full": [], "warm_full": []}
     try:
-        deadline = time.monotonic() + 60
-        while "ab" not in cat2.get_roots(sub.address):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the root never reached the subscriber")
-            time.sleep(0.05)
+        wait_until(lambda: "ab" in cat2.get_roots(sub.address), timeout=60,
+                   what="the root at the subscriber")
         root = cat2.Root("ab", host=sub.address)
         for i in (1, 2, 3):
             ds = root[f"f{i}.b2nd"]
-            out["cold_full"].append(timed(ds.__getitem__, slice(None)))
-            out["warm_full"] += [timed(ds.__getitem__, slice(None)) for _ in range(3)]
+            out["cold_full"].append(timed(lambda ds=ds: ds[:])[0])
+            out["warm_full"] += [timed(lambda ds=ds: ds[:])[0] for _ in range(3)]
         ds = root["f4.b2nd"]
-        out["cold_slice4"] = [timed(ds.__getitem__, (slice(0, 900), slice(1, 900)))]
+        out["cold_slice4"] = [timed(lambda: ds[0:900, 1:900])[0]]
         ds = root["f5.b2nd"]
         os.chdir(work)
-        out["cold_download"] = [timed(ds.download)]
-        out["warm_download"] = [timed(ds.download) for _ in range(2)]
-        out["sub_peak_mb"] = [peak_mb(sub.proc.pid)]
-        out["pub_peak_mb"] = [peak_mb(pub.proc.pid)]
+        out["cold_download"] = [timed(ds.download)[0]]
+        out["warm_download"] = [timed(ds.download)[0] for _ in range(2)]
+        out["sub_peak_mb"] = [proc_status_mb(sub.proc.pid)]
+        out["pub_peak_mb"] = [proc_status_mb(pub.proc.pid)]
     finally:
-        for service in (sub, pub, bro):
-            service.stop()
+        stack.stop()
     return out
 
 
