@@ -123,7 +123,7 @@ def read_exactly(response: http.client.HTTPResponse, buffer) -> int:
 
 
 def records(response: http.client.HTTPResponse,
-             max_length: int) -> Iterator[tuple[int, memoryview]]:
+            max_length: int) -> Iterator[tuple[int, memoryview]]:
     """The ``(nchunk, chunk)`` records of a chunk stream (see :mod:`caterva2.b2`).
 
     Each chunk is a view of one buffer that the next record overwrites: use it (decompress
