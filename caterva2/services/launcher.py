@@ -19,6 +19,8 @@ import httpx
 from caterva2 import config
 
 STARTUP_TIMEOUT_S = 30
+STOP_SIGNALS = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP")
+                                                  else [])
 
 
 def plan(conf: dict, conf_path: str | None) -> list[tuple[str, list[str], str]]:
@@ -77,24 +79,30 @@ def main() -> None:
         sys.exit(f"cat2run: error: {e}")
     procs: list[subprocess.Popen] = []
 
-    def stop_all(*_) -> None:
+    def stop_all() -> None:
+        """Subscribers first and the broker last, each gone before the next is asked: no
+        service sees another vanish (and logs about it) while stopping."""
+        for sig in STOP_SIGNALS:  # a second Ctrl-C must not leave services behind
+            signal.signal(sig, signal.SIG_IGN)
         for p in reversed(procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for p in procs:
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
                 p.kill()
+                p.wait()
 
-    # Ctrl-C (SIGINT) and SIGTERM both stop everything, even when started from a script
-    # that ignores SIGINT for background jobs.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Ctrl-C (SIGINT), SIGTERM and a closed terminal (SIGHUP) stop everything, even when
+    # started from a script that ignores SIGINT for background jobs.
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.default_int_handler)
     subscribers = []
     try:
         for label, cmd, address in plan(conf, args.conf if conf else None):
-            proc = subprocess.Popen(cmd)
+            # A session of its own: Ctrl-C at the terminal reaches cat2run alone, which
+            # then stops the services in order.
+            proc = subprocess.Popen(cmd, start_new_session=True)
             procs.append(proc)
             if not wait_ready(address, proc):
                 raise SystemExit(f"cat2run: {label} did not start on {address}; stopping")

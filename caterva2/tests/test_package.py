@@ -1,13 +1,19 @@
 """The package as a user meets it: the example root, the bundled test runner, the config."""
+import contextlib
+import os
 import pathlib
+import signal
+import socket
 import subprocess
 import sys
+import threading
 
 import blosc2
 import numpy as np
 import pytest
 
 from caterva2 import config
+from caterva2.tests.harness import wait_until
 from caterva2.tools import make_root_example
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
@@ -61,3 +67,59 @@ def test_service_reads_conf_and_command_line_overrides(tmp_path):
                            "--http", "nonsense"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "expected HOST:PORT" in done.stderr and "Traceback" not in done.stderr
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports free right now.  cat2run starts services on the fixed ports of its
+    configuration (publishers and subscribers find the broker there), so it cannot bind
+    port 0; these are held together until all are picked, then released."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
+def test_cat2run_starts_a_deployment_and_ctrl_c_stops_it_cleanly(tmp_path, example_dir):
+    import caterva2 as cat2
+
+    bro, pub, sub = free_ports(3)
+    conf = tmp_path / "caterva2.toml"
+    sections = {"broker": {"http": f"127.0.0.1:{bro}"},
+                "publisher": {"http": f"127.0.0.1:{pub}", "name": "foo", "root": example_dir},
+                "subscriber": {"http": f"127.0.0.1:{sub}"}}
+    conf.write_text("".join(
+        f"[{kind}]\nstatedir = \"{tmp_path / kind}\"\n"
+        + "".join(f'{key} = "{value}"\n' for key, value in keys.items())
+        for kind, keys in sections.items()))
+    run = subprocess.Popen([sys.executable, "-m", "caterva2.services.launcher", "--conf", str(conf)],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           start_new_session=True)  # a process group, as at a terminal
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(run.stdout), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: "Press Ctrl-C to stop everything.\n" in lines, timeout=60,
+                   what="cat2run to say the deployment is up")
+        wait_until(lambda: "foo" in cat2.get_roots(f"127.0.0.1:{sub}"), timeout=60,
+                   what="its subscriber knowing root foo")
+        os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole group
+        run.wait(60)
+        reader.join(10)
+    finally:
+        if run.poll() is None:  # failed midway: cat2run still stops its services in order
+            run.terminate()
+            try:
+                run.wait(30)
+            except subprocess.TimeoutExpired:
+                run.kill()
+        run.stdout.close()
+    out = "".join(lines)
+    assert run.returncode == 0, out
+    assert out.endswith("cat2run: stopping...\ncat2run: all stopped.\n"), out
+    # Stopped in order (subscriber first, broker last): nobody saw another one vanish.
+    for noise in ("WARNING", "ERROR", "Traceback"):
+        assert noise not in out, out
+    for port in (bro, pub, sub):
+        with socket.socket() as s, pytest.raises(OSError):
+            s.connect(("127.0.0.1", port))
