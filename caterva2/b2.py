@@ -211,8 +211,11 @@ class ChunkAssembler:
     and the client, not the server, pays for decompression.
     """
 
-    def __init__(self, shape, chunks, blocks, dtype: np.dtype, region: tuple[slice, ...]):
+    def __init__(self, shape, chunks, blocks, dtype: np.dtype, region: tuple[slice, ...],
+                 threads: int | None = None):
+        """``threads`` decompress each chunk (default: Blosc2's global setting)."""
         self.shape, self.chunks, self.blocks, self.dtype = shape, chunks, blocks, dtype
+        self.dparams = blosc2.DParams(nthreads=threads or blosc2.nthreads)
         self.region = region
         self.out = np.empty([r.stop - r.start for r in region], dtype=dtype)
         self.nitems = math.prod(-(-c // b) * b for c, b in zip(chunks, blocks))
@@ -224,7 +227,7 @@ class ChunkAssembler:
         """Decompress one stored chunk (bytes-like) into its place in ``out``."""
         if self._buffer is None:
             self._buffer = np.empty(self.nitems, dtype=self.dtype)
-        blosc2.decompress2(chunk, dst=self._buffer)
+        blosc2.decompress2(chunk, dst=self._buffer, dparams=self.dparams)
         block = chunk_to_array(self._buffer, self.dtype, self.chunks, self.blocks)
         held = chunk_slices(nchunk, self.shape, self.chunks)
         src, dst = [], []
