@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
 
 import httpx
+
+from caterva2.tests.harness import free_ports, wait_until
 
 PIECE = 1_600_000
 
@@ -47,12 +48,6 @@ def serve(port: int, npieces: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def read_httpx(client: httpx.Client, url: str) -> int:
     total = 0
     with client.stream("GET", url) as r:
@@ -76,16 +71,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
     npieces = max(1, args.mb * 1_000_000 // PIECE)
-    port = free_port()
+    port = free_ports(1)[0]
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port), str(npieces)])
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1), timeout=30,
+                   what="the test server")
         client = httpx.Client(timeout=60)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         buffer = bytearray(4 << 20)

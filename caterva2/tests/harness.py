@@ -5,9 +5,11 @@ module waits for that file and for the service to answer HTTP.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -79,6 +81,17 @@ class Service:
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` loopback ports free right now, for programs that cannot bind port 0 themselves
+    (``cat2run`` starts services on the fixed ports of its configuration).  They are held
+    together until all are picked, so the ``n`` differ, then released."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def wait_until(predicate, timeout: float = 20, interval: float = 0.05, what: str = "condition"):

@@ -1,5 +1,4 @@
 """The package as a user meets it: the example root, the bundled test runner, the config."""
-import contextlib
 import os
 import pathlib
 import signal
@@ -13,7 +12,7 @@ import numpy as np
 import pytest
 
 from caterva2 import config
-from caterva2.tests.harness import wait_until
+from caterva2.tests.harness import free_ports, wait_until
 from caterva2.tools import make_root_example
 
 CHECKOUT = pathlib.Path(__file__).resolve().parents[2]
@@ -67,17 +66,6 @@ def test_service_reads_conf_and_command_line_overrides(tmp_path):
                            "--http", "nonsense"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "expected HOST:PORT" in done.stderr and "Traceback" not in done.stderr
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports free right now.  cat2run starts services on the fixed ports of its
-    configuration (publishers and subscribers find the broker there), so it cannot bind
-    port 0; these are held together until all are picked, then released."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 def test_cat2run_starts_a_deployment_and_ctrl_c_stops_it_cleanly(tmp_path, example_dir):
