@@ -4,6 +4,7 @@ Only ``numpy`` and ``blosc2`` are needed here, so the client library can use thi
 """
 from __future__ import annotations
 
+import json
 import math
 import struct
 from typing import Any
@@ -102,6 +103,20 @@ def array_meta(array: blosc2.NDArray) -> dict[str, Any]:
         "size": int(array.schunk.nbytes),
         "schunk": schunk_meta(array.schunk),
     }
+
+
+LAYOUT_HEADER = "Caterva2-Layout"
+
+
+def layout(meta: dict[str, Any]) -> str:
+    """An array's layout (shape, dtype, chunks, blocks) as one line of text.
+
+    The subscriber sends it with every array answer (header :data:`LAYOUT_HEADER`); the
+    client decodes items and chunks with the metadata it fetched earlier, and compares it
+    with its own first, so an answer for a dataset that changed since is never misread.
+    """
+    return json.dumps([meta["shape"], meta["dtype"], meta["chunks"], meta["blocks"]],
+                      separators=(",", ":"))
 
 
 def dtype_from_descr(descr: Any) -> np.dtype:
@@ -227,6 +242,10 @@ class ChunkAssembler:
         """Decompress one stored chunk (bytes-like) into its place in ``out``."""
         if self._buffer is None:
             self._buffer = np.empty(self.nitems, dtype=self.dtype)
+        check_chunk(chunk)
+        if chunk_nbytes(chunk) != self._buffer.nbytes:  # never decompress past the buffer
+            raise ValueError(f"a chunk of {chunk_nbytes(chunk)} bytes where the dataset's "
+                             f"chunks hold {self._buffer.nbytes}: it changed; read again")
         blosc2.decompress2(chunk, dst=self._buffer, dparams=self.dparams)
         block = chunk_to_array(self._buffer, self.dtype, self.chunks, self.blocks)
         held = chunk_slices(nchunk, self.shape, self.chunks)

@@ -159,6 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if not hasattr(args, "host"):
             args.host = config.client_host(getattr(args, "conf", config.CONF_DEFAULT))
+        config.check_client_host(args.host)
         args.func(args)
     except cat2.ServerError as e:
         fail(e.detail)

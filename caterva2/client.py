@@ -46,6 +46,10 @@ STREAM_MIN_BYTES = 256 * 1024
 STREAM_COVERAGE = 4
 
 
+class _LayoutChanged(Exception):
+    """An answer laid out differently from this client's metadata: the dataset changed."""
+
+
 class ServerError(httpx.HTTPStatusError):
     """The subscriber refused a request; ``str(error)`` is its explanation."""
 
@@ -223,9 +227,27 @@ class File:
         return self.fetch(key)
 
     def fetch(self, slice_=None, prefer_schunk: bool = True):
-        """The selection ``slice_`` (text or key) of the dataset."""
+        """The selection ``slice_`` (text or key) of the dataset.
+
+        If the dataset changed shape, dtype or chunking since this object got its metadata,
+        the metadata is fetched again and the read redone (answers are decoded with it).
+        """
         key = slicing.parse_slice(slice_) if isinstance(slice_, str) else \
             (slice_ if isinstance(slice_, tuple) else (() if slice_ is None else (slice_,)))
+        for _ in range(3):
+            try:
+                return self._fetch(key, prefer_schunk)
+            except _LayoutChanged:
+                self.meta = get_info(self._dataset, self.host)
+                self.__dict__.pop("vlmeta", None)
+        raise ValueError(f"{self._dataset} keeps changing while being read; read it again")
+
+    def _check_layout(self, response: http.client.HTTPResponse) -> None:
+        sent = response.getheader(b2.LAYOUT_HEADER)
+        if sent is not None and sent != b2.layout(self.meta):
+            raise _LayoutChanged
+
+    def _fetch(self, key, prefer_schunk: bool):
         meta = self.meta
         try:
             dtype = np.dtype(meta["dtype"]) if meta.get("shape") is not None else None
@@ -244,6 +266,7 @@ class File:
             return fetch(self._dataset, self.host, slicing.format_slice(key), prefer_schunk)
         url = _url(self.host, f"api/fetch/{self._dataset}")
         with _data(url, {"slice_": slicing.format_slice(key), "buffer": "true"}) as r:
+            self._check_layout(r)
             out = b2.decompress_items(r.read(), dtype, plan.result_shape)
         return out[()] if out.ndim == 0 else out
 
@@ -254,6 +277,7 @@ class File:
         shape, chunks = tuple(meta["shape"]), tuple(meta["chunks"])
         url = _url(self.host, f"api/fetch/{self._dataset}")
         with _data(url, {"slice_": slicing.format_slice(key), "chunks": "true"}) as r:
+            self._check_layout(r)
             # A stream of known length is all cached at the subscriber and comes as fast as
             # it is read: one decompressing thread keeps up, and leaves the other cores to
             # the sender (cached 128 MB read: 0.128 -> 0.100 s).  Chunks still coming from

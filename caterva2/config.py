@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+import urllib.parse
 from typing import Any
 
 if sys.version_info >= (3, 11):
@@ -41,17 +42,21 @@ def load(path: str | pathlib.Path | None = CONF_DEFAULT) -> dict[str, Any]:
 
 def section(conf: dict[str, Any], name: str, id_: str | None = None) -> dict[str, Any]:
     """Section ``name`` (or ``name.ID``), with ``name.ID`` keys overriding ``name`` keys."""
-    base = {k: v for k, v in conf.get(name, {}).items() if not isinstance(v, dict)}
-    if id_:
-        base.update(conf.get(name, {}).get(id_, {}))
+    table = conf.get(name, {})
+    sub = table.get(id_, {}) if id_ and isinstance(table, dict) else {}
+    if not isinstance(table, dict) or not isinstance(sub, dict):
+        where = f"{name}.{id_}" if isinstance(table, dict) else name
+        raise ConfigError(f"configuration: [{where}] must be a table of settings")
+    base = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    base.update(sub)
     return base
 
 
 def parse_host(text: str) -> tuple[str, int]:
     """Split ``HOST:PORT`` (port 0 asks the system for a free port)."""
     host, sep, port = str(text).rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"expected HOST:PORT, got {text!r}")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"expected HOST:PORT (port 0 to 65535), got {text!r}")
     return host or "localhost", int(port)
 
 
@@ -86,7 +91,27 @@ def resolve(args: argparse.Namespace, kind: str, defaults: dict[str, Any]) -> di
         if value is not None and key not in ("conf", "id"):
             settings[key] = value
     settings["loglevel"] = str(settings.get("loglevel", "warning")).lower()
+    for key in ("http", "broker", "statedir", "url"):
+        if settings.get(key) is not None and not isinstance(settings[key], str):
+            raise ConfigError(f"{key} must be a string, got {settings[key]!r}")
+    for key in ("http", "broker"):
+        if key in settings:
+            parse_host(settings[key])
     return settings
+
+
+def check_client_host(host: str) -> None:
+    """ConfigError unless ``host`` is ``HOST:PORT`` or an ``http(s)://`` URL with a valid port."""
+    if host.startswith(("http://", "https://")):
+        try:
+            parts = urllib.parse.urlsplit(host)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as e:
+            raise ConfigError(f"bad subscriber URL {host!r}: {e}") from None
+        if not parts.hostname:
+            raise ConfigError(f"bad subscriber URL {host!r}: no host")
+    else:
+        parse_host(host)
 
 
 def client_host(conf_path: str | None = CONF_DEFAULT) -> str:

@@ -6,16 +6,32 @@ Blosc2 chunks or cframes (see :mod:`caterva2.b2`).
 """
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
+
+from caterva2 import paths
 
 
 class RootInfo(BaseModel):
     """A root as the broker knows it: its name and the publisher serving it."""
 
-    name: str
+    name: Annotated[str, AfterValidator(paths.check_root_name)]  # one path component
     http: str  # host:port of the publisher
+
+
+def valid_roots(data: Any) -> dict[str, RootInfo]:
+    """``{name: RootInfo}`` from JSON (a state file, the broker's answer), leaving out and
+    logging entries that are not valid roots (e.g. ``../x`` from an older version)."""
+    roots = {}
+    for name, info in (data.items() if isinstance(data, dict) else ()):
+        try:
+            roots[name] = RootInfo.model_validate(info)
+        except ValueError as e:
+            logging.getLogger("caterva2").warning("ignoring root %r: %s", name,
+                                                  str(e).splitlines()[-1].strip())
+    return roots
 
 
 class SChunkMeta(BaseModel):

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI, WebSocket, WebSocketDisconnect
 
 from caterva2 import config
-from caterva2.models import ChangeEvent, RootEvent, RootInfo
+from caterva2.models import ChangeEvent, RootEvent, RootInfo, valid_roots
 from caterva2.services import common
 
 log = logging.getLogger("caterva2.broker")
@@ -54,8 +54,7 @@ class EventHub:
 def build_app(statedir: pathlib.Path) -> FastAPI:
     """The broker's web application, keeping its registry in ``statedir/roots.json``."""
     registry_file = pathlib.Path(statedir) / "roots.json"
-    roots: dict[str, RootInfo] = {
-        name: RootInfo(**info) for name, info in common.read_json(registry_file, {}).items()}
+    roots: dict[str, RootInfo] = valid_roots(common.read_json(registry_file, {}))
     hub = EventHub()
     app = FastAPI(title="Caterva2 broker")
     common.install_error_handlers(app)

@@ -23,7 +23,7 @@ import httpx
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
 
-from caterva2 import config
+from caterva2 import config, paths
 from caterva2.models import ChangeEvent, RootInfo
 from caterva2.roots import (
     DatasetNotFound,
@@ -41,16 +41,19 @@ READ_BATCH = 4  # chunks read per thread hop when streaming
 
 def parse_chunk_list(text: str, nchunks: int) -> list[int]:
     """``"0-3,7"`` → ``[0, 1, 2, 3, 7]``; HTTPException(400) on bad or out-of-range items."""
-    out: list[int] = []
+    ranges: list[range] = []
     try:
         for item in filter(None, text.split(",")):
             lo, _, hi = item.partition("-")
-            out.extend(range(int(lo), int(hi or lo) + 1))
+            ranges.append(range(int(lo), int(hi or lo) + 1))
     except ValueError:
         raise HTTPException(400, f"malformed chunk list {text!r}") from None
-    if any(not 0 <= n < nchunks for n in out):
+    # Bounds first: a short text like "0-999999999" must not expand into a huge list.
+    if any(r and not (0 <= r.start and r.stop <= nchunks) for r in ranges):
         raise HTTPException(400, f"chunk numbers must be in 0..{nchunks - 1}")
-    return out
+    if sum(len(r) for r in ranges) > nchunks:
+        raise HTTPException(400, f"more chunks asked for than the dataset's {nchunks}")
+    return [n for r in ranges for n in r]
 
 
 class Announcer:
@@ -250,6 +253,7 @@ def main() -> None:
         if not settings.get("name") or not settings.get("root"):
             raise config.ConfigError("give NAME and ROOT (or 'name' and 'root' in the "
                                      "[publisher] section of the configuration file)")
+        paths.check_root_name(str(settings["name"]))  # ValueError: a clear error at start
         root = open_root(settings["root"], settings["statedir"])
         return build_app(settings["name"], root, settings["address"], settings["broker"],
                          settings["statedir"])

@@ -22,6 +22,7 @@ import html
 import logging
 import math
 import pathlib
+import urllib.parse
 from typing import Any
 
 import blosc2
@@ -168,7 +169,7 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
     @app.get("/api/url/{root}/{path:path}")
     async def get_dataset_url(root: str, path: str) -> list[str]:
         await lookup(root, path)
-        return [f"http://{state['f'].publisher(root)}/api/download/{path}"]
+        return [f"http://{state['f'].publisher(root)}/api/download/{urllib.parse.quote(path)}"]
 
     @app.get("/api/info/{root}/{path:path}")
     async def get_info(root: str, path: str) -> dict[str, Any]:
@@ -197,9 +198,9 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
                     if r.stop > r.start else []
         except slicing.SelectionError as e:
             raise HTTPException(400, str(e)) from None
+        headers = {b2.LAYOUT_HEADER: b2.layout(meta)} if meta["kind"] == "ndarray" else {}
         if chunks and meta["kind"] == "ndarray":
             entry, replica, arrivals = await with_chunks(root, path, nchunks, wait=False)
-            headers = {}
             if not arrivals:  # all cached: a known length spares uvicorn a copy of each chunk
                 sizes = await asyncio.to_thread(replica.chunk_sizes, nchunks)
                 headers["Content-Length"] = str(common.stream_length(sizes))
@@ -237,7 +238,7 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
             await asyncio.to_thread(cache.discard, root, path, entry)
             raise HTTPException(503, f"cached copy of {root}/{path} was damaged ({e}); "
                                      "it has been dropped, read again") from None
-        return Response(body, media_type="application/octet-stream")
+        return Response(body, media_type="application/octet-stream", headers=headers)
 
     async def stream_chunks(root: str, path: str, entry: dict[str, Any], replica,
                             nchunks: list[int], arrivals: dict[int, asyncio.Future]):
@@ -277,7 +278,7 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
     async def download(root: str, path: str) -> str:
         entry = await lookup(root, path)
         await complete_file(root, path)
-        return f"{base_url}/files/{files_path(root, path, entry['meta'])}"
+        return f"{base_url}/files/{urllib.parse.quote(files_path(root, path, entry['meta']))}"
 
     @app.get("/files/{root}/{path:path}")
     async def files(root: str, path: str) -> Response:

@@ -21,7 +21,15 @@ import websockets
 from pydantic import TypeAdapter, ValidationError
 
 from caterva2 import bulk
-from caterva2.models import ChangeEvent, DatasetEntry, Event, RootEvent, RootIndex, RootInfo
+from caterva2.models import (
+    ChangeEvent,
+    DatasetEntry,
+    Event,
+    RootEvent,
+    RootIndex,
+    RootInfo,
+    valid_roots,
+)
 from caterva2.services import common
 from caterva2.services.cache import Cache, Replica
 
@@ -70,8 +78,7 @@ class Follower:
         self.broker, self.client = broker, client
         self.cache = Cache(statedir / "cache")
         self.subs_file = statedir / "subscriptions.json"
-        self.subscribed: dict[str, RootInfo] = {
-            name: RootInfo(**info) for name, info in common.read_json(self.subs_file, {}).items()}
+        self.subscribed: dict[str, RootInfo] = valid_roots(common.read_json(self.subs_file, {}))
         self.roots: dict[str, RootInfo] = dict(self.subscribed)
         self.inflight: dict[tuple, asyncio.Future] = {}
         self.tasks: set[asyncio.Task] = set()
@@ -82,8 +89,8 @@ class Follower:
         """Ask the broker for every root (raises httpx.HTTPError if it is down)."""
         r = await self.client.get(f"http://{self.broker}/api/roots")
         r.raise_for_status()
-        for name, info in r.json().items():
-            self.roots[name] = RootInfo(**info)
+        for name, info in valid_roots(r.json()).items():
+            self.roots[name] = info
             if name in self.subscribed and self.subscribed[name] != self.roots[name]:
                 self.subscribed[name] = self.roots[name]
                 await self._save_subscriptions()

@@ -75,6 +75,47 @@ def test_cli_errors_are_one_line_and_nonzero(sub_host, args, message):
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
+def test_publisher_refuses_huge_chunk_lists_without_expanding_them(services):
+    if services["stack"] is None:
+        pytest.skip("needs the managed deployment")
+    pub = next(s.address for s in services["stack"].services if s.kind == "publisher")
+    for nchunks in ("0-999999999999", "0,0-3,1-2,1-2,1-2"):
+        r = httpx.get(f"http://{pub}/api/chunks/ds-1d.b2nd", params={"nchunks": nchunks})
+        assert r.status_code == 400, r.text
+        assert "chunk" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--host", "localhost:abc", "roots"], "expected HOST:PORT"),
+    (["--host", "localhost:99999", "roots"], "expected HOST:PORT"),
+    (["--host", "", "roots"], "expected HOST:PORT"),
+    (["--host", "http://localhost:99999", "roots"], "bad subscriber URL"),
+])
+def test_cli_refuses_bad_subscriber_addresses(args, message):
+    done = subprocess.run([sys.executable, "-m", "caterva2.cli", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("service, args, conf, message", [
+    ("publisher", ["../evil", "."], "", "invalid root name '../evil'"),
+    ("broker", ["--http", "localhost:70000"], "", "port 0 to 65535"),
+    ("subscriber", ["--broker", "localhost:abc"], "", "expected HOST:PORT"),
+    ("broker", [], "[broker]\nstatedir = 5\n", "statedir must be a string"),
+    ("broker", [], "broker = 5\n", "[broker] must be a table"),
+])
+def test_services_refuse_bad_settings_at_start(tmp_path, service, args, conf, message):
+    (tmp_path / "c.toml").write_text(conf)
+    done = subprocess.run([sys.executable, "-m", f"caterva2.services.{service}",
+                           "--conf", str(tmp_path / "c.toml"),
+                           *(["--http", "127.0.0.1:0"] if "--http" not in args else []), *args],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          check=False)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def test_cli_with_no_subscriber_running():
     done = subprocess.run([sys.executable, "-m", "caterva2.cli", "--host", "127.0.0.1:9",
                            "roots"], capture_output=True, text=True, timeout=60)

@@ -47,6 +47,18 @@ def test_modified_shape_and_ordinary_file(live):
                what="new file content")
 
 
+@pytest.mark.parametrize("key", [slice(0, 5), slice(None)])  # a small read, a chunk stream
+def test_dataset_object_older_than_a_change_of_layout_reads_the_new_data(live, key):
+    src, host, root = live
+    ds = root["a.b2nd"]  # metadata: 100 int64 in chunks of 10
+    new = np.arange(100_000, dtype="f8") / 2  # other dtype (same item size), shape, chunks
+    blosc2.asarray(new, urlpath=str(src / "a.b2nd"), mode="w", chunks=(5_000,), blocks=(500,))
+    wait_until(lambda: cat2.get_info("live/a.b2nd", host)["shape"] == [100_000],
+               what="new layout at the subscriber")
+    np.testing.assert_array_equal(ds[key], new[key])
+    assert ds.meta["shape"] == [100_000] and ds.dtype == "float64"
+
+
 def test_added_and_deleted_datasets(live):
     src, host, root = live
     write(src / "sub" / "b.b2nd", np.ones(20))
@@ -65,3 +77,15 @@ def test_renamed_dataset(live):
     wait_until(lambda: cat2.get_list("live", host) == ["notes.txt", "renamed.b2nd"],
                what="rename seen")
     np.testing.assert_array_equal(cat2.fetch("live/renamed.b2nd", host), np.arange(100))
+
+
+def test_names_with_url_characters_download_and_read_correctly(live):
+    src, host, root = live
+    names = ["p%41.txt", "pA.txt", "a#b.txt", "q?x.txt", "sp ace.txt", "\u00fc.txt"]
+    for name in names:
+        (src / name).write_text(f"content of {name}")
+    wait_until(lambda: set(names) <= set(cat2.get_list("live", host)), what="the new files")
+    for name in names:
+        assert cat2.fetch(f"live/{name}", host) == f"content of {name}".encode()
+        local = root[name].download(src.parent / "downloads")
+        assert local.read_text() == f"content of {name}", name

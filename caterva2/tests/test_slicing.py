@@ -124,3 +124,12 @@ def test_a_chunk_stream_cut_short_is_an_error(cut):
 def test_an_oversized_chunk_record_is_refused_before_any_allocation():
     with pytest.raises(httpx.RemoteProtocolError, match="at most"):
         list(bulk.records(Trickle(b2.record_header(0, 1 << 60)), max_length=1000))
+
+
+def test_chunk_assembler_refuses_a_chunk_larger_than_the_layout_it_was_given():
+    # A chunk of a dataset that changed chunking since the client's metadata (or from a
+    # misbehaving server) must be an error, never a decompression past the buffer.
+    big = blosc2.asarray(np.arange(10_000, dtype="f8"), chunks=(1000,), blocks=(100,))
+    asm = b2.ChunkAssembler((10_000,), (100,), (10,), np.dtype("f8"), (slice(0, 10_000),))
+    with pytest.raises(ValueError, match="it changed; read again"):
+        asm.add(0, big.schunk.get_chunk(0))
