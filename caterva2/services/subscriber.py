@@ -9,7 +9,9 @@ REST API (dataset paths always include the root):
   selection's items in C order as one Blosc2-compressed buffer (the client knows shape and
   dtype: far cheaper than a cframe for small reads), and ``&chunks=true`` for the stored
   chunks the selection touches, as a chunk stream (see :mod:`caterva2.b2`), for the client
-  to decompress — much cheaper for large selections;
+  to decompress — much cheaper for large selections.  Array answers carry the header
+  ``Caterva2-Layout`` (shape, dtype, chunks, blocks: :func:`caterva2.b2.layout`), so a
+  client holding older metadata notices that the dataset changed instead of misreading it;
 - ``GET /api/download/{root}/{path}``: the URL of the complete file;
 - ``GET /files/{root}/{path}``: the complete dataset as a Blosc2 file (``.b2`` added for
   ordinary files).
