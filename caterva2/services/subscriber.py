@@ -137,8 +137,12 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
     @app.get("/api/roots")
     async def get_roots() -> dict[str, dict[str, Any]]:
         follower = state["f"]
-        with contextlib.suppress(httpx.HTTPError):
+        try:
             await follower.refresh_roots()
+        except httpx.HTTPError as e:  # known roots are still worth listing; none is not
+            if not follower.roots:
+                raise HTTPException(503, f"the broker at {follower.broker} is unreachable "
+                                         f"({type(e).__name__}); no roots known yet") from None
         return {name: {"name": name, "http": info.http, "subscribed": name in follower.subscribed}
                 for name, info in sorted(follower.roots.items())}
 

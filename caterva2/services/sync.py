@@ -8,7 +8,6 @@ twice at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import pathlib
@@ -153,8 +152,11 @@ class Follower:
     async def subscribe(self, root: str) -> None:
         """Follow ``root``: fetch its index (metadata only, no data)."""
         if root not in self.roots:
-            with contextlib.suppress(httpx.HTTPError):
+            try:
                 await self.refresh_roots()
+            except httpx.HTTPError as e:
+                raise Unavailable(f"root {root!r} is not known here and the broker at "
+                                  f"{self.broker} is unreachable ({type(e).__name__})") from None
         if root not in self.roots:
             raise KeyError(root)
         if root not in self.subscribed or await asyncio.to_thread(self.cache.index, root) is None:

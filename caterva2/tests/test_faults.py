@@ -149,6 +149,16 @@ def test_two_publishers_two_subscribers(stack, tmp_path):
     assert cat2.get_roots(subs[0].address)["one"]["subscribed"]
 
 
+def test_subscriber_without_its_broker_says_so(stack):
+    stack.broker.stop()
+    sub = stack.subscriber()  # starts, and keeps trying to reach the broker
+    for call in (lambda: cat2.get_roots(sub.address), lambda: cat2.subscribe("foo", sub.address)):
+        with pytest.raises(cat2.ServerError) as err:
+            call()
+        assert err.value.status_code == 503 and "broker" in err.value.detail
+        assert "unreachable" in err.value.detail
+
+
 def test_stopped_subscriber_gives_a_clear_error(tmp_path):
     with pytest.raises(httpx.ConnectError):
         cat2.get_roots("127.0.0.1:9")  # nothing listens on the discard port
