@@ -8,6 +8,12 @@ import pytest
 import caterva2 as cat2
 
 
+def cat2cli(*args: str) -> subprocess.CompletedProcess:
+    """Run ``cat2cli ARGS`` as a user would, in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "caterva2.cli", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
 @pytest.mark.parametrize("url, status, words", [
     ("/api/fetch/foo/ds-1d.b2nd?slice_=1:2:3:4", 400, "malformed"),
     ("/api/fetch/foo/ds-1d.b2nd?slice_=abc", 400, "malformed"),
@@ -68,8 +74,7 @@ def test_library_errors_carry_the_explanation(sub_host):
     (["show", "foo/../secret.b2nd"], "no '..'"),
 ])
 def test_cli_errors_are_one_line_and_nonzero(sub_host, args, message):
-    done = subprocess.run([sys.executable, "-m", "caterva2.cli", "--host", sub_host, *args],
-                          capture_output=True, text=True, timeout=60)
+    done = cat2cli("--host", sub_host, *args)
     assert done.returncode == 1
     assert done.stderr.startswith("cat2cli: error: ") and message in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -92,8 +97,7 @@ def test_publisher_refuses_huge_chunk_lists_without_expanding_them(services):
     (["--host", "http://localhost:99999", "roots"], "bad subscriber URL"),
 ])
 def test_cli_refuses_bad_subscriber_addresses(args, message):
-    done = subprocess.run([sys.executable, "-m", "caterva2.cli", *args],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = cat2cli(*args)
     assert done.returncode == 1 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
@@ -117,8 +121,7 @@ def test_services_refuse_bad_settings_at_start(tmp_path, service, args, conf, me
 
 
 def test_cli_with_no_subscriber_running():
-    done = subprocess.run([sys.executable, "-m", "caterva2.cli", "--host", "127.0.0.1:9",
-                           "roots"], capture_output=True, text=True, timeout=60)
+    done = cat2cli("--host", "127.0.0.1:9", "roots")
     assert done.returncode == 1
     assert done.stderr.strip() == ("cat2cli: error: cannot reach the subscriber at "
                                    "127.0.0.1:9 (is cat2sub running?)")
