@@ -11,6 +11,11 @@ with the subscriber's and publisher's peak memory.  Data goes to a temporary dir
 
 On a shared machine single runs of large reads vary by tenths of a second
 (``bench/fresh_pages.py``): decide from the medians of this script, not from one run.
+
+By default each round deletes the previous round's cache first, which leaves freshly freed
+memory for its writes: the cheap case.  ``--keep`` keeps every round's files until the
+end, so that each round's cache needs memory the machine has not just freed, as in a
+long-running subscriber (on this machine's VMs, several times dearer to write).
 """
 from __future__ import annotations
 
@@ -76,6 +81,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("versions", nargs="+", help="directories holding a caterva2 package")
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep every round's files until the end (see above)")
     parser.add_argument("--round", nargs=2, metavar=("WORK", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.round:  # one round, in a child process whose caterva2 comes from versions[0]
@@ -92,7 +99,8 @@ def main() -> None:
         make_data(data)
         for r in range(args.rounds):
             for v in versions if r % 2 == 0 else versions[::-1]:
-                work = pathlib.Path(temp) / "work"
+                work = pathlib.Path(temp) / (f"work{r}-{versions.index(v)}" if args.keep
+                                             else "work")
                 shutil.rmtree(work, ignore_errors=True)
                 work.mkdir()
                 env = {**os.environ, "PYTHONPATH": v}  # the services import this version
