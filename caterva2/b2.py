@@ -219,6 +219,10 @@ def chunk_to_array(data: bytes | np.ndarray, dtype: np.dtype, chunks, blocks) ->
     return grid.transpose(order).reshape([n * b for n, b in zip(nblocks, blocks)])
 
 
+class IncompleteAnswer(ValueError):
+    """A chunk stream lacked chunks: the subscriber could not get them all."""
+
+
 class ChunkAssembler:
     """Decompress stored NDArray chunks straight into a region of a NumPy array.
 
@@ -261,7 +265,7 @@ class ChunkAssembler:
         """Raise ValueError unless every chunk of ``nchunks`` was added."""
         missing = set(nchunks) - self.added
         if missing:
-            raise ValueError(f"the answer lacks {len(missing)} of {len(nchunks)} chunks (the "
+            raise IncompleteAnswer(f"the answer lacks {len(missing)} of {len(nchunks)} chunks (the "
                              "subscriber could not get them: its publisher may be down or "
                              "the data changed); read again")
 

@@ -230,16 +230,25 @@ class File:
         """The selection ``slice_`` (text or key) of the dataset.
 
         If the dataset changed shape, dtype or chunking since this object got its metadata,
-        the metadata is fetched again and the read redone (answers are decoded with it).
+        the metadata is fetched again and the read redone (answers are decoded with it); an
+        answer cut short by a change at the source is read again too.
         """
         key = slicing.parse_slice(slice_) if isinstance(slice_, str) else \
             (slice_ if isinstance(slice_, tuple) else (() if slice_ is None else (slice_,)))
-        for _ in range(3):
+        for attempt in range(3):
             try:
                 return self._fetch(key, prefer_schunk)
+            except b2.IncompleteAnswer:
+                if attempt == 2:
+                    raise
+                continue
+            except ServerError as e:
+                if e.response.status_code != 409:  # 409: the layout changed while being read
+                    raise
             except _LayoutChanged:
-                self.meta = get_info(self._dataset, self.host)
-                self.__dict__.pop("vlmeta", None)
+                pass
+            self.meta = get_info(self._dataset, self.host)
+            self.__dict__.pop("vlmeta", None)
         raise ValueError(f"{self._dataset} keeps changing while being read; read it again")
 
     def _check_layout(self, response: http.client.HTTPResponse) -> None:

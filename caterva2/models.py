@@ -90,10 +90,16 @@ DatasetMeta = Annotated[Union[ArrayMeta, FrameMeta, FileMeta], Field(discriminat
 
 
 class DatasetEntry(BaseModel):
-    """One dataset of a root: its version tag and metadata."""
+    """One dataset of a root: its version tag and metadata.
+
+    A dataset whose file cannot be read (being written, or damaged) has no ``meta`` and an
+    ``error`` saying why: it is listed, and reading it is a clear error until a readable
+    version appears.
+    """
 
     version: str
-    meta: DatasetMeta
+    meta: DatasetMeta | None = None
+    error: str | None = None
 
 
 class RootIndex(BaseModel):

@@ -15,7 +15,18 @@ class DatasetNotFound(KeyError):
 
 
 class DatasetUnavailable(Exception):
-    """The dataset exists but cannot be read now (being written, or not valid Blosc2)."""
+    """The dataset exists but cannot be read now (being written, or not valid Blosc2).
+
+    ``version`` is the version tag of the file that could not be read, when known.
+    """
+
+    def __init__(self, message: str, version: str | None = None):
+        super().__init__(message)
+        self.version = version
+
+    def entry(self) -> dict[str, Any]:
+        """The dataset's entry without metadata: listed, but not readable (see models)."""
+        return {"version": self.version or "unreadable", "meta": None, "error": str(self)}
 
 
 class VersionMismatch(Exception):
@@ -40,7 +51,7 @@ class PublishedRoot(abc.ABC):
     def entry(self, path: str) -> dict[str, Any]:
         """``{"version": ..., "meta": ...}`` for one dataset (see :mod:`caterva2.models`).
 
-        Raises DatasetNotFound or DatasetUnavailable.
+        Raises DatasetNotFound or DatasetUnavailable (with the version it could not read).
         """
 
     @abc.abstractmethod

@@ -76,19 +76,21 @@ class DirectoryRoot(PublishedRoot):
     # -- metadata ----------------------------------------------------------------------
     def entry(self, path: str) -> dict[str, Any]:
         source = self._source(path)
-        version = file_version(source.stat())
+        version = _version_of(source, path)
         cached = self._entries.get(path)
         if cached and cached["version"] == version:
             return cached
         try:
             meta = self._read_meta(path, source, version)
-        except (DatasetNotFound, DatasetUnavailable):
+        except DatasetNotFound:
             raise
+        except DatasetUnavailable as e:
+            raise DatasetUnavailable(str(e), version) from None
         except Exception as e:  # blosc2 raises several kinds on a bad or partial file
-            raise DatasetUnavailable(f"{path}: not readable as Blosc2 ({e})") from None
+            raise _unreadable(path, e, version) from None
         # A file rewritten while we read it must not be announced with stale metadata.
-        if file_version(source.stat()) != version:
-            raise DatasetUnavailable(f"{path}: changed while being read")
+        if not _still(source, version):
+            raise DatasetUnavailable(f"{path}: changed while being read", version)
         entry = {"version": version, "meta": meta}
         self._entries[path] = entry
         return entry
@@ -143,7 +145,7 @@ class DirectoryRoot(PublishedRoot):
                 chunks = [schunk.get_chunk(n) for n in nchunks]
         except RuntimeError as e:
             raise DatasetUnavailable(f"{path}: chunk unreadable ({e})") from None
-        if file_version(source.stat()) != current:
+        if not _still(source, current):
             raise VersionMismatch(path)  # rewritten while we read: do not serve a mix
         return chunks
 
@@ -159,7 +161,7 @@ class DirectoryRoot(PublishedRoot):
         """``(source, current version, (obj, schunk))``; VersionMismatch unless ``version``
         (if given) is still the current one."""
         source = self._source(path)
-        current = file_version(source.stat())
+        current = _version_of(source, path)
         if version is not None and version != current:
             raise VersionMismatch(path)
         return source, current, self._open(path, source, current)
@@ -175,10 +177,13 @@ class DirectoryRoot(PublishedRoot):
             if key in self._handles:
                 self._handles.move_to_end(key)
                 return self._handles[key]
-            if path.endswith((".b2nd", ".b2frame")):
-                obj = blosc2.open(str(source), mode="r")
-            else:
-                obj = blosc2.open(str(self._compressed(path, source, version)), mode="r")
+            try:
+                if path.endswith((".b2nd", ".b2frame")):
+                    obj = blosc2.open(str(source), mode="r")
+                else:
+                    obj = blosc2.open(str(self._compressed(path, source, version)), mode="r")
+            except Exception as e:  # noqa: BLE001 - being rewritten, or damaged
+                raise _unreadable(path, e, version) from None
             schunk = obj.schunk if isinstance(obj, blosc2.NDArray) else obj
             self._handles[key] = (obj, schunk)
             while len(self._handles) > MAX_OPEN:
@@ -189,7 +194,7 @@ class DirectoryRoot(PublishedRoot):
         source = self._source(path)
         if path.endswith((".b2nd", ".b2frame")):
             return source
-        return self._compressed(path, source, file_version(source.stat()))
+        return self._compressed(path, source, _version_of(source, path))
 
     async def changes(self) -> AsyncIterator[None]:
         # Short debounce: changes reach subscribers quickly; a file still being written
@@ -201,3 +206,22 @@ class DirectoryRoot(PublishedRoot):
     def close(self) -> None:
         with self._lock:
             self._handles.clear()
+
+
+def _version_of(source: pathlib.Path, path: str) -> str:
+    try:
+        return file_version(source.stat())
+    except OSError:  # removed since found
+        raise DatasetNotFound(path) from None
+
+
+def _still(source: pathlib.Path, version: str) -> bool:
+    """Whether the file is still that version (False if it was removed meanwhile)."""
+    try:
+        return file_version(source.stat()) == version
+    except OSError:
+        return False
+
+
+def _unreadable(path: str, error: Exception, version: str) -> DatasetUnavailable:
+    return DatasetUnavailable(f"{path}: not readable as Blosc2 ({error})", version)

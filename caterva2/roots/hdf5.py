@@ -150,7 +150,8 @@ class HDF5Root(PublishedRoot):
             if version is None or path not in self._listing:
                 raise DatasetNotFound(path)
             if not self._readable:
-                raise DatasetUnavailable(f"{path}: {self.path.name} is not readable now")
+                raise DatasetUnavailable(f"{path}: {self.path.name} is not readable now",
+                                         version)
             if path in self._entries:
                 return self._entries[path]
             kind, name = self._listing[path]
@@ -158,9 +159,9 @@ class HDF5Root(PublishedRoot):
                 meta = self._attrs_meta(name) if kind == "attrs" else self._array_meta(path,
                                                                                      name)
             except Exception as e:  # noqa: BLE001 - h5py and blosc2 raise several kinds
-                raise DatasetUnavailable(f"{path}: not readable now ({e})") from None
+                raise DatasetUnavailable(f"{path}: not readable now ({e})", version) from None
             if self._stat_version() != version:
-                raise DatasetUnavailable(f"{path}: the file changed while being read")
+                raise DatasetUnavailable(f"{path}: the file changed while being read", version)
             entry = {"version": version, "meta": meta}
             self._entries[path] = entry
             return entry

@@ -5,6 +5,8 @@ Endpoints (paths relative to the root):
 - ``GET /api/list``: dataset paths;
 - ``GET /api/index``: every dataset's version and metadata in one response (ETag);
 - ``GET /api/info/{path}``: one dataset's version and metadata (ETag / If-None-Match);
+  a dataset whose file cannot be read (being written, damaged) is listed with no metadata
+  and an ``error`` (see :class:`caterva2.models.DatasetEntry`);
 - ``GET /api/chunks/{path}?nchunks=0-3,7&version=V``: stored chunks, exactly as stored,
   as a stream of records (see :mod:`caterva2.b2`); 412 if the version is not current;
 - ``GET /api/download/{path}``: the stored file (ordinary files as their ``.b2`` SChunk).
@@ -17,6 +19,7 @@ import hashlib
 import json
 import logging
 import pathlib
+import time
 from typing import Any
 
 import httpx
@@ -35,8 +38,11 @@ from caterva2.roots import (
 from caterva2.services import common
 
 log = logging.getLogger("caterva2.publisher")
-RETRY_UNAVAILABLE_S = 0.2  # how soon to look again at a dataset that was being written
 READ_BATCH = 4  # chunks read per thread hop when streaming
+# A file missing for this long is deleted; before, it may be being written anew (blosc2's
+# mode="w" removes the old file first), and announcing it deleted would make subscribers
+# answer 404 for a moment.
+DELETE_GRACE_S = 0.5
 
 
 def parse_chunk_list(text: str, nchunks: int) -> list[int]:
@@ -60,7 +66,8 @@ class Announcer:
     """Registers the root with the broker and announces changes, surviving broker restarts.
 
     What was last announced is kept in ``statedir/announced.json``, so a publisher that was
-    down announces on restart what changed meanwhile.
+    down announces on restart what changed meanwhile.  Deletions are announced once a file
+    has been missing for DELETE_GRACE_S.
     """
 
     def __init__(self, name: str, root: PublishedRoot, address: str, broker: str,
@@ -71,6 +78,8 @@ class Announcer:
         self.announced: dict[str, str] = common.read_json(self.state_file, {})
         self.lock = asyncio.Lock()
         self.registered = False
+        self.missing_since: dict[str, float] = {}  # announced paths missing now: since when
+        self.recheck: asyncio.Task | None = None
 
     async def run(self) -> None:
         watcher = asyncio.create_task(self._watch())
@@ -90,6 +99,24 @@ class Announcer:
                     delay = min(delay * 2, 5)
         finally:
             watcher.cancel()
+            if self.recheck is not None:
+                self.recheck.cancel()
+
+    def _deleted(self, versions: dict[str, str]) -> list[str]:
+        """Announced paths missing for DELETE_GRACE_S (a recheck is due for the others)."""
+        now = time.monotonic()
+        missing = [p for p in self.announced if p not in versions]
+        self.missing_since = {p: self.missing_since.get(p, now) for p in missing}
+        deleted = [p for p in missing if now - self.missing_since[p] >= DELETE_GRACE_S]
+        if len(deleted) < len(missing) and self.recheck is None:
+            self.recheck = asyncio.create_task(self._recheck())
+        return deleted
+
+    async def _recheck(self) -> None:
+        await asyncio.sleep(DELETE_GRACE_S)
+        self.recheck = None
+        with contextlib.suppress(httpx.HTTPError):
+            await self.announce()
 
     async def _watch(self) -> None:
         async for _ in self.root.changes():
@@ -105,17 +132,21 @@ class Announcer:
                 r.raise_for_status()
                 self.registered = True
             versions = await asyncio.to_thread(self.root.versions)
-            changed, unready = {}, False
+            changed = {}
             for path, version in versions.items():
                 if self.announced.get(path) == version:
                     continue
                 try:
-                    entry = await asyncio.to_thread(self.root.entry, path)
-                    changed[path] = entry["version"]
-                except (DatasetUnavailable, DatasetNotFound) as e:
-                    log.info("not announcing yet: %s", e)
-                    unready = True
-            deleted = [p for p in self.announced if p not in versions]
+                    changed[path] = (await asyncio.to_thread(self.root.entry, path))["version"]
+                except DatasetNotFound:
+                    continue  # gone since the scan
+                except DatasetUnavailable as e:
+                    # Announced all the same: subscribers drop what they held of the old
+                    # version and list it as unreadable.  A file still being written changes
+                    # again, and its final version is announced in turn.
+                    log.warning("%s", e)
+                    changed[path] = version
+            deleted = self._deleted(versions)
             if changed or deleted:
                 event = ChangeEvent(root=self.name, changed=changed, deleted=deleted)
                 r = await self.client.post(f"http://{self.broker}/api/events",
@@ -123,17 +154,11 @@ class Announcer:
                 r.raise_for_status()
                 for p in deleted:
                     del self.announced[p]
+                    del self.missing_since[p]
                 self.announced.update(changed)
                 await asyncio.to_thread(common.atomic_write, self.state_file,
                                         json.dumps(self.announced))
                 log.info("announced %d changed, %d deleted", len(changed), len(deleted))
-        if unready:
-            asyncio.get_running_loop().call_later(
-                RETRY_UNAVAILABLE_S, lambda: asyncio.ensure_future(self._retry()))
-
-    async def _retry(self) -> None:
-        with contextlib.suppress(httpx.HTTPError):
-            await self.announce()
 
 
 def build_app(name: str, root: PublishedRoot, address: str, broker: str,
@@ -155,13 +180,24 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
     app = FastAPI(title=f"Caterva2 publisher of {name}", lifespan=lifespan)
     common.install_error_handlers(app)
 
-    def entry_or_error(path: str) -> dict[str, Any]:
+    def entry_or_404(path: str) -> dict[str, Any]:
+        """The dataset's entry, without metadata if it cannot be read now."""
         try:
             return root.entry(path)
         except DatasetNotFound:
             raise HTTPException(404, f"no dataset {path!r} in root {name!r}") from None
         except DatasetUnavailable as e:
-            raise HTTPException(503, f"dataset not readable now: {e}") from None
+            return e.entry()
+
+    def entry_or_error(path: str, version: str | None = None) -> dict[str, Any]:
+        """The dataset's entry; 412 if ``version`` is given and not current, 503 if the
+        dataset cannot be read now."""
+        entry = entry_or_404(path)
+        if version is not None and version != entry["version"]:
+            raise HTTPException(412, f"{path} changed: version {version} is not current")
+        if entry["meta"] is None:
+            raise HTTPException(503, f"dataset not readable now: {entry['error']}")
+        return entry
 
     @app.get("/api/list")
     async def get_list() -> list[str]:
@@ -170,13 +206,21 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
     def build_index() -> tuple[str, bytes]:
         versions = root.versions()
         etag = hashlib.sha1(json.dumps(sorted(versions.items())).encode()).hexdigest()
-        if index_cache.get("etag") != etag:
-            datasets = {}
-            for path in sorted(versions):
-                with contextlib.suppress(DatasetNotFound, DatasetUnavailable):
-                    datasets[path] = root.entry(path)
-            index_cache.update(etag=etag, body=json.dumps({"datasets": datasets}).encode())
-        return index_cache["etag"], index_cache["body"]
+        if index_cache.get("etag") == etag:
+            return etag, index_cache["body"]
+        datasets = {}
+        for path in sorted(versions):
+            try:
+                datasets[path] = root.entry(path)
+            except DatasetNotFound:
+                continue  # gone since the scan
+            except DatasetUnavailable as e:
+                datasets[path] = e.entry()
+        body = json.dumps({"datasets": datasets}).encode()
+        if any(entry["meta"] is None for entry in datasets.values()):
+            return hashlib.sha1(body).hexdigest(), body  # not kept: read them again next time
+        index_cache.update(etag=etag, body=body)
+        return etag, body
 
     @app.get("/api/index")
     async def get_index(request: Request) -> Response:
@@ -187,7 +231,7 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
 
     @app.get("/api/info/{path:path}")
     async def get_info(path: str, request: Request) -> Response:
-        entry = await asyncio.to_thread(entry_or_error, common.safe_relpath(path))
+        entry = await asyncio.to_thread(entry_or_404, common.safe_relpath(path))
         etag = entry["version"]
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag})
@@ -196,9 +240,7 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
 
     @app.get("/api/chunks/{path:path}")
     async def get_chunks(path: str, nchunks: str, version: str | None = None) -> Response:
-        entry = await asyncio.to_thread(entry_or_error, common.safe_relpath(path))
-        if version is not None and version != entry["version"]:
-            raise HTTPException(412, f"{path} changed: version {version} is not current")
+        entry = await asyncio.to_thread(entry_or_error, common.safe_relpath(path), version)
         wanted = parse_chunk_list(nchunks, entry["meta"]["schunk"]["nchunks"])
         version = entry["version"]
         # The first chunk alone, so that it leaves at once; then batches (fewer thread hops).
@@ -215,6 +257,8 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
         except VersionMismatch:
             raise HTTPException(412, f"{path} changed: version {version} is not current") \
                 from None
+        except DatasetNotFound:
+            raise HTTPException(404, f"no dataset {path!r} in root {name!r}") from None
         except DatasetUnavailable as e:
             raise HTTPException(503, str(e)) from None
 

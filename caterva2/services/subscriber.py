@@ -51,6 +51,13 @@ def encode_array(data: np.ndarray) -> bytes:
     return blosc2.asarray(data, cparams=WIRE_CPARAMS).to_cframe()
 
 
+def chunk_layout(meta: dict[str, Any]) -> tuple:
+    """What decides which chunks a selection needs, and how they decode."""
+    sc = meta["schunk"]
+    return (meta["kind"], meta.get("shape"), meta.get("dtype"), meta.get("chunks"),
+            meta.get("blocks"), sc["chunkshape"], sc["typesize"], sc["nbytes"])
+
+
 def build_app(broker: str, statedir: pathlib.Path, address: str,
               url: str | None = None) -> FastAPI:
     """The subscriber's web application.  ``url`` is the base of the URLs it hands out."""
@@ -95,18 +102,46 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
             index = await asyncio.to_thread(follower.cache.index, root) or {}
         if path not in index:
             raise HTTPException(404, f"no dataset {path!r} in root {root!r}")
-        return index[path]
+        entry = index[path]
+        return entry if entry["meta"] is not None else await readable_now(root, path, entry)
 
-    async def with_chunks(root: str, path: str, nchunks: list[int], wait: bool = True):
-        """``(entry, replica, arrivals)`` for a read of ``nchunks``, with HTTP errors.
+    async def readable_now(root: str, path: str, entry: dict[str, Any]) -> dict[str, Any]:
+        """A dataset listed without metadata (its file could not be read): ask its publisher
+        again, as it may be readable now; 503 with the reason if not."""
+        follower = state["f"]
+        error = entry.get("error")
+        try:
+            new = await follower.fetch_entry(root, path)
+        except Gone:  # (its publisher announces the deletion: the index follows then)
+            raise HTTPException(404, f"dataset {root}/{path} no longer exists") from None
+        except Unavailable as e:
+            new, error = None, str(e)
+        if new is not None:
+            if new != entry:
+                await asyncio.to_thread(follower.cache.update, root, {path: new}, [])
+            if new["meta"] is not None:
+                return new
+            error = new.get("error")
+        raise HTTPException(503, f"{root}/{path} cannot be read at its source now ({error}); "
+                                 "a file being written becomes readable when complete")
+
+    async def with_chunks(root: str, path: str, entry: dict[str, Any], nchunks: list[int],
+                          wait: bool = True):
+        """``(entry, replica, arrivals)`` for a read of ``nchunks`` of ``entry``'s dataset,
+        with HTTP errors.
 
         With ``wait``, every chunk is cached on return (``arrivals`` is empty); without, only
         one (so the answer can start while the rest arrive) and ``arrivals`` maps each chunk
-        still coming to its future.  Follows a change once if one races us.
+        still coming to its future.  If the dataset changes meanwhile, the new version is
+        read, provided its chunks are laid out as ``entry`` says (else 409: read again).
         """
         follower = state["f"]
+        layout = chunk_layout(entry["meta"])
         for attempt in range(3):
             entry = await lookup(root, path)
+            if chunk_layout(entry["meta"]) != layout:
+                raise HTTPException(409, f"{root}/{path} changed its shape or chunking while "
+                                         "being read; read it again")
             try:
                 replica, arrivals = await follower.request_chunks(root, path, entry, nchunks)
                 if wait or not arrivals:
@@ -118,17 +153,17 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
                 for future in done:
                     future.result()  # the fetch's error, if it failed
                 return entry, replica, arrivals
-            except Stale:
-                # The source changed under us: learn its new version, then try again.
-                with contextlib.suppress(Gone, Unavailable):
+            except (Stale, Gone):
+                # The source changed (or vanished, maybe for a moment while being rewritten)
+                # under us: learn its current version, then try again.
+                try:
                     new = await follower.fetch_entry(root, path)
-                    await asyncio.to_thread(follower.cache.update, root, {path: new}, [])
-                    if new["meta"] != entry["meta"]:
-                        raise HTTPException(409, f"{root}/{path} changed shape while being "
-                                                 "read; read it again") from None
-            except Gone:
-                await asyncio.to_thread(follower.cache.update, root, {}, [path])
-                raise HTTPException(404, f"dataset {root}/{path} no longer exists") from None
+                except Gone:  # (as in readable_now)
+                    raise HTTPException(404, f"dataset {root}/{path} no longer exists") \
+                        from None
+                except Unavailable:
+                    continue  # (the next attempt says why, if it fails)
+                await asyncio.to_thread(follower.cache.update, root, {path: new}, [])
             except Unavailable as e:
                 raise HTTPException(504 if e.timeout else 503, str(e)) from None
         raise HTTPException(503, f"{root}/{path} keeps changing at its source; try later")
@@ -206,7 +241,8 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
             raise HTTPException(400, str(e)) from None
         headers = {b2.LAYOUT_HEADER: b2.layout(meta)} if meta["kind"] == "ndarray" else {}
         if chunks and meta["kind"] == "ndarray":
-            entry, replica, arrivals = await with_chunks(root, path, nchunks, wait=False)
+            entry, replica, arrivals = await with_chunks(root, path, entry, nchunks,
+                                                         wait=False)
             if not arrivals:  # all cached: a known length spares uvicorn a copy of each chunk
                 sizes = await asyncio.to_thread(replica.chunk_sizes, nchunks)
                 headers["Content-Length"] = str(common.stream_length(sizes))
@@ -238,7 +274,7 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         try:
             body = await asyncio.to_thread(cached_answer)
             if body is None:
-                entry, replica, _ = await with_chunks(root, path, nchunks)
+                entry, replica, _ = await with_chunks(root, path, entry, nchunks)
                 body = await asyncio.to_thread(answer, replica)
         except RuntimeError as e:  # a damaged replica: drop it, the next read rebuilds it
             await asyncio.to_thread(cache.discard, root, path, entry)
@@ -271,19 +307,19 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
             log.warning("cached copy of %s/%s damaged (%s); dropped", root, path, e)
             await asyncio.to_thread(state["f"].cache.discard, root, path, entry)
 
-    async def complete_file(root: str, path: str) -> pathlib.Path:
+    async def complete_file(root: str, path: str) -> tuple[dict[str, Any], pathlib.Path]:
+        """The dataset's entry and its replica file, every chunk held."""
         entry = await lookup(root, path)
         nchunks = list(range(entry["meta"]["schunk"]["nchunks"]))
-        entry, replica, _ = await with_chunks(root, path, nchunks)
-        return await asyncio.to_thread(replica.complete_file)
+        entry, replica, _ = await with_chunks(root, path, entry, nchunks)
+        return entry, await asyncio.to_thread(replica.complete_file)
 
     def files_path(root: str, path: str, meta: dict[str, Any]) -> str:
         return f"{root}/{path}.b2" if meta["kind"] == "file" else f"{root}/{path}"
 
     @app.get("/api/download/{root}/{path:path}")
     async def download(root: str, path: str) -> str:
-        entry = await lookup(root, path)
-        await complete_file(root, path)
+        entry, _ = await complete_file(root, path)
         return f"{base_url}/files/{urllib.parse.quote(files_path(root, path, entry['meta']))}"
 
     @app.get("/files/{root}/{path:path}")
@@ -292,12 +328,15 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         with contextlib.suppress(HTTPException):
             subscribed_root(root)
             index = await asyncio.to_thread(state["f"].cache.index, root) or {}
-        if path.endswith(".b2") and index.get(path[:-3], {}).get("meta", {}).get("kind") == "file":
+        def kind(path: str) -> str | None:
+            return ((index.get(path) or {}).get("meta") or {}).get("kind")
+
+        if path.endswith(".b2") and kind(path[:-3]) == "file":
             path = path[:-3]
-        elif index.get(path, {}).get("meta", {}).get("kind") == "file":
+        elif kind(path) == "file":
             raise HTTPException(404, f"ordinary files are served as {root}/{path}.b2")
-        complete = await complete_file(root, path)
-        name = pathlib.PurePosixPath(files_path(root, path, index[path]["meta"])).name
+        entry, complete = await complete_file(root, path)
+        name = pathlib.PurePosixPath(files_path(root, path, entry["meta"])).name
         return common.LargeFileResponse(complete, filename=name, media_type="application/octet-stream")
 
     # -- a page for browsers ----------------------------------------------------------

@@ -137,9 +137,10 @@ class Follower:
         if event.root not in self.subscribed:
             return
         index = await asyncio.to_thread(self.cache.index, event.root) or {}
-        wanted = [p for p, v in event.changed.items()
-                  if index.get(p, {}).get("version") != v]
-        entries = await asyncio.gather(*(self._entry_or_none(event.root, p) for p in wanted))
+        wanted = {p: v for p, v in event.changed.items()
+                  if index.get(p, {}).get("version") != v}
+        entries = await asyncio.gather(*(self._changed_entry(event.root, p, v)
+                                         for p, v in wanted.items()))
         changed = {p: e for p, e in zip(wanted, entries) if e is not None}
         deleted = list(event.deleted) + [p for p, e in zip(wanted, entries) if e is None]
         await asyncio.to_thread(self.cache.update, event.root, changed, deleted)
@@ -185,12 +186,15 @@ class Follower:
         data = {n: i.model_dump() for n, i in self.subscribed.items()}
         await asyncio.to_thread(common.atomic_write, self.subs_file, json.dumps(data))
 
-    async def _entry_or_none(self, root: str, path: str) -> dict[str, Any] | None:
-        """A dataset's current entry at its publisher, or None if it is gone or unreadable."""
+    async def _changed_entry(self, root: str, path: str, version: str) -> dict[str, Any] | None:
+        """The entry of a dataset announced as changed: None if it is gone since; without
+        metadata if it cannot be had now (reads ask its publisher again)."""
         try:
             return await self.fetch_entry(root, path)
-        except (Gone, Unavailable):
+        except Gone:
             return None
+        except Unavailable as e:
+            return {"version": version, "meta": None, "error": str(e)}
 
     async def fetch_entry(self, root: str, path: str) -> dict[str, Any]:
         url = f"http://{self.publisher(root)}/api/info/{urllib.parse.quote(path)}"
@@ -255,10 +259,18 @@ class Follower:
             if n in pending:
                 self._settle(root, path, version, n, pending.pop(n))
 
+        def store(n: int, chunk) -> None:
+            try:
+                replica.store(n, chunk)
+            except RuntimeError:
+                if not replica.file.exists():  # dropped meanwhile: a newer version came
+                    raise Stale(path) from None
+                raise  # damaged: the reader drops it, and the next read rebuilds it
+
         def fetch() -> None:  # in a worker thread
             asked = set(group)
             with bulk.get(url, params, timeout=UPSTREAM_TIMEOUT) as r:
-                if r.status == 412:
+                if r.status in (412, 503):  # changed, or being rewritten: not our version
                     raise Stale(path)
                 if r.status == 404:
                     raise Gone(path)
@@ -269,11 +281,17 @@ class Follower:
                     if n not in asked:
                         raise Unavailable(f"publisher sent chunk {n}, not asked for")
                     asked.discard(n)
-                    replica.store(n, chunk)  # (stored before records reuses its buffer)
+                    store(n, chunk)  # (stored before records reuses its buffer)
                     loop.call_soon_threadsafe(stored, n)
 
         try:
-            await asyncio.to_thread(fetch)
+            try:
+                await asyncio.to_thread(fetch)
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                if len(pending) == len(group):
+                    raise  # nothing came: the publisher is unreachable (below)
+                # Cut short after some chunks: what a publisher does when the file changes
+                # (if it died instead, the retry that Stale brings finds that out).
             if pending:
                 raise Stale(path)  # the publisher cut the stream: the file changed
         except httpx.TimeoutException:
