@@ -87,7 +87,7 @@ class DirectoryRoot(PublishedRoot):
         except DatasetUnavailable as e:
             raise DatasetUnavailable(str(e), version) from None
         except Exception as e:  # blosc2 raises several kinds on a bad or partial file
-            raise _unreadable(path, e, version) from None
+            raise self._unreadable(path, e, version) from None
         # A file rewritten while we read it must not be announced with stale metadata.
         if not _still(source, version):
             raise DatasetUnavailable(f"{path}: changed while being read", version)
@@ -183,12 +183,19 @@ class DirectoryRoot(PublishedRoot):
                 else:
                     obj = blosc2.open(str(self._compressed(path, source, version)), mode="r")
             except Exception as e:  # noqa: BLE001 - being rewritten, or damaged
-                raise _unreadable(path, e, version) from None
+                raise self._unreadable(path, e, version) from None
             schunk = obj.schunk if isinstance(obj, blosc2.NDArray) else obj
             self._handles[key] = (obj, schunk)
             while len(self._handles) > MAX_OPEN:
                 self._handles.popitem(last=False)
             return obj, schunk
+
+    def _unreadable(self, path: str, error: Exception, version: str) -> DatasetUnavailable:
+        """The error for a file Blosc2 cannot read, naming no server path."""
+        text = str(error)
+        for place in (self.compressed_dir.resolve(), self.directory):
+            text = text.replace(f"{place}{os.sep}", "")
+        return DatasetUnavailable(f"{path}: not readable as Blosc2 ({text})", version)
 
     def stored_file(self, path: str) -> pathlib.Path:
         source = self._source(path)
@@ -222,6 +229,3 @@ def _still(source: pathlib.Path, version: str) -> bool:
     except OSError:
         return False
 
-
-def _unreadable(path: str, error: Exception, version: str) -> DatasetUnavailable:
-    return DatasetUnavailable(f"{path}: not readable as Blosc2 ({error})", version)

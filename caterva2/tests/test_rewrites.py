@@ -85,6 +85,7 @@ def test_unreadable_dataset_is_listed_with_its_reason_until_it_is_fixed(rewritab
             read()
         assert err.value.status_code == 503
         assert "bad.b2nd: not readable as Blosc2" in err.value.detail
+        assert str(src) not in err.value.detail  # no server path
     # The publisher said so once, and does not keep trying in a loop.
     warnings = pub.log_tail(10_000).count("bad.b2nd: not readable")
     time.sleep(1)
