@@ -38,7 +38,7 @@ def rewritable(stack, tmp_path):
 
 
 def test_reads_during_rewrites_in_place_give_whole_versions_or_clear_errors(rewritable):
-    src, pub, host = rewritable
+    src, _pub, host = rewritable
     ds = cat2.Root("rw", host=host)["a.b2nd"]
     assert ds[:].max() == 0
     done = threading.Event()
@@ -96,7 +96,7 @@ def test_unreadable_dataset_is_listed_with_its_reason_until_it_is_fixed(rewritab
 
 
 def test_file_missing_for_a_moment_never_leaves_the_listing(rewritable):
-    src, pub, host = rewritable
+    src, _pub, host = rewritable
     hidden = src / ".a.b2nd.moved"  # hidden files are not published
     for _ in range(3):
         os.rename(src / "a.b2nd", hidden)
