@@ -265,9 +265,9 @@ class ChunkAssembler:
         """Raise ValueError unless every chunk of ``nchunks`` was added."""
         missing = set(nchunks) - self.added
         if missing:
-            raise IncompleteAnswer(f"the answer lacks {len(missing)} of {len(nchunks)} chunks (the "
-                             "subscriber could not get them: its publisher may be down or "
-                             "the data changed); read again")
+            raise IncompleteAnswer(f"the answer lacks {len(missing)} of {len(nchunks)} chunks "
+                                   "(the subscriber could not get them: its publisher may be "
+                                   "down or the data changed); read again")
 
 
 # ---------------------------------------------------------------------------

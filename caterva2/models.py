@@ -102,6 +102,11 @@ class DatasetEntry(BaseModel):
     error: str | None = None
 
 
+def unreadable_entry(version: str, error: str) -> dict[str, Any]:
+    """The entry of a dataset that is listed but cannot be read now (see DatasetEntry)."""
+    return {"version": version, "meta": None, "error": error}
+
+
 class RootIndex(BaseModel):
     """Every dataset of a root, by relative path (ordinary files by their own name)."""
 

@@ -6,6 +6,8 @@ import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from caterva2.models import unreadable_entry
+
 
 class DatasetNotFound(KeyError):
     """No dataset at that path in this root."""
@@ -26,7 +28,7 @@ class DatasetUnavailable(Exception):
 
     def entry(self) -> dict[str, Any]:
         """The dataset's entry without metadata: listed, but not readable (see models)."""
-        return {"version": self.version or "unreadable", "meta": None, "error": str(self)}
+        return unreadable_entry(self.version or "unreadable", str(self))
 
 
 class VersionMismatch(Exception):

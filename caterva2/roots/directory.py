@@ -82,14 +82,12 @@ class DirectoryRoot(PublishedRoot):
             return cached
         try:
             meta = self._read_meta(path, source, version)
-        except DatasetNotFound:
+        except (DatasetNotFound, DatasetUnavailable):
             raise
-        except DatasetUnavailable as e:
-            raise DatasetUnavailable(str(e), version) from None
         except Exception as e:  # blosc2 raises several kinds on a bad or partial file
             raise self._unreadable(path, e, version) from None
         # A file rewritten while we read it must not be announced with stale metadata.
-        if not _still(source, version):
+        if _version_now(source) != version:
             raise DatasetUnavailable(f"{path}: changed while being read", version)
         entry = {"version": version, "meta": meta}
         self._entries[path] = entry
@@ -99,7 +97,7 @@ class DirectoryRoot(PublishedRoot):
         if path.endswith(".b2nd"):
             array = blosc2.open(str(source), mode="r")
             if not isinstance(array, blosc2.NDArray):
-                raise DatasetUnavailable(f"{path}: not a Blosc2 NDArray")
+                raise DatasetUnavailable(f"{path}: not a Blosc2 NDArray", version)
             return b2.array_meta(array)
         if path.endswith(".b2frame"):
             schunk = blosc2.open(str(source), mode="r")
@@ -145,7 +143,7 @@ class DirectoryRoot(PublishedRoot):
                 chunks = [schunk.get_chunk(n) for n in nchunks]
         except RuntimeError as e:
             raise DatasetUnavailable(f"{path}: chunk unreadable ({e})") from None
-        if not _still(source, current):
+        if _version_now(source) != current:
             raise VersionMismatch(path)  # rewritten while we read: do not serve a mix
         return chunks
 
@@ -215,17 +213,17 @@ class DirectoryRoot(PublishedRoot):
             self._handles.clear()
 
 
-def _version_of(source: pathlib.Path, path: str) -> str:
+def _version_now(source: pathlib.Path) -> str | None:
+    """The file's version tag now; None if it was removed since it was found."""
     try:
         return file_version(source.stat())
-    except OSError:  # removed since found
-        raise DatasetNotFound(path) from None
-
-
-def _still(source: pathlib.Path, version: str) -> bool:
-    """Whether the file is still that version (False if it was removed meanwhile)."""
-    try:
-        return file_version(source.stat()) == version
     except OSError:
-        return False
+        return None
 
+
+def _version_of(source: pathlib.Path, path: str) -> str:
+    """The file's version tag; DatasetNotFound if it was removed since it was found."""
+    version = _version_now(source)
+    if version is None:
+        raise DatasetNotFound(path)
+    return version

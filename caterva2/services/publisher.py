@@ -154,7 +154,6 @@ class Announcer:
                 r.raise_for_status()
                 for p in deleted:
                     del self.announced[p]
-                    del self.missing_since[p]
                 self.announced.update(changed)
                 await asyncio.to_thread(common.atomic_write, self.state_file,
                                         json.dumps(self.announced))
@@ -180,14 +179,20 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
     app = FastAPI(title=f"Caterva2 publisher of {name}", lifespan=lifespan)
     common.install_error_handlers(app)
 
-    def entry_or_404(path: str) -> dict[str, Any]:
-        """The dataset's entry, without metadata if it cannot be read now."""
+    def entry_or_none(path: str) -> dict[str, Any] | None:
+        """The dataset's entry, without metadata if it cannot be read now; None if none."""
         try:
             return root.entry(path)
         except DatasetNotFound:
-            raise HTTPException(404, f"no dataset {path!r} in root {name!r}") from None
+            return None
         except DatasetUnavailable as e:
             return e.entry()
+
+    def entry_or_404(path: str) -> dict[str, Any]:
+        entry = entry_or_none(path)
+        if entry is None:
+            raise HTTPException(404, f"no dataset {path!r} in root {name!r}")
+        return entry
 
     def entry_or_error(path: str, version: str | None = None) -> dict[str, Any]:
         """The dataset's entry; 412 if ``version`` is given and not current, 503 if the
@@ -210,12 +215,8 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
             return etag, index_cache["body"]
         datasets = {}
         for path in sorted(versions):
-            try:
-                datasets[path] = root.entry(path)
-            except DatasetNotFound:
-                continue  # gone since the scan
-            except DatasetUnavailable as e:
-                datasets[path] = e.entry()
+            if (entry := entry_or_none(path)) is not None:  # (None: gone since the scan)
+                datasets[path] = entry
         body = json.dumps({"datasets": datasets}).encode()
         if any(entry["meta"] is None for entry in datasets.values()):
             return hashlib.sha1(body).hexdigest(), body  # not kept: read them again next time

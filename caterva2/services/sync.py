@@ -27,6 +27,7 @@ from caterva2.models import (
     RootEvent,
     RootIndex,
     RootInfo,
+    unreadable_entry,
     valid_roots,
 )
 from caterva2.services import common
@@ -194,7 +195,7 @@ class Follower:
         except Gone:
             return None
         except Unavailable as e:
-            return {"version": version, "meta": None, "error": str(e)}
+            return unreadable_entry(version, str(e))
 
     async def fetch_entry(self, root: str, path: str) -> dict[str, Any]:
         url = f"http://{self.publisher(root)}/api/info/{urllib.parse.quote(path)}"
