@@ -158,9 +158,11 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
                 # under us: learn its current version, then try again.
                 try:
                     new = await follower.fetch_entry(root, path)
-                except Gone:  # (as in readable_now)
-                    raise HTTPException(404, f"dataset {root}/{path} no longer exists") \
-                        from None
+                except Gone:  # (the index follows when its publisher announces it)
+                    if attempt == 2:
+                        raise HTTPException(404, f"dataset {root}/{path} no longer exists") \
+                            from None
+                    continue  # perhaps missing for a moment, being written anew: look again
                 except Unavailable:
                     continue  # (the next attempt says why, if it fails)
                 await asyncio.to_thread(follower.cache.update, root, {path: new}, [])
