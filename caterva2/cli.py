@@ -79,7 +79,7 @@ def cmd_list(args) -> None:
 
 
 def cmd_url(args) -> None:
-    urls = cat2.client._get(args.host, f"api/url/{args.name}")
+    urls = cat2.client._get(args.host, f"api/url/{paths.check_name(args.name)}")
     print(json.dumps(urls) if args.json else "\n".join(urls))
 
 
@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     command("list", cmd_list, "list the datasets of a subscribed root",
             ("root", "root name, e.g. foo"))
     command("url", cmd_url, "where a root (or ROOT/PATH) is served",
-            ("name", "root name, e.g. foo"))
+            ("name", "root name or ROOT/PATH, e.g. foo"))
     command("info", cmd_info, "show the metadata of a dataset",
             ("dataset", "ROOT/PATH, e.g. foo/dir1/ds-2d.b2nd"))
     command("show", cmd_show, "print data of a dataset, optionally a slice",

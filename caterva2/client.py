@@ -56,8 +56,8 @@ class ServerError(httpx.HTTPStatusError):
     def __init__(self, response: httpx.Response):
         try:
             detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text or response.reason_phrase
+        except (ValueError, AttributeError):  # not one of our services' JSON errors
+            detail = f"{response.reason_phrase} (not an answer of a Caterva2 service)"
         super().__init__(f"{detail} (HTTP {response.status_code})",
                          request=response.request, response=response)
         self.status_code, self.detail = response.status_code, detail
@@ -89,12 +89,21 @@ def _data(url: str, params: dict | None = None) -> Iterator[http.client.HTTPResp
         yield r
 
 
+def _json(response: httpx.Response) -> Any:
+    try:
+        return _checked(response).json()
+    except ValueError:
+        raise ValueError(f"{response.request.url.netloc.decode()} answered "
+                         f"{response.request.url.path} with something that is not JSON: "
+                         "is it a Caterva2 subscriber?") from None
+
+
 def _get(host: str, path: str, params: dict | None = None) -> Any:
-    return _checked(_http().get(_url(host, path), params=params)).json()
+    return _json(_http().get(_url(host, path), params=params))
 
 
 def _post(host: str, path: str) -> Any:
-    return _checked(_http().post(_url(host, path))).json()
+    return _json(_http().post(_url(host, path)))
 
 
 # ---------------------------------------------------------------------------
@@ -108,16 +117,17 @@ def get_roots(host: str = sub_host_default) -> dict[str, dict[str, Any]]:
 
 def subscribe(root: str, host: str = sub_host_default) -> str:
     """Ask the subscriber to follow ``root``; returns ``"Ok"``."""
-    return _post(host, f"api/subscribe/{root}")
+    return _post(host, f"api/subscribe/{paths.check_root_name(root)}")
 
 
 def get_list(root: str, host: str = sub_host_default) -> list[str]:
     """Dataset paths of a subscribed root, relative to the root."""
-    return _get(host, f"api/list/{root}")
+    return _get(host, f"api/list/{paths.check_root_name(root)}")
 
 
 def get_info(dataset: str, host: str = sub_host_default) -> dict[str, Any]:
     """Metadata of ``dataset`` (``ROOT/PATH``), as a dict."""
+    paths.split_dataset(dataset)
     return _get(host, f"api/info/{dataset}")
 
 
@@ -134,6 +144,7 @@ def fetch(dataset: str, host: str = sub_host_default, slice_=None, prefer_schunk
     ``slice_`` is text (``"0:10, ::2"``) or a key (``3``, ``slice(0, 10)``, a tuple).
     ``prefer_schunk`` is accepted for compatibility; data always travels as Blosc2.
     """
+    paths.split_dataset(dataset)
     text = slice_ if isinstance(slice_, str) else slicing.format_slice(slice_)
     url = _url(host, f"api/fetch/{dataset}")
     with _data(url, {"slice_": text}) as r:
@@ -146,6 +157,7 @@ def download(dataset: str, host: str = sub_host_default) -> pathlib.Path:
 
     Ordinary files are decompressed back to their original bytes.
     """
+    paths.split_dataset(dataset)
     url = _get(host, f"api/download/{dataset}")
     return _download_url(url, pathlib.Path(dataset))
 

@@ -23,8 +23,18 @@ def check_root_name(name: str) -> str:
 
 
 def split_dataset(dataset: str) -> tuple[str, str]:
-    """``"foo/dir1/a.b2nd"`` → ``("foo", "dir1/a.b2nd")``; ValueError if there is no path."""
-    root, sep, path = str(dataset).strip("/").partition("/")
-    if not sep or not path:
+    """``"foo/dir1/a.b2nd"`` → ``("foo", "dir1/a.b2nd")``; ValueError if it is not of that
+    form (an absolute path such as ``/etc/passwd`` is not)."""
+    root, sep, path = str(dataset).partition("/")
+    if not root or not sep or not path:
         raise ValueError(f"{dataset!r} is not ROOT/PATH (e.g. foo/dir1/ds-2d.b2nd)")
     return check_root_name(root), check_relpath(path)
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a root name or ROOT/PATH, else raise ValueError."""
+    if "/" in name:
+        split_dataset(name)
+    else:
+        check_root_name(name)
+    return name

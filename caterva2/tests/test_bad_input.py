@@ -1,6 +1,9 @@
 """Bad input gets a clear error (JSON detail, 4xx), never a 500 nor a traceback."""
+import functools
+import http.server
 import subprocess
 import sys
+import threading
 
 import httpx
 import pytest
@@ -34,6 +37,7 @@ def cat2cli(*args: str) -> subprocess.CompletedProcess:
     ("/files/foo/README.md", 404, ".b2"),
     ("/api/fetch/foo/ds-1d.b2nd?chunks=maybe", 400, "chunks"),
     ("/api/fetch/foo/ds-hello.b2frame?buffer=true", 400, "buffer=true is for array"),
+    ("/api/nothing", 404, "no such endpoint: /api/nothing"),
 ])
 def test_subscriber_rejects_bad_requests_clearly(sub_host, url, status, words):
     r = httpx.get(f"http://{sub_host}{url}")
@@ -72,6 +76,9 @@ def test_library_errors_carry_the_explanation(sub_host):
     (["subscribe", "nope"], "no root named 'nope'"),
     (["info", "foo"], "is not ROOT/PATH"),
     (["show", "foo/../secret.b2nd"], "no '..'"),
+    (["info", "/etc/passwd"], "'/etc/passwd' is not ROOT/PATH"),
+    (["url", "../.."], "invalid root name '..'"),
+    (["url", "foo/../x"], "no '..'"),
 ])
 def test_cli_errors_are_one_line_and_nonzero(sub_host, args, message):
     done = cat2cli("--host", sub_host, *args)
@@ -118,6 +125,24 @@ def test_services_refuse_bad_settings_at_start(tmp_path, service, args, conf, me
                           check=False)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_cli_pointed_at_something_else(tmp_path):
+    """A server that is not a subscriber (here a plain file server) gets a one-line error."""
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "roots").write_text("<html>a web page</html>")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        host = f"127.0.0.1:{server.server_address[1]}"
+        try:
+            roots, listing = cat2cli("--host", host, "roots"), cat2cli("--host", host, "list", "foo")
+        finally:
+            server.shutdown()
+    assert roots.returncode == 1 and "not JSON: is it a Caterva2 subscriber?" in roots.stderr
+    assert listing.returncode == 1 and "not an answer of a Caterva2 service" in listing.stderr
+    for done in (roots, listing):
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_cli_with_no_subscriber_running():
