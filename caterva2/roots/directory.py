@@ -1,6 +1,7 @@
 """A directory published as a root: ``.b2nd`` arrays, ``.b2frame`` SChunks, ordinary files."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 FILE_CHUNKSIZE = 1 << 20  # ordinary files are compressed in chunks of 1 MiB
 FILE_CPARAMS = {"codec": blosc2.Codec.ZSTD, "clevel": 5, "typesize": 1}
 MAX_OPEN = 64
+IDENTITY_CHECK_S = 1.0  # how often an idle watch checks that the root is the same directory
 
 
 def file_version(st: os.stat_result) -> str:
@@ -202,15 +204,40 @@ class DirectoryRoot(PublishedRoot):
         return self._compressed(path, source, _version_of(source, path))
 
     async def changes(self) -> AsyncIterator[None]:
-        # Short debounce: changes reach subscribers quickly; a file still being written
-        # produces more events and a new version tag, so it is re-read until it settles.
-        async for _ in watchfiles.awatch(self.directory, debounce=30, step=10,
-                                         recursive=True):
-            yield None
+        """Yields after changes below the directory, and when the directory itself is
+        replaced (``mv new root``) or removed: a watch follows the directory it started on,
+        so it is started again on whatever holds the root's path then."""
+        while True:
+            watched = _identity(self.directory)
+            if watched is None:  # removed: look for it again now and then
+                await asyncio.sleep(IDENTITY_CHECK_S)
+            else:
+                # Short debounce: changes reach subscribers quickly; a file still being
+                # written produces more events and a new version tag, so it is re-read
+                # until it settles.  Idle watches wake up to check the directory itself.
+                async for batch in watchfiles.awatch(
+                        self.directory, debounce=30, step=10, recursive=True,
+                        rust_timeout=int(IDENTITY_CHECK_S * 1000), yield_on_timeout=True):
+                    if _identity(self.directory) != watched:
+                        break
+                    if batch:
+                        yield None
+            if _identity(self.directory) != watched:
+                log.info("%s was replaced or removed; watching it anew", self.directory)
+                yield None
 
     def close(self) -> None:
         with self._lock:
             self._handles.clear()
+
+
+def _identity(directory: pathlib.Path) -> tuple[int, int] | None:
+    """Which directory is at this path now (None if none)."""
+    try:
+        st = directory.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def _version_now(source: pathlib.Path) -> str | None:

@@ -1,4 +1,6 @@
 """Datasets modified, added and deleted at the source while subscribed."""
+import shutil
+
 import blosc2
 import numpy as np
 import pytest
@@ -77,6 +79,24 @@ def test_renamed_dataset(live):
     wait_until(lambda: cat2.get_list("live", host) == ["notes.txt", "renamed.b2nd"],
                what="rename seen")
     np.testing.assert_array_equal(cat2.fetch("live/renamed.b2nd", host), np.arange(100))
+
+
+def test_root_directory_replaced_then_removed(live):
+    """``mv new live``: the directory now at the root's path is watched, so what changes in
+    it is announced at once (not at the publisher's next periodic announcement, 30 s)."""
+    src, host, root = live
+    new = src.parent / "new"
+    write(new / "b.b2nd", np.ones(20))
+    src.rename(src.parent / "old")
+    new.rename(src)
+    wait_until(lambda: cat2.get_list("live", host) == ["b.b2nd"], timeout=10,
+               what="the replacement's datasets")
+    write(src / "c.b2nd", np.zeros(5))
+    wait_until(lambda: cat2.get_list("live", host) == ["b.b2nd", "c.b2nd"], timeout=10,
+               what="a dataset added to the replacement")
+    np.testing.assert_array_equal(cat2.fetch("live/c.b2nd", host), np.zeros(5))
+    shutil.rmtree(src)
+    wait_until(lambda: cat2.get_list("live", host) == [], timeout=10, what="the removal")
 
 
 def test_names_with_url_characters_download_and_read_correctly(live):
