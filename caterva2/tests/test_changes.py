@@ -84,7 +84,7 @@ def test_renamed_dataset(live):
 def test_root_directory_replaced_then_removed(live):
     """``mv new live``: the directory now at the root's path is watched, so what changes in
     it is announced at once (not at the publisher's next periodic announcement, 30 s)."""
-    src, host, root = live
+    src, host, _root = live
     new = src.parent / "new"
     write(new / "b.b2nd", np.ones(20))
     src.rename(src.parent / "old")
