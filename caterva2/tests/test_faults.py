@@ -42,6 +42,32 @@ def test_killed_publisher_cached_served_uncached_503_then_resumes(deployment):
                what="service resumed after publisher restart")
 
 
+def test_change_announced_by_a_publisher_that_then_died(deployment):
+    """A change event reaches the subscriber after its publisher died: the old cached data is
+    not served as current, the dataset stays listed with the reason, and the publisher's
+    return brings the dataset back."""
+    stack, pub, sub, src = deployment
+    host = sub.address
+    pub.stop(kill=True)
+    httpx.post(f"http://{stack.broker.address}/api/events", json={
+        "root": "data", "changed": {"cached.b2nd": "a-version-never-seen"}, "deleted": [],
+    }).raise_for_status()  # what the publisher would have announced just before dying
+
+    def refused() -> cat2.ServerError | None:
+        try:
+            cat2.fetch("data/cached.b2nd", host, "0:5")
+        except cat2.ServerError as e:
+            return e
+        return None
+
+    error = wait_until(refused, what="the change at the subscriber")
+    assert error.status_code == 503 and "unreachable" in error.detail, error.detail
+    assert "cached.b2nd" in cat2.get_list("data", host)
+    pub.start()
+    wait_until(lambda: refused() is None, what="the dataset readable again")
+    np.testing.assert_array_equal(cat2.fetch("data/cached.b2nd", host), np.arange(1000))
+
+
 def test_killed_publisher_large_streamed_reads(stack, tmp_path):
     """Large selections travel as chunk streams: the cached part is still served whole, and
     a read needing chunks the dead publisher cannot give fails clearly, never partially."""
