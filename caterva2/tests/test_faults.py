@@ -46,7 +46,7 @@ def test_change_announced_by_a_publisher_that_then_died(deployment):
     """A change event reaches the subscriber after its publisher died: the old cached data is
     not served as current, the dataset stays listed with the reason, and the publisher's
     return brings the dataset back."""
-    stack, pub, sub, src = deployment
+    stack, pub, sub, _src = deployment
     host = sub.address
     pub.stop(kill=True)
     httpx.post(f"http://{stack.broker.address}/api/events", json={
