@@ -111,7 +111,7 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         follower = state["f"]
         error = entry.get("error")
         try:
-            new = await follower.fetch_entry(root, path)
+            new = await follower.current_entry(root, path)
         except Gone:  # (its publisher announces the deletion: the index follows then)
             raise HTTPException(404, f"dataset {root}/{path} no longer exists") from None
         except Unavailable as e:
@@ -137,7 +137,7 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         """
         follower = state["f"]
         layout = chunk_layout(entry["meta"])
-        for attempt in range(3):
+        for _ in range(3):
             entry = await lookup(root, path)
             if chunk_layout(entry["meta"]) != layout:
                 raise HTTPException(409, f"{root}/{path} changed its shape or chunking while "
@@ -157,12 +157,10 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
                 # The source changed (or vanished, maybe for a moment while being rewritten)
                 # under us: learn its current version, then try again.
                 try:
-                    new = await follower.fetch_entry(root, path)
+                    new = await follower.current_entry(root, path)
                 except Gone:  # (the index follows when its publisher announces it)
-                    if attempt == 2:
-                        raise HTTPException(404, f"dataset {root}/{path} no longer exists") \
-                            from None
-                    continue  # perhaps missing for a moment, being written anew: look again
+                    raise HTTPException(404, f"dataset {root}/{path} no longer exists") \
+                        from None
                 except Unavailable:
                     continue  # (the next attempt says why, if it fails)
                 await asyncio.to_thread(follower.cache.update, root, {path: new}, [])

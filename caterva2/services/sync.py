@@ -37,6 +37,7 @@ log = logging.getLogger("caterva2.subscriber")
 PARALLEL_STREAMS = 4  # chunk requests in flight per fetch
 MIN_CHUNKS_PER_STREAM = 2
 UPSTREAM_TIMEOUT = (3, 30)  # seconds to connect to a publisher, and to wait for its data
+GONE_GRACE_S = 0.5  # a dataset missing at its publisher for this long is taken as deleted
 
 
 class Unavailable(Exception):
@@ -196,6 +197,20 @@ class Follower:
             return None
         except Unavailable as e:
             return unreadable_entry(version, str(e))
+
+    async def current_entry(self, root: str, path: str) -> dict[str, Any]:
+        """:meth:`fetch_entry`, asked again for up to GONE_GRACE_S while the publisher says
+        the dataset is gone: a file rewritten in place is missing for a moment (Blosc2's
+        ``mode="w"`` removes it first), and publishers announce deletions only after that."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + GONE_GRACE_S
+        while True:
+            try:
+                return await self.fetch_entry(root, path)
+            except Gone:
+                if loop.time() >= deadline:
+                    raise
+                await asyncio.sleep(GONE_GRACE_S / 10)
 
     async def fetch_entry(self, root: str, path: str) -> dict[str, Any]:
         url = f"http://{self.publisher(root)}/api/info/{urllib.parse.quote(path)}"
