@@ -78,11 +78,29 @@ def keep_freed_memory() -> None:
     mallopt(M_ARENA_MAX, 1)
 
 
+class _CutResponses(logging.Filter):
+    """One line, not uvicorn's traceback, for a response that ends before its Content-Length.
+
+    That is how a publisher cuts short a chunk stream whose file changed while being sent
+    (the subscriber sees fewer chunks than it asked for, and reads the new version); the
+    publisher logs why, so uvicorn's traceback says nothing more.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, RuntimeError) and "shorter than Content-Length" in str(error):
+            record.msg, record.args = "a response was cut short: %s", (error,)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
+
+
 def serve(app: FastAPI, sock: socket.socket, address: str, statedir: pathlib.Path,
           loglevel: str) -> None:
     """Run ``app`` until SIGINT/SIGTERM.  Writes ``STATEDIR/address`` once listening."""
     server = uvicorn.Server(uvicorn.Config(app, log_level=loglevel, access_log=False,
                                            timeout_graceful_shutdown=3, ws_ping_interval=10))
+    logging.getLogger("uvicorn.error").addFilter(_CutResponses())  # (once uvicorn set it up)
     atomic_write(statedir / "address", address)
     server.run(sockets=[sock])
 
