@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import os
 import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,6 +30,15 @@ class DatasetUnavailable(Exception):
     def entry(self) -> dict[str, Any]:
         """The dataset's entry without metadata: listed, but not readable (see models)."""
         return unreadable_entry(self.version or "unreadable", str(self))
+
+
+def without_paths(error: Exception, *places: pathlib.Path) -> str:
+    """The text of ``error`` with the server's directories ``places`` left out of the file
+    paths in it (Blosc2 and HDF5 name files by their absolute paths): errors go to clients."""
+    text = str(error)
+    for place in places:
+        text = text.replace(f"{pathlib.Path(place).resolve()}{os.sep}", "")
+    return text
 
 
 class VersionMismatch(Exception):

@@ -16,7 +16,13 @@ import watchfiles
 
 from caterva2 import b2
 
-from .base import DatasetNotFound, DatasetUnavailable, PublishedRoot, VersionMismatch
+from .base import (
+    DatasetNotFound,
+    DatasetUnavailable,
+    PublishedRoot,
+    VersionMismatch,
+    without_paths,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +198,7 @@ class DirectoryRoot(PublishedRoot):
 
     def _unreadable(self, path: str, error: Exception, version: str) -> DatasetUnavailable:
         """The error for a file Blosc2 cannot read, naming no server path."""
-        text = str(error)
-        for place in (self.compressed_dir.resolve(), self.directory):
-            text = text.replace(f"{place}{os.sep}", "")
+        text = without_paths(error, self.compressed_dir, self.directory)
         return DatasetUnavailable(f"{path}: not readable as Blosc2 ({text})", version)
 
     def stored_file(self, path: str) -> pathlib.Path:

@@ -27,7 +27,13 @@ import watchfiles
 
 from caterva2 import b2
 
-from .base import DatasetNotFound, DatasetUnavailable, PublishedRoot, VersionMismatch
+from .base import (
+    DatasetNotFound,
+    DatasetUnavailable,
+    PublishedRoot,
+    VersionMismatch,
+    without_paths,
+)
 from .directory import file_version
 
 try:
@@ -138,6 +144,10 @@ class HDF5Root(PublishedRoot):
             if child.is_dir() and child.name != version:
                 shutil.rmtree(child, ignore_errors=True)
 
+    def _scrub(self, error: Exception) -> str:
+        """An error's text for clients: no server directories in it."""
+        return without_paths(error, self.path.parent, self.cachedir)
+
     def versions(self) -> dict[str, str]:
         version = self._sync()
         with self._lock:
@@ -159,7 +169,8 @@ class HDF5Root(PublishedRoot):
                 meta = self._attrs_meta(name) if kind == "attrs" else self._array_meta(path,
                                                                                      name)
             except Exception as e:  # noqa: BLE001 - h5py and blosc2 raise several kinds
-                raise DatasetUnavailable(f"{path}: not readable now ({e})", version) from None
+                raise DatasetUnavailable(f"{path}: not readable now ({self._scrub(e)})",
+                                         version) from None
             if self._stat_version() != version:
                 raise DatasetUnavailable(f"{path}: the file changed while being read", version)
             entry = {"version": version, "meta": meta}
@@ -210,8 +221,8 @@ class HDF5Root(PublishedRoot):
             except Exception as e:  # noqa: BLE001 - h5py and blosc2 raise several kinds
                 if self._stat_version() != current:
                     raise VersionMismatch(path) from None
-                raise DatasetUnavailable(f"{path}: chunk {nchunk} not readable ({e})") \
-                    from None
+                raise DatasetUnavailable(f"{path}: chunk {nchunk} not readable "
+                                         f"({self._scrub(e)})") from None
         if self._stat_version() != current:
             raise VersionMismatch(path)  # rewritten while we read: do not serve a mix
         return chunk

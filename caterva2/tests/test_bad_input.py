@@ -150,3 +150,10 @@ def test_cli_with_no_subscriber_running():
     assert done.returncode == 1
     assert done.stderr.strip() == ("cat2cli: error: cannot reach the subscriber at "
                                    "127.0.0.1:9 (is cat2sub running?)")
+
+
+def test_error_texts_for_clients_name_no_server_directories(tmp_path):
+    from caterva2.roots.base import without_paths
+
+    error = OSError(f"cannot open {tmp_path / 'pub' / 'x.b2nd'} (cache at {tmp_path}/c/y)")
+    assert without_paths(error, tmp_path / "pub", tmp_path) == "cannot open x.b2nd (cache at c/y)"
