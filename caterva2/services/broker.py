@@ -3,6 +3,10 @@
 Publishers register their root (``POST /api/roots``) and post the changes in it
 (``POST /api/events``); subscribers read the registry (``GET /api/roots``) and listen to
 every event on the WebSocket ``/api/events``.  The registry survives restarts.
+
+A root name belongs to one publisher at a time: a second publisher of the same name is
+refused (409) while the first still serves it, and takes the name over once it does not
+(a publisher restarted elsewhere, say).
 """
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ import logging
 import pathlib
 from typing import Any
 
-from fastapi import FastAPI, WebSocket, WebSocketDisconnect
+import httpx
+from fastapi import FastAPI, HTTPException, WebSocket, WebSocketDisconnect
 
 from caterva2 import config
 from caterva2.models import ChangeEvent, RootEvent, RootInfo, valid_roots
@@ -21,6 +26,7 @@ from caterva2.services import common
 
 log = logging.getLogger("caterva2.broker")
 QUEUE_LIMIT = 10_000  # events waiting for one slow subscriber before it is dropped
+PROBE_TIMEOUT = httpx.Timeout(2, connect=1)  # asking a registered publisher if it is there
 
 
 class EventHub:
@@ -56,8 +62,24 @@ def build_app(statedir: pathlib.Path) -> FastAPI:
     registry_file = pathlib.Path(statedir) / "roots.json"
     roots: dict[str, RootInfo] = valid_roots(common.read_json(registry_file, {}))
     hub = EventHub()
-    app = FastAPI(title="Caterva2 broker")
+    state: dict[str, httpx.AsyncClient] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT) as client:
+            state["client"] = client
+            yield
+
+    app = FastAPI(title="Caterva2 broker", lifespan=lifespan)
     common.install_error_handlers(app)
+
+    async def still_published(root: RootInfo) -> bool:
+        """Whether the publisher registered for ``root`` answers that it serves it."""
+        try:
+            r = await state["client"].get(f"http://{root.http}/api/root")
+            return r.status_code == 200 and r.json().get("name") == root.name
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return False
 
     @app.get("/api/roots")
     async def get_roots() -> dict[str, RootInfo]:
@@ -67,6 +89,11 @@ def build_app(statedir: pathlib.Path) -> FastAPI:
     @app.post("/api/roots")
     async def register_root(root: RootInfo) -> str:
         """Register a root (again, if its publisher restarted, maybe elsewhere)."""
+        current = roots.get(root.name)
+        if current is not None and current.http != root.http and await still_published(current):
+            raise HTTPException(409, f"root {root.name!r} is already published at "
+                                     f"{current.http}; stop that publisher first, or publish "
+                                     "under another name")
         if roots.get(root.name) != root:
             roots[root.name] = root
             data = {name: info.model_dump() for name, info in roots.items()}

@@ -2,6 +2,7 @@
 
 Endpoints (paths relative to the root):
 
+- ``GET /api/root``: ``{"name": NAME}``, the root this publisher serves;
 - ``GET /api/list``: dataset paths;
 - ``GET /api/index``: every dataset's version and metadata in one response (ETag);
 - ``GET /api/info/{path}``: one dataset's version and metadata (ETag / If-None-Match);
@@ -43,6 +44,11 @@ READ_BATCH = 4  # chunks read per thread hop when streaming
 # mode="w" removes the old file first), and announcing it deleted would make subscribers
 # answer 404 for a moment.
 DELETE_GRACE_S = 0.5
+TAKEN_RETRY_S = 5  # how often to try again for a root name that another publisher holds
+
+
+class RootTaken(Exception):
+    """The broker refused the root's name: another publisher serves a root of that name."""
 
 
 def parse_chunk_list(text: str, nchunks: int) -> list[int]:
@@ -91,6 +97,9 @@ class Announcer:
                     delay = 0.1
                     await asyncio.sleep(30)  # re-register now and then: cheap, and heals
                     self.registered = False  # a broker that lost its state
+                except RootTaken as e:
+                    log.error("%s; trying again every %d s", e, TAKEN_RETRY_S)
+                    await asyncio.sleep(TAKEN_RETRY_S)
                 except httpx.HTTPError as e:
                     self.registered = False
                     log.warning("broker %s unreachable (%s); retrying in %.1fs",
@@ -115,12 +124,12 @@ class Announcer:
     async def _recheck(self) -> None:
         await asyncio.sleep(DELETE_GRACE_S)
         self.recheck = None
-        with contextlib.suppress(httpx.HTTPError):
+        with contextlib.suppress(httpx.HTTPError, RootTaken):
             await self.announce()
 
     async def _watch(self) -> None:
         async for _ in self.root.changes():
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(httpx.HTTPError, RootTaken):
                 await self.announce()
 
     async def announce(self) -> None:
@@ -129,6 +138,9 @@ class Announcer:
                 r = await self.client.post(f"http://{self.broker}/api/roots",
                                            json=RootInfo(name=self.name, http=self.address)
                                            .model_dump())
+                if r.status_code == 409:  # (the broker's errors are JSON: {"detail": ...})
+                    raise RootTaken(r.json().get("detail") if r.headers.get(
+                        "content-type") == "application/json" else r.text)
                 r.raise_for_status()
                 self.registered = True
             versions = await asyncio.to_thread(self.root.versions)
@@ -203,6 +215,10 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
         if entry["meta"] is None:
             raise HTTPException(503, f"dataset not readable now: {entry['error']}")
         return entry
+
+    @app.get("/api/root")
+    async def get_root() -> dict[str, str]:
+        return {"name": name}
 
     @app.get("/api/list")
     async def get_list() -> list[str]:

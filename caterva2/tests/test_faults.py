@@ -68,6 +68,26 @@ def test_change_announced_by_a_publisher_that_then_died(deployment):
     np.testing.assert_array_equal(cat2.fetch("data/cached.b2nd", host), np.arange(1000))
 
 
+def test_second_publisher_of_a_root_name_waits_for_the_first_to_stop(deployment, tmp_path):
+    """A root name belongs to one publisher: a second one of the same name is refused, says
+    so in its log, and takes the name over when the first stops serving it."""
+    stack, first, sub, _src = deployment
+    other = tmp_path / "other"
+    other.mkdir()
+    blosc2.asarray(np.arange(7), urlpath=str(other / "other.b2nd"), mode="w")
+    second = stack.publisher("data", other, id_="second")
+    wait_until(lambda: "already published at" in second.log_tail(50),
+               what="the second publisher's refusal in its log")
+    broker = f"http://{stack.broker.address}/api/roots"
+    assert httpx.get(broker).json()["data"]["http"] == first.address
+    assert cat2.get_list("data", sub.address) == ["cached.b2nd", "uncached.b2nd"]
+    first.stop()
+    wait_until(lambda: cat2.get_list("data", sub.address) == ["other.b2nd"],
+               what="the second publisher's datasets at the subscriber")
+    assert httpx.get(broker).json()["data"]["http"] == second.address
+    np.testing.assert_array_equal(cat2.fetch("data/other.b2nd", sub.address), np.arange(7))
+
+
 def test_killed_publisher_large_streamed_reads(stack, tmp_path):
     """Large selections travel as chunk streams: the cached part is still served whole, and
     a read needing chunks the dead publisher cannot give fails clearly, never partially."""
