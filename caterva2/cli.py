@@ -25,7 +25,8 @@ import numpy as np
 import caterva2 as cat2
 from caterva2 import b2, config, paths, slicing
 
-DATASET_WITH_SLICE = re.compile(r"^(?P<dataset>[^\[]+?)(?:\[(?P<slice>[^\]]*)\])?$")
+# A selection is a bracketed suffix; names may hold brackets too ("foo/b[1].txt[0:3]").
+DATASET_WITH_SLICE = re.compile(r"^(?P<dataset>.+?)(?:\[(?P<slice>[^\[\]]*)\])?$")
 
 
 def split_selection(text: str) -> tuple[str, str | None]:

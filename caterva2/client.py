@@ -21,8 +21,8 @@ import http.client
 import math
 import os
 import pathlib
-import tempfile
 import urllib.parse
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,7 +165,9 @@ def download(dataset: str, host: str = sub_host_default) -> pathlib.Path:
 def _download_url(url: str, local: pathlib.Path) -> pathlib.Path:
     """Stream ``url`` to ``local`` (atomically); unpack ``.b2`` files to their original bytes."""
     local.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
+    tmp = str(local.parent / f".{local.name}.{uuid.uuid4().hex[:12]}.part")
+    # (not tempfile.mkstemp: its files are private, 0600; a download gets the usual mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f, _data(url) as r:
             bulk.save(r, f)

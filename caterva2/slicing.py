@@ -23,8 +23,11 @@ def parse_slice(text: str | None) -> Key:
         text = text[1:-1].strip()
     if not text:
         return ()
+    items = text.split(",")
+    if len(items) > 1 and not items[-1].strip():
+        items.pop()  # one trailing comma, as in Python: "1," is (1,)
     key = []
-    for item in text.split(","):
+    for item in items:
         item = item.strip()
         try:
             if ":" in item:

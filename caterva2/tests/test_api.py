@@ -1,5 +1,6 @@
 """Every library call and every ``cat2cli`` command, on every dataset of the example root."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -98,10 +99,13 @@ def test_info_of_files_and_user_attributes(sub_host, example_dir):
 def test_download_every_dataset(sub_host, example_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     root = cat2.Root("foo", host=sub_host)
+    umask = os.umask(0o022)
+    os.umask(umask)
     for path in root.node_list:
         obj = root[path]
         saved = obj.download()
         assert saved == pathlib.Path("foo") / path
+        assert saved.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file, not 0600
         if path.endswith(".b2nd"):
             got, want = blosc2.open(str(saved)), blosc2.open(str(example_dir / path))
             np.testing.assert_array_equal(got[()], want[()])

@@ -6,19 +6,28 @@ import httpx
 import numpy as np
 import pytest
 
-from caterva2 import b2, bulk, slicing
+from caterva2 import b2, bulk, cli, slicing
 
 
 @pytest.mark.parametrize("text, key", [
     (None, ()), ("", ()), ("[]", ()), ("3", (3,)), ("-1", (-1,)), (":12", (slice(None, 12),)),
     ("[1,2,3]", (1, 2, 3)), (" 0:10 , 5 ", (slice(0, 10), 5)), ("::2", (slice(None, None, 2),)),
-    ("1:9:-2", (slice(1, 9, -2),)),
+    ("1:9:-2", (slice(1, 9, -2),)), ("1,", (1,)), ("[0:2, 3,]", (slice(0, 2), 3)),
 ])
 def test_parse_slice(text, key):
     assert slicing.parse_slice(text) == key
 
 
-@pytest.mark.parametrize("text", ["a", "1:2:3:4", "1;2", "1.5", "(1,2)", "..."])
+@pytest.mark.parametrize("text, parts", [
+    ("foo/a.b2nd", ("foo/a.b2nd", None)), ("foo/a.b2nd[1:3, ::5]", ("foo/a.b2nd", "1:3, ::5")),
+    ("foo/b[1].txt", ("foo/b[1].txt", None)), ("foo/b[1].txt[0:3]", ("foo/b[1].txt", "0:3")),
+])
+def test_cli_splits_a_dataset_from_its_selection(text, parts):
+    assert cli.split_selection(text) == parts
+
+
+@pytest.mark.parametrize("text", ["a", "1:2:3:4", "1;2", "1.5", "(1,2)", "...", ",", "1,,2",
+                                  "1,2,,"])
 def test_parse_slice_rejects_malformed_text(text):
     with pytest.raises(slicing.SelectionError, match="malformed"):
         slicing.parse_slice(text)
