@@ -44,9 +44,8 @@ def jsonable_data(data):
             return data.decode()
         except UnicodeDecodeError:
             return list(data)
-    if isinstance(data, (np.ndarray, np.generic)):
-        return b2.jsonable(data.tolist()) if data.dtype.names is None else \
-            [b2.jsonable(list(row)) for row in np.atleast_1d(data).tolist()]
+    if isinstance(data, (np.ndarray, np.generic)):  # (structured rows become lists)
+        return b2.jsonable(data.tolist())
     return data
 
 

@@ -158,6 +158,9 @@ def test_cli_info(sub_host, capsys):
     ("foo/ds-1d-b.b2nd[:2]", "[b'foobar' b'foobar']", ["foobar", "foobar"]),
     ("foo/dir1/ds-3d.b2nd[2,3,4]", "59.0", 59.0),
     ("foo/ds-1d.b2nd[5:5]", "[]", []),
+    ("foo/ds-1d-fields.b2nd[1]", "(1, 0.001001001001001001)", [1, 0.001001001001001001]),
+    ("foo/ds-1d-fields.b2nd[:2]", "[(0, 0.      ) (1, 0.001001)]",
+     [[0, 0.0], [1, 0.001001001001001001]]),
 ])
 def test_cli_show(sub_host, capsys, selection, plain, as_json):
     assert run_cli(capsys, "--host", sub_host, "show", selection).strip() == plain
