@@ -94,7 +94,7 @@ def build_app(statedir: pathlib.Path) -> FastAPI:
             raise HTTPException(409, f"root {root.name!r} is already published at "
                                      f"{current.http}; stop that publisher first, or publish "
                                      "under another name")
-        if roots.get(root.name) != root:
+        if current != root:
             roots[root.name] = root
             data = {name: info.model_dump() for name, info in roots.items()}
             await asyncio.to_thread(common.atomic_write, registry_file,

@@ -200,10 +200,16 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
         except DatasetUnavailable as e:
             return e.entry()
 
+    def not_found(path: str) -> HTTPException:
+        return HTTPException(404, f"no dataset {path!r} in root {name!r}")
+
+    def not_current(path: str, version: str) -> HTTPException:
+        return HTTPException(412, f"{path} changed: version {version} is not current")
+
     def entry_or_404(path: str) -> dict[str, Any]:
         entry = entry_or_none(path)
         if entry is None:
-            raise HTTPException(404, f"no dataset {path!r} in root {name!r}")
+            raise not_found(path)
         return entry
 
     def entry_or_error(path: str, version: str | None = None) -> dict[str, Any]:
@@ -211,7 +217,7 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
         dataset cannot be read now."""
         entry = entry_or_404(path)
         if version is not None and version != entry["version"]:
-            raise HTTPException(412, f"{path} changed: version {version} is not current")
+            raise not_current(path, version)
         if entry["meta"] is None:
             raise HTTPException(503, f"dataset not readable now: {entry['error']}")
         return entry
@@ -272,10 +278,9 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
         try:
             first, sizes = await asyncio.to_thread(read_first)
         except VersionMismatch:
-            raise HTTPException(412, f"{path} changed: version {version} is not current") \
-                from None
+            raise not_current(path, version) from None
         except DatasetNotFound:
-            raise HTTPException(404, f"no dataset {path!r} in root {name!r}") from None
+            raise not_found(path) from None
         except DatasetUnavailable as e:
             raise HTTPException(503, str(e)) from None
 

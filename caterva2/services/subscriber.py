@@ -105,15 +105,20 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         entry = index[path]
         return entry if entry["meta"] is not None else await readable_now(root, path, entry)
 
+    async def current_or_404(root: str, path: str) -> dict[str, Any]:
+        """The dataset's entry at its publisher now (see ``Follower.current_entry``); 404 if
+        it is gone (the index follows when its publisher announces the deletion)."""
+        try:
+            return await state["f"].current_entry(root, path)
+        except Gone:
+            raise HTTPException(404, f"dataset {root}/{path} no longer exists") from None
+
     async def readable_now(root: str, path: str, entry: dict[str, Any]) -> dict[str, Any]:
         """A dataset listed without metadata (its file could not be read): ask its publisher
         again, as it may be readable now; 503 with the reason if not."""
         follower = state["f"]
-        error = entry.get("error")
         try:
-            new = await follower.current_entry(root, path)
-        except Gone:  # (its publisher announces the deletion: the index follows then)
-            raise HTTPException(404, f"dataset {root}/{path} no longer exists") from None
+            new = await current_or_404(root, path)
         except Unavailable as e:
             new, error = None, str(e)
         if new is not None:
@@ -157,10 +162,7 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
                 # The source changed (or vanished, maybe for a moment while being rewritten)
                 # under us: learn its current version, then try again.
                 try:
-                    new = await follower.current_entry(root, path)
-                except Gone:  # (the index follows when its publisher announces it)
-                    raise HTTPException(404, f"dataset {root}/{path} no longer exists") \
-                        from None
+                    new = await current_or_404(root, path)
                 except Unavailable:
                     continue  # (the next attempt says why, if it fails)
                 await asyncio.to_thread(follower.cache.update, root, {path: new}, [])
