@@ -238,6 +238,8 @@ class File:
         return self.meta.get("schunk", self.meta).get("vlmeta", {})
 
     def __getitem__(self, key):
+        if key is None:  # (fetch(None) is everything; NumPy's a[None] adds an axis)
+            key = (None,)  # refused as such
         return self.fetch(key)
 
     def fetch(self, slice_=None, prefer_schunk: bool = True):
@@ -248,7 +250,7 @@ class File:
         answer cut short by a change at the source is read again too.
         """
         key = slicing.parse_slice(slice_) if isinstance(slice_, str) else \
-            (slice_ if isinstance(slice_, tuple) else (() if slice_ is None else (slice_,)))
+            slicing.as_key(slice_)
         for attempt in range(3):
             try:
                 return self._fetch(key, prefer_schunk)

@@ -1,21 +1,63 @@
 """Selections: parsing the ``slice_`` text of the REST API and planning what it touches.
 
 A selection is written as in Python, one item per dimension separated by commas:
-``3``, ``2:10``, ``::2``, ``1, 0:5, ::3``.  Whitespace is allowed; brackets are optional.
+``3``, ``2:10``, ``::2``, ``1, 0:5, ::3``, and at most one ``...`` standing for every
+dimension not written.  Whitespace is allowed; brackets are optional.  This is NumPy's
+basic indexing without new axes: lists, arrays and masks select nothing here (index the
+result with NumPy instead).
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
+from types import EllipsisType
 
-Key = tuple["int | slice", ...]
+Key = tuple[int | slice | EllipsisType, ...]
 
 
-class SelectionError(ValueError):
-    """A selection that is malformed or does not fit the dataset's shape."""
+class SelectionError(ValueError, IndexError):
+    """A selection that is malformed or does not fit the dataset's shape.
+
+    It is also an IndexError, as NumPy raises for indices that do not fit."""
+
+
+def as_key(obj) -> Key:
+    """A selection given as Python indexing (``obj[key]``), checked: a tuple of ints,
+    slices of ints and at most one Ellipsis (``None``: everything)."""
+    if obj is None:
+        return ()
+    items = obj if isinstance(obj, tuple) else (obj,)
+    key = []
+    for item in items:
+        if isinstance(item, slice):
+            key.append(slice(*(None if v is None else _integer(v, "slice bounds")
+                               for v in (item.start, item.stop, item.step))))
+        elif item is Ellipsis:
+            key.append(item)
+        else:
+            key.append(_integer(item, "indices"))
+    if sum(item is Ellipsis for item in key) > 1:
+        raise SelectionError("a selection can hold only one '...'")
+    return tuple(key)
+
+
+def _integer(value, what: str) -> int:
+    if isinstance(value, bool) or value is None:  # (NumPy takes these as a mask, a new axis)
+        shown = "None (a new axis)" if value is None else f"{value} (a boolean)"
+        raise SelectionError(f"{shown} is not a valid selection item: use integers, "
+                             "slices (start:stop:step) and '...'")
+    try:
+        return operator.index(value)
+    except TypeError:
+        shown = repr(value) if len(repr(value)) <= 40 else type(value).__name__
+        raise SelectionError(
+            f"{what} must be integers, not {shown}: select with integers, slices "
+            "(start:stop:step) and '...', then index the result with NumPy for lists, "
+            "arrays or masks") from None
 
 
 def parse_slice(text: str | None) -> Key:
-    """Parse selection text into a tuple of ints and slices (empty tuple: everything)."""
+    """Parse selection text into a key (see :func:`as_key`; empty tuple: everything)."""
     if text is None:
         return ()
     text = text.strip()
@@ -30,7 +72,9 @@ def parse_slice(text: str | None) -> Key:
     for item in items:
         item = item.strip()
         try:
-            if ":" in item:
+            if item == "...":
+                key.append(Ellipsis)
+            elif ":" in item:
                 parts = [p.strip() for p in item.split(":")]
                 if len(parts) > 3:
                     raise ValueError
@@ -41,27 +85,20 @@ def parse_slice(text: str | None) -> Key:
             raise SelectionError(
                 f"malformed selection {text!r}: expected items like 3, 2:10 or ::2, "
                 "separated by commas") from None
-    return tuple(key)
+    return as_key(tuple(key))
 
 
 def format_slice(key) -> str:
     """The inverse of :func:`parse_slice`: selection text for ints, slices or tuples of them."""
-    if key is None or key == () or key == slice(None):
-        return ""
-    if not isinstance(key, tuple):
-        key = (key,)
     parts = []
-    for item in key:
+    for item in as_key(key):
         if isinstance(item, slice):
-            part = ":".join("" if v is None else str(int(v))
-                            for v in (item.start, item.stop))
+            part = ":".join("" if v is None else str(v) for v in (item.start, item.stop))
             if item.step not in (None, 1):
-                part += f":{int(item.step)}"
+                part += f":{item.step}"
             parts.append(part)
-        elif item is Ellipsis:
-            raise SelectionError("Ellipsis (...) is not supported in selections")
         else:
-            parts.append(str(int(item)))
+            parts.append("..." if item is Ellipsis else str(item))
     return ",".join(parts)
 
 
@@ -81,6 +118,10 @@ class Plan:
 
 def plan(key: Key, shape: tuple[int, ...]) -> Plan:
     """Plan a selection on ``shape``; raises SelectionError when it does not fit."""
+    if any(item is Ellipsis for item in key):
+        at = next(i for i, item in enumerate(key) if item is Ellipsis)
+        every = (slice(None),) * max(0, len(shape) - len(key) + 1)
+        key = tuple(key[:at]) + every + tuple(key[at + 1:])
     if len(key) > len(shape):
         raise SelectionError(
             f"too many indices: {len(key)} given for a dataset with {len(shape)} dimensions")

@@ -20,7 +20,8 @@ ARRAYS = {
     "ds-sc-attr.b2nd": [()],
     "dir1/ds-2d.b2nd": [(), 1, (1, 2), (slice(1, 3), slice(None, None, 5)), (slice(None), 3),
                         (-1, slice(2, 18, 4)), (slice(20, 30),)],
-    "dir1/ds-3d.b2nd": [(1, 2, 3), (slice(None), 1), (slice(0, 3, 2), slice(None), slice(1, 4))],
+    "dir1/ds-3d.b2nd": [(1, 2, 3), (slice(None), 1), (slice(0, 3, 2), slice(None), slice(1, 4)),
+                        (Ellipsis, 2), (1, Ellipsis), (Ellipsis,), (0, Ellipsis, slice(None, None, 2))],
     "dir2/ds-4d.b2nd": [(1, 2, 3), (1, slice(None), 0, slice(None, None, 2)), ()],
 }
 BYTES = {
@@ -157,6 +158,7 @@ def test_cli_info(sub_host, capsys):
     ("foo/README.md[:25]", "This is a simple example,", "This is a simple example,"),
     ("foo/ds-1d-b.b2nd[:2]", "[b'foobar' b'foobar']", ["foobar", "foobar"]),
     ("foo/dir1/ds-3d.b2nd[2,3,4]", "59.0", 59.0),
+    ("foo/dir1/ds-3d.b2nd[2, ..., 4]", "[44. 49. 54. 59.]", [44.0, 49.0, 54.0, 59.0]),
     ("foo/ds-1d.b2nd[5:5]", "[]", []),
     ("foo/ds-1d-fields.b2nd[1]", "(1, 0.001001001001001001)", [1, 0.001001001001001001]),
     ("foo/ds-1d-fields.b2nd[:2]", "[(0, 0.      ) (1, 0.001001)]",

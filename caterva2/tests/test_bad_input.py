@@ -6,6 +6,7 @@ import sys
 import threading
 
 import httpx
+import numpy as np
 import pytest
 
 import caterva2 as cat2
@@ -69,8 +70,21 @@ def test_library_errors_carry_the_explanation(sub_host):
         cat2.Root("foo", host=sub_host)[""]
 
 
+@pytest.mark.parametrize("key", [[1, 2], np.array([1, 2]), np.arange(20) > 5, 1.5, True, None,
+                                 (slice(None), None), (Ellipsis, Ellipsis)])
+def test_library_refuses_selections_beyond_basic_indexing_before_asking(sub_host, key):
+    """A clear IndexError naming the item, as NumPy's; before, lists and arrays gave a
+    TypeError from int(), and 1.5, True and None read something else than NumPy would."""
+    ds = cat2.Root("foo", host=sub_host)["ds-1d.b2nd"]
+    with pytest.raises(IndexError, match="integers|not a valid selection item|only one"):
+        ds[key]
+    with pytest.raises(IndexError):
+        cat2.fetch("foo/ds-1d.b2nd", sub_host, key if key is not None else [None])
+
+
 @pytest.mark.parametrize("args, message", [
     (["show", "foo/ds-1d.b2nd[1:2:3:4]"], "malformed selection"),
+    (["show", "foo/ds-1d.b2nd[..., ...]"], "only one '...'"),
     (["show", "foo/nope.b2nd"], "no dataset 'nope.b2nd'"),
     (["list", "nope"], "no root named 'nope'"),
     (["subscribe", "nope"], "no root named 'nope'"),

@@ -13,6 +13,7 @@ from caterva2 import b2, bulk, cli, slicing
     (None, ()), ("", ()), ("[]", ()), ("3", (3,)), ("-1", (-1,)), (":12", (slice(None, 12),)),
     ("[1,2,3]", (1, 2, 3)), (" 0:10 , 5 ", (slice(0, 10), 5)), ("::2", (slice(None, None, 2),)),
     ("1:9:-2", (slice(1, 9, -2),)), ("1,", (1,)), ("[0:2, 3,]", (slice(0, 2), 3)),
+    ("...", (Ellipsis,)), ("..., 2", (Ellipsis, 2)), ("1, ..., ::2", (1, Ellipsis, slice(None, None, 2))),
 ])
 def test_parse_slice(text, key):
     assert slicing.parse_slice(text) == key
@@ -26,24 +27,47 @@ def test_cli_splits_a_dataset_from_its_selection(text, parts):
     assert cli.split_selection(text) == parts
 
 
-@pytest.mark.parametrize("text", ["a", "1:2:3:4", "1;2", "1.5", "(1,2)", "...", ",", "1,,2",
-                                  "1,2,,"])
+@pytest.mark.parametrize("text", ["a", "1:2:3:4", "1;2", "1.5", "(1,2)", "....", ",", "1,,2",
+                                  "1,2,,", ".. .", "1:..."])
 def test_parse_slice_rejects_malformed_text(text):
     with pytest.raises(slicing.SelectionError, match="malformed"):
         slicing.parse_slice(text)
 
 
 @pytest.mark.parametrize("key", [3, slice(1, 5), (1, slice(None, None, 3)), slice(None, -2, -4),
-                                 (slice(None),)])
+                                 (slice(None),), (Ellipsis, 1), (2, Ellipsis)])
 def test_format_slice_round_trips(key):
     normal = key if isinstance(key, tuple) else (key,)
     assert slicing.parse_slice(slicing.format_slice(key)) == normal
 
 
+def test_numpy_integers_select_like_ints():
+    key = (np.int64(3), slice(np.int32(1), np.uint8(9), np.int16(2)))
+    assert slicing.as_key(key) == (3, slice(1, 9, 2))
+    assert slicing.format_slice(key) == "3,1:9:2"
+
+
+@pytest.mark.parametrize("key, message", [
+    ([1, 2], "not \\[1, 2\\]"), (np.array([0, 1]), "not array"), (np.ones(50, bool), "not ndarray"),
+    (1.5, "not 1.5"), ((0, 2.0), "not 2.0"), (slice(1.5, 3), "slice bounds must be integers"),
+    ("3", "not '3'"), (True, "True \\(a boolean\\)"), ((slice(None), None), "None \\(a new axis\\)"),
+    ((Ellipsis, 1, Ellipsis), "only one '...'"), ("..., ...", "only one '...'"),
+])
+def test_selections_beyond_basic_indexing_are_refused_by_name(key, message):
+    """Lists, arrays, masks, floats, booleans and new axes: a clear error naming the item,
+    raised before anything is asked (never a silent int(), as 1.5 -> 1 or True -> 1 were)."""
+    parse = slicing.parse_slice if isinstance(key, str) and "..." in key else slicing.as_key
+    with pytest.raises(slicing.SelectionError, match=message) as err:
+        parse(key)
+    assert isinstance(err.value, IndexError)  # as NumPy raises for bad indices
+
+
 SHAPE = (7, 11)
 KEYS = [(), (3,), (-1, 2), (slice(2, 5),), (slice(None, None, 3), slice(1, 10, 4)),
         (slice(None, None, -2),), (slice(6, 1, -3), slice(None, None, -1)),
-        (slice(5, 2),), (slice(20, 30), 0), (slice(-3, None), -11)]
+        (slice(5, 2),), (slice(20, 30), 0), (slice(-3, None), -11),
+        (Ellipsis,), (Ellipsis, 3), (2, Ellipsis), (1, Ellipsis, slice(None, None, 2)),
+        (Ellipsis, slice(1, 3), 4)]
 
 
 @pytest.mark.parametrize("key", KEYS)
