@@ -223,6 +223,10 @@ class IncompleteAnswer(ValueError):
     """A chunk stream lacked chunks: the subscriber could not get them all."""
 
 
+class AnswerCut(ValueError):
+    """A chunk stream ended early with its sender's reason (an error record)."""
+
+
 class ChunkAssembler:
     """Decompress stored NDArray chunks straight into a region of a NumPy array.
 
@@ -301,10 +305,20 @@ def decompress_items(buffer: bytes, dtype: np.dtype, shape: tuple[int, ...]) -> 
 # Chunk streams: how stored chunks travel inside one HTTP body
 # ---------------------------------------------------------------------------
 # A stream is a sequence of records, each ``<u8 nchunk><u8 length>`` followed by the chunk.
+# A sender that cannot go on may end it with an error record: nchunk STREAM_ERROR, and
+# the reason (UTF-8, at most MAX_REASON bytes) in place of a chunk.
 _RECORD = struct.Struct("<QQ")
+STREAM_ERROR = 2**64 - 1
+MAX_REASON = 4096
 
 
 RECORD_HEADER_SIZE = _RECORD.size
+
+
+def error_record(reason: str) -> bytes:
+    """A record ending a stream, for ``reason`` (see :class:`AnswerCut`)."""
+    text = reason.encode()[:MAX_REASON]
+    return record_header(STREAM_ERROR, len(text)) + text
 
 
 def record_header(nchunk: int, length: int) -> bytes:

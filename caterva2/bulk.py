@@ -131,7 +131,8 @@ def records(response: http.client.HTTPResponse,
     and the page faults of filling it, per chunk.
 
     Raises httpx.RemoteProtocolError if the stream is cut short or a record is larger than
-    ``max_length`` (a chunk can never be: no buffer is sized from untrusted input).
+    ``max_length`` (a chunk can never be: no buffer is sized from untrusted input), and
+    b2.AnswerCut with the sender's reason if it ends with an error record.
     """
     header = bytearray(b2.RECORD_HEADER_SIZE)
     buffer = memoryview(bytearray(0))
@@ -142,6 +143,10 @@ def records(response: http.client.HTTPResponse,
         if got < len(header):
             raise httpx.RemoteProtocolError("chunk stream cut short")
         nchunk, length = b2.parse_record_header(header)
+        if nchunk == b2.STREAM_ERROR and length <= b2.MAX_REASON:
+            reason = bytearray(length)
+            read_exactly(response, reason)
+            raise b2.AnswerCut(reason.decode(errors="replace"))
         if length > max_length:
             raise httpx.RemoteProtocolError(f"chunk of {length} bytes in the stream; "
                                             f"at most {max_length} expected")

@@ -49,6 +49,7 @@ class Replica:
         self.is_array = self.meta["kind"] == "ndarray"
         self.file = directory / "replica.b2"
         self.lock = threading.Lock()
+        self.write_error: OSError | None = None  # why a store failed (see Follower)
         self.obj = self._open_or_create()
 
     # -- creation ---------------------------------------------------------------------
@@ -104,10 +105,19 @@ class Replica:
             return False
 
     def store(self, nchunk: int, chunk: bytes) -> None:
-        """Store a chunk exactly as received from the source."""
+        """Store a chunk exactly as received from the source.
+
+        A failed write leaves the replica damaged: the caller must discard it.  Raises the
+        OSError of the disk (full, over quota, read-only...) if that is why, else
+        RuntimeError.
+        """
         b2.check_chunk(chunk)
         with self.lock:
-            self.schunk.update_chunk(nchunk, chunk)
+            try:
+                self.schunk.update_chunk(nchunk, chunk)
+            except RuntimeError:  # (Blosc2 does not say why)
+                check_writable(self.directory, self.file.stat().st_size, len(chunk))
+                raise
 
     def chunk_sizes(self, nchunks: list[int]) -> list[int]:
         """Stored sizes of held chunks, from their headers."""
@@ -145,6 +155,18 @@ class Replica:
         if missing:
             raise RuntimeError(f"{len(missing)} chunks are not cached")
         return self.file
+
+
+def check_writable(directory: pathlib.Path, size: int, nbytes: int) -> None:
+    """Raise the OSError met by a file of ``size`` bytes in ``directory`` growing by
+    ``nbytes`` (a full disk, a quota, a file size limit...), if any."""
+    probe = directory / f".probe-{uuid.uuid4().hex}"
+    try:
+        with open(probe, "wb") as f:
+            f.seek(size)  # (a hole: no space taken)
+            f.write(bytes(nbytes))  # (real blocks: these need the space)
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def version_tag(version: str) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import json
 import logging
 import os
@@ -179,6 +180,24 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"{request.method} is not allowed for {request.url.path}"
         return JSONResponse({"detail": detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(OSError)  # a full disk (...): 507, not a 500 with a traceback
+    async def disk_error(request: Request, exc: OSError) -> JSONResponse:
+        if exc.errno not in DISK_ERRORS:
+            raise exc
+        logging.getLogger("caterva2").error("%s %s: %s", request.method, request.url.path,
+                                            exc)
+        return JSONResponse({"detail": disk_error_text(exc, f"the {request.app.title}")},
+                            status_code=507)
+
+
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
+def disk_error_text(error: OSError, service: str) -> str:
+    """What a client is told of a failed write (the error's text, never a server path)."""
+    return (f"{service} cannot write to its disk ({error.strerror or 'write error'}); "
+            "free space where its --statedir is, then try again")
 
 
 def safe_relpath(path: str) -> str:

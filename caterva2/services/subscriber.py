@@ -289,7 +289,9 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         """Held chunks first, then each missing one as soon as it is stored.
 
         If a chunk cannot be had midway, the stream ends without it: the client checks that
-        every chunk came, so a partial answer is never taken for a whole one.
+        every chunk came, so a partial answer is never taken for a whole one.  The stream
+        ends with an error record saying why, unless the data changed at its source (the
+        client then reads again).
         """
         held = [n for n in nchunks if n not in arrivals]
         coming = {future: n for n, future in arrivals.items()}
@@ -303,8 +305,14 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
                 async for piece in common.chunk_records(replica.read_chunks,
                                                         common.batched(stored, STREAM_BATCH)):
                     yield piece
-        except (Unavailable, Gone, Stale) as e:
-            log.warning("answer for %s/%s cut short: %s", root, path, e or type(e).__name__)
+        except (Gone, Stale) as e:
+            log.warning("answer for %s/%s cut short: it changed at its source (%s)", root,
+                        path, type(e).__name__)
+        except (Unavailable, OSError) as e:
+            reason = common.disk_error_text(e, "the subscriber") \
+                if isinstance(e, OSError) else str(e)
+            log.warning("answer for %s/%s cut short: %s", root, path, reason)
+            yield b2.error_record(reason)
         except (ValueError, RuntimeError) as e:  # a damaged replica: the next read rebuilds it
             log.warning("cached copy of %s/%s damaged (%s); dropped", root, path, e)
             await asyncio.to_thread(state["f"].cache.discard, root, path, entry)

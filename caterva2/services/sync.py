@@ -19,7 +19,7 @@ import httpx
 import websockets
 from pydantic import TypeAdapter, ValidationError
 
-from caterva2 import bulk
+from caterva2 import b2, bulk
 from caterva2.models import (
     ChangeEvent,
     DatasetEntry,
@@ -278,10 +278,16 @@ class Follower:
         def store(n: int, chunk) -> None:
             try:
                 replica.store(n, chunk)
-            except RuntimeError:
+            except (RuntimeError, OSError) as e:
+                if replica.write_error is not None:  # another stream's write failed first
+                    raise replica.write_error from None
                 if not replica.file.exists():  # dropped meanwhile: a newer version came
                     raise Stale(path) from None
-                raise  # damaged: the reader drops it, and the next read rebuilds it
+                if isinstance(e, OSError):  # the disk is full (...): the client is told
+                    replica.write_error = e
+                self.cache.discard(root, path, entry)  # damaged by the failed write
+                raise e if isinstance(e, OSError) else Stale(path) from None  # (Stale: the
+                # read starts a new replica)
 
         def fetch() -> None:  # in a worker thread
             asked = set(group)
@@ -303,7 +309,7 @@ class Follower:
         try:
             try:
                 await asyncio.to_thread(fetch)
-            except (httpx.ReadError, httpx.RemoteProtocolError):
+            except (httpx.ReadError, httpx.RemoteProtocolError, b2.AnswerCut):
                 if len(pending) == len(group):
                     raise  # nothing came: the publisher is unreachable (below)
                 # Cut short after some chunks: what a publisher does when the file changes

@@ -109,6 +109,37 @@ def test_killed_publisher_large_streamed_reads(stack, tmp_path):
     assert "unreachable" in err.value.detail
 
 
+def test_subscriber_that_cannot_write_its_cache_says_why_and_loses_nothing(stack, tmp_path):
+    """A subscriber whose disk is full (here: a file size limit on its process) answers
+    reads that need new chunks with the reason: a 507, or a chunk stream ended by an error
+    record when the answer had started.  Never a 500, a traceback, or a guess ("its
+    publisher may be down").  Once it can write again, reads are whole and correct."""
+    resource = pytest.importorskip("resource")
+    src = tmp_path / "big"
+    src.mkdir()
+    a = np.random.default_rng(0).normal(size=(400, 1000))  # 8 chunks of 400 kB, incompressible
+    blosc2.asarray(a, urlpath=str(src / "a.b2nd"), mode="w", chunks=(50, 1000),
+                   blocks=(10, 1000))
+    stack.publisher("big", src)
+    sub = stack.subscriber()
+    wait_until(lambda: "big" in cat2.get_roots(sub.address), what="root big")
+    ds = cat2.Root("big", host=sub.address)["a.b2nd"]
+    limit = 1_000_000  # a replica fails on its third chunk: the answer has started by then
+    resource.prlimit(sub.proc.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+    with pytest.raises((b2.AnswerCut, cat2.ServerError), match="cannot write to its disk"):
+        ds[:]
+    with pytest.raises(cat2.ServerError, match="cannot write to its disk") as err:
+        ds.download(tmp_path / "dl")
+    assert err.value.status_code == 507
+    np.testing.assert_array_equal(ds[100:110, 5], a[100:110, 5])  # one chunk still fits
+    resource.prlimit(sub.proc.pid, resource.RLIMIT_FSIZE,
+                     (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    np.testing.assert_array_equal(ds[:], a)
+    np.testing.assert_array_equal(blosc2.open(str(ds.download(tmp_path / "dl")))[:], a)
+    log = sub.log_tail(10_000)
+    assert "cannot write to its disk" in log and "Traceback" not in log
+
+
 def test_a_chunk_stream_lacking_chunks_is_an_error_not_data():
     shape, chunks, blocks = (40,), (10,), (5,)
     arr = blosc2.asarray(np.arange(40), chunks=chunks, blocks=blocks)
