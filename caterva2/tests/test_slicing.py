@@ -154,6 +154,18 @@ def test_a_chunk_stream_cut_short_is_an_error(cut):
         list(bulk.records(Trickle(data[:len(record(3, b"abc")) + cut]), max_length=100))
 
 
+def test_a_chunk_stream_ended_by_an_error_record_raises_its_reason():
+    data = record(3, b"abc") + b2.error_record("the publisher of 'x' is unreachable")
+    got = []
+    with pytest.raises(b2.AnswerCut, match="^the publisher of 'x' is unreachable$"):
+        for n, chunk in bulk.records(Trickle(data), max_length=100):
+            got.append((n, bytes(chunk)))
+    assert got == [(3, b"abc")]
+    assert len(b2.error_record("é" * 10_000)) == b2.RECORD_HEADER_SIZE + b2.MAX_REASON
+    with pytest.raises(httpx.RemoteProtocolError, match="at most"):  # (no huge reasons)
+        list(bulk.records(Trickle(b2.record_header(b2.STREAM_ERROR, 1 << 40)), 100))
+
+
 def test_an_oversized_chunk_record_is_refused_before_any_allocation():
     with pytest.raises(httpx.RemoteProtocolError, match="at most"):
         list(bulk.records(Trickle(b2.record_header(0, 1 << 60)), max_length=1000))
