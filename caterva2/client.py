@@ -247,7 +247,9 @@ class File:
 
         If the dataset changed shape, dtype or chunking since this object got its metadata,
         the metadata is fetched again and the read redone (answers are decoded with it); an
-        answer cut short by a change at the source is read again too.
+        answer cut short by a change at the source is read again too.  Raises ServerError
+        when the subscriber refuses the read, and AnswerCut (with the reason) when it could
+        not finish a large answer it had started; never returns part of a selection.
         """
         key = slicing.parse_slice(slice_) if isinstance(slice_, str) else \
             slicing.as_key(slice_)

@@ -191,13 +191,15 @@ def install_error_handlers(app: FastAPI) -> None:
                             status_code=507)
 
 
-DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+DISK_ERRORS = NO_SPACE | {errno.EROFS}
 
 
 def disk_error_text(error: OSError, service: str) -> str:
     """What a client is told of a failed write (the error's text, never a server path)."""
-    return (f"{service} cannot write to its disk ({error.strerror or 'write error'}); "
-            "free space where its --statedir is, then try again")
+    advice = "; free space where its --statedir is, then try again" \
+        if error.errno in NO_SPACE else ""
+    return f"{service} cannot write to its disk ({error.strerror or 'write error'}){advice}"
 
 
 def safe_relpath(path: str) -> str:

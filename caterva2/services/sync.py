@@ -283,11 +283,10 @@ class Follower:
                     raise replica.write_error from None
                 if not replica.file.exists():  # dropped meanwhile: a newer version came
                     raise Stale(path) from None
-                if isinstance(e, OSError):  # the disk is full (...): the client is told
-                    replica.write_error = e
-                self.cache.discard(root, path, entry)  # damaged by the failed write
-                raise e if isinstance(e, OSError) else Stale(path) from None  # (Stale: the
-                # read starts a new replica)
+                disk = isinstance(e, OSError)  # full, over quota...: the client is told
+                replica.write_error = e if disk else None
+                self.cache.discard(root, path, entry)  # a failed write damages a replica
+                raise e if disk else Stale(path)  # (Stale: the read starts a new replica)
 
         def fetch() -> None:  # in a worker thread
             asked = set(group)

@@ -126,7 +126,7 @@ def test_subscriber_that_cannot_write_its_cache_says_why_and_loses_nothing(stack
     ds = cat2.Root("big", host=sub.address)["a.b2nd"]
     limit = 1_000_000  # a replica fails on its third chunk: the answer has started by then
     resource.prlimit(sub.proc.pid, resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
-    with pytest.raises((b2.AnswerCut, cat2.ServerError), match="cannot write to its disk"):
+    with pytest.raises((cat2.AnswerCut, cat2.ServerError), match="cannot write to its disk"):
         ds[:]
     with pytest.raises(cat2.ServerError, match="cannot write to its disk") as err:
         ds.download(tmp_path / "dl")
