@@ -145,8 +145,8 @@ def records(response: http.client.HTTPResponse,
         nchunk, length = b2.parse_record_header(header)
         if nchunk == b2.STREAM_ERROR and length <= b2.MAX_REASON:
             reason = bytearray(length)
-            read_exactly(response, reason)
-            raise b2.AnswerCut(reason.decode(errors="replace"))
+            got = read_exactly(response, reason)
+            raise b2.AnswerCut(reason[:got].decode(errors="replace"))
         if length > max_length:
             raise httpx.RemoteProtocolError(f"chunk of {length} bytes in the stream; "
                                             f"at most {max_length} expected")

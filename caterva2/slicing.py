@@ -118,8 +118,8 @@ class Plan:
 
 def plan(key: Key, shape: tuple[int, ...]) -> Plan:
     """Plan a selection on ``shape``; raises SelectionError when it does not fit."""
-    if any(item is Ellipsis for item in key):
-        at = next(i for i, item in enumerate(key) if item is Ellipsis)
+    at = next((i for i, item in enumerate(key) if item is Ellipsis), None)
+    if at is not None:
         every = (slice(None),) * max(0, len(shape) - len(key) + 1)
         key = tuple(key[:at]) + every + tuple(key[at + 1:])
     if len(key) > len(shape):

@@ -309,7 +309,7 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
             log.warning("answer for %s/%s cut short: it changed at its source (%s)", root,
                         path, type(e).__name__)
         except (Unavailable, OSError) as e:
-            reason = common.disk_error_text(e, "the subscriber") \
+            reason = common.disk_error_text(e, f"the {app.title}") \
                 if isinstance(e, OSError) else str(e)
             log.warning("answer for %s/%s cut short: %s", root, path, reason)
             yield b2.error_record(reason)

@@ -283,10 +283,10 @@ class Follower:
                     raise replica.write_error from None
                 if not replica.file.exists():  # dropped meanwhile: a newer version came
                     raise Stale(path) from None
-                disk = isinstance(e, OSError)  # full, over quota...: the client is told
-                replica.write_error = e if disk else None
+                if isinstance(e, OSError):  # full, over quota...: the client is told
+                    replica.write_error = e
                 self.cache.discard(root, path, entry)  # a failed write damages a replica
-                raise e if disk else Stale(path)  # (Stale: the read starts a new replica)
+                raise replica.write_error or Stale(path)  # (Stale: a new replica is started)
 
         def fetch() -> None:  # in a worker thread
             asked = set(group)
