@@ -83,7 +83,7 @@ def parse_slice(text: str | None) -> Key:
                 key.append(int(item))
         except ValueError:
             raise SelectionError(
-                f"malformed selection {text!r}: expected items like 3, 2:10 or ::2, "
+                f"malformed selection {text!r}: expected items like 3, 2:10, ::2 or ..., "
                 "separated by commas") from None
     return as_key(tuple(key))
 
