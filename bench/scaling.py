@@ -25,7 +25,6 @@ this: read them as orders of magnitude and trends, not as precise values.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import datetime
 import json
@@ -39,7 +38,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import blosc2
@@ -50,7 +48,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the checkout's caterva2, also when not installed
 
 import caterva2 as cat2  # noqa: E402
-from caterva2.tests.harness import Stack, wait_until  # noqa: E402
+from caterva2.tests.harness import CountingProxy, Stack, wait_until  # noqa: E402
 
 CHUNKS, BLOCKS = (500, 500), (100, 100)  # as in stackbench: 2 MB chunks of float64
 CPARAMS = {"codec": blosc2.Codec.ZSTD, "clevel": 1}
@@ -152,63 +150,6 @@ def timed(fn):
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
-
-
-class CountingProxy:
-    """A loopback TCP proxy counting the bytes going each way; its own loop, in a thread."""
-
-    def __init__(self, target: str):
-        host, port = target.rsplit(":", 1)
-        self.target = (host, int(port))
-        self.down = self.up = self.requests = 0  # target->client, client->target, GETs
-        self.address = ""
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
-        self.thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("proxy did not start")
-
-    def _run(self, ready: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(asyncio.start_server(self._handle, LOOPBACK, 0))
-        self.address = f"{LOOPBACK}:{server.sockets[0].getsockname()[1]}"
-        ready.set()
-        self.loop.run_forever()
-        server.close()
-
-    async def _handle(self, reader, writer) -> None:
-        try:
-            up_reader, up_writer = await asyncio.wait_for(
-                asyncio.open_connection(*self.target), 5)
-        except (OSError, asyncio.TimeoutError):
-            writer.close()
-            return
-
-        async def pipe(src, dst, upstream: bool) -> None:
-            try:
-                while data := await src.read(1 << 16):
-                    if upstream:
-                        self.up += len(data)
-                        self.requests += data.count(b"GET /")
-                    else:
-                        self.down += len(data)
-                    dst.write(data)
-                    await dst.drain()
-            except (ConnectionError, asyncio.CancelledError):
-                pass
-            finally:
-                with contextlib.suppress(Exception):
-                    dst.close()
-
-        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
-
-    def counters(self) -> tuple[int, int, int]:
-        return self.down, self.up, self.requests
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def subscribed_root(sub: str, name: str) -> cat2.Root:

@@ -26,9 +26,18 @@ READ_BUFFER = 4 << 20
 _local = threading.local()
 
 
+class _Connections(dict):
+    """A thread's kept-alive connections, closed when the thread ends (not left to the
+    garbage collector, which warns about unclosed sockets)."""
+
+    def __del__(self) -> None:
+        for conn in self.values():
+            conn.close()
+
+
 def _pool() -> dict[tuple[str, str], http.client.HTTPConnection]:
     if not hasattr(_local, "connections"):
-        _local.connections = {}
+        _local.connections = _Connections()
     return _local.connections
 
 

@@ -26,6 +26,7 @@ import pathlib
 import shutil
 import threading
 import uuid
+import weakref
 from collections import OrderedDict
 from typing import Any
 
@@ -181,7 +182,12 @@ class Cache:
         self.directory = pathlib.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.indexes: dict[str, dict[str, dict[str, Any]]] = {}
+        # Replicas kept open (the most recently used), and every replica still in use
+        # anywhere (a long download may outlive its place among the recent): one object
+        # per replica, never two handles appending to one file.
         self.replicas: OrderedDict[tuple[str, str, str], Replica] = OrderedDict()
+        self.in_use: weakref.WeakValueDictionary[tuple[str, str, str], Replica] = \
+            weakref.WeakValueDictionary()
         self.lock = threading.RLock()
 
     def _root_dir(self, root: str) -> pathlib.Path:
@@ -227,17 +233,17 @@ class Cache:
 
     def drop_root(self, root: str) -> None:
         with self.lock:
-            for key in [k for k in self.replicas if k[0] == root]:
-                del self.replicas[key]
+            for key in [k for k in list(self.in_use) if k[0] == root]:
+                self._forget(key)
             self.indexes.pop(root, None)
             _trash(self._root_dir(root), self.directory)
 
     def _drop(self, root: str, path: str, keep: dict[str, Any] | None) -> None:
         """Forget every version of a dataset but ``keep``'s."""
         keep_tag = version_tag(keep["version"]) if keep else None
-        for key in [k for k in self.replicas if k[:2] == (root, path)]:
+        for key in [k for k in list(self.in_use) if k[:2] == (root, path)]:
             if keep is None or key[2] != keep["version"]:
-                del self.replicas[key]
+                self._forget(key)
         data_dir = self._data_dir(root, path)
         if data_dir.is_dir():
             for child in data_dir.iterdir():
@@ -252,16 +258,25 @@ class Cache:
             if key in self.replicas:
                 self.replicas.move_to_end(key)
                 return self.replicas[key]
-            replica = Replica(self._data_dir(root, path) / version_tag(entry["version"]), entry)
+            replica = self.in_use.get(key)
+            if replica is None:
+                replica = Replica(self._data_dir(root, path) / version_tag(entry["version"]),
+                                  entry)
+                self.in_use[key] = replica
             self.replicas[key] = replica
             while len(self.replicas) > MAX_OPEN_REPLICAS:
                 self.replicas.popitem(last=False)
             return replica
 
+    def _forget(self, key: tuple[str, str, str]) -> None:
+        """Stop handing out this replica (its readers and writers keep their object)."""
+        self.replicas.pop(key, None)
+        self.in_use.pop(key, None)
+
     def discard(self, root: str, path: str, entry: dict[str, Any]) -> None:
         """Throw away a replica found to be damaged; the next read rebuilds it."""
         with self.lock:
-            self.replicas.pop((root, path, entry["version"]), None)
+            self._forget((root, path, entry["version"]))
             _trash(self._data_dir(root, path) / version_tag(entry["version"]), self.directory)
 
 

@@ -82,6 +82,7 @@ class Follower:
         self.subscribed: dict[str, RootInfo] = valid_roots(common.read_json(self.subs_file, {}))
         self.roots: dict[str, RootInfo] = dict(self.subscribed)
         self.inflight: dict[tuple, asyncio.Future] = {}
+        self.checking: dict[tuple, list[set[int]]] = {}  # see request_chunks
         self.tasks: set[asyncio.Task] = set()
         self.connected = asyncio.Event()
 
@@ -232,11 +233,24 @@ class Follower:
         Stale).  Missing chunks are fetched in the background, none twice at once.
         """
         replica = await asyncio.to_thread(self.cache.replica, root, path, entry)
-        missing = await asyncio.to_thread(replica.missing, nchunks)
+        # A chunk stored while ``missing`` looks in its thread has left ``inflight`` and may
+        # be reported missing: it is noted here (by _settle), so it is not fetched again.
+        version = entry["version"]
+        stored_meanwhile: set[int] = set()
+        checks = self.checking.setdefault((root, path, version), [])
+        checks.append(stored_meanwhile)
+        try:
+            missing = await asyncio.to_thread(replica.missing, nchunks)
+        finally:
+            checks[:] = [c for c in checks if c is not stored_meanwhile]
+            if not checks:
+                del self.checking[(root, path, version)]
         loop = asyncio.get_running_loop()
         own, arrivals = [], {}
         for n in missing:
-            key = (root, path, entry["version"], n)
+            if n in stored_meanwhile:
+                continue
+            key = (root, path, version, n)
             if key not in self.inflight:
                 self.inflight[key] = loop.create_future()
                 own.append(n)
@@ -331,6 +345,8 @@ class Follower:
 
     def _settle(self, root, path, version, n, future) -> None:
         self.inflight.pop((root, path, version, n), None)
+        for stored_meanwhile in self.checking.get((root, path, version), ()):
+            stored_meanwhile.add(n)
         if not future.done():
             future.set_result(None)
 

@@ -5,6 +5,7 @@ module waits for that file and for the service to answer HTTP.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import pathlib
@@ -12,11 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
 
 STARTUP_TIMEOUT_S = 60
+LOOPBACK = "127.0.0.1"
 
 
 class Service:
@@ -134,3 +137,72 @@ class Stack:
     def stop(self) -> None:
         for service in reversed(self.services):
             service.stop()
+
+
+class CountingProxy:
+    """A loopback TCP proxy counting the bytes going each way; its own loop, in a thread."""
+
+    def __init__(self, target: str):
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self.down = self.up = self.requests = 0  # target->client, client->target, GETs
+        self.writers: set[asyncio.StreamWriter] = set()  # both ends of every connection
+        self.address = ""
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), daemon=True)
+        self.thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("proxy did not start")
+
+    def _run(self, ready: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(asyncio.start_server(self._handle, LOOPBACK, 0))
+        self.address = f"{LOOPBACK}:{server.sockets[0].getsockname()[1]}"
+        ready.set()
+        self.loop.run_forever()
+        server.close()
+        self.loop.run_until_complete(server.wait_closed())
+        self.loop.close()
+
+    async def _handle(self, reader, writer) -> None:
+        try:
+            up_reader, up_writer = await asyncio.wait_for(
+                asyncio.open_connection(*self.target), 5)
+        except (OSError, asyncio.TimeoutError):
+            writer.close()
+            return
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src, dst, upstream: bool) -> None:
+            try:
+                while data := await src.read(1 << 16):
+                    if upstream:
+                        self.up += len(data)
+                        self.requests += data.count(b"GET /")
+                    else:
+                        self.down += len(data)
+                    dst.write(data)
+                    await dst.drain()
+            except ConnectionError:
+                pass
+            finally:
+                self.writers.discard(dst)
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
+
+    def counters(self) -> tuple[int, int, int]:
+        return self.down, self.up, self.requests
+
+    def close(self) -> None:
+        """Cut every connection, then stop."""
+        async def shutdown() -> None:
+            for writer in list(self.writers):
+                writer.close()  # (the pipes reading from it end, and close the other side)
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            await asyncio.wait(tasks, timeout=5) if tasks else None
+            self.loop.stop()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
+        self.thread.join(10)

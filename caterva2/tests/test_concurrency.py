@@ -1,0 +1,98 @@
+"""Many clients at once on data not cached yet: every answer is whole and right, and each
+chunk crosses the publisher -> subscriber link once, however many clients need it."""
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import blosc2
+import httpx
+import numpy as np
+
+import caterva2 as cat2
+from caterva2 import b2
+from caterva2.roots.directory import DirectoryRoot
+from caterva2.services import cache as cache_module
+from caterva2.tests.harness import CountingProxy, wait_until
+
+READERS = 12
+
+
+def test_concurrent_cold_reads_fetch_each_chunk_once(stack, tmp_path):
+    src = tmp_path / "data"
+    src.mkdir()
+    a = np.random.default_rng(1).normal(size=(800, 800))  # 64 chunks of 80 kB, incompressible
+    stored = blosc2.asarray(a, urlpath=str(src / "a.b2nd"), mode="w", chunks=(100, 100),
+                            blocks=(20, 20))
+    sizes = [len(stored.schunk.get_chunk(n)) for n in range(stored.schunk.nchunks)]
+    pub = stack.publisher("data", src)
+    proxy = CountingProxy(pub.address)
+    try:
+        # The same publisher, registered again under a name whose address is the proxy:
+        # whatever the subscriber fetches for that root is counted.
+        httpx.post(f"http://{stack.broker.address}/api/roots", timeout=10,
+                   json={"name": "counted", "http": proxy.address}).raise_for_status()
+        sub = stack.subscriber()
+        wait_until(lambda: "counted" in cat2.get_roots(sub.address), what="root counted")
+        ds = cat2.Root("counted", host=sub.address)["a.b2nd"]  # (subscribing: the index)
+        down_before, _, requests_before = proxy.counters()
+
+        # Whole, halves, boxes across chunks, strides, rows and columns: large selections
+        # come as chunk streams, small ones in one buffer; most chunks are wanted by
+        # several readers at once.
+        keys = [np.s_[:], np.s_[:400], np.s_[400:], np.s_[150:650, 50:750], np.s_[::3, ::7],
+                np.s_[399], np.s_[..., 123], np.s_[10:20, 790:], np.s_[:, :100],
+                np.s_[700:, 100:], np.s_[1::2, 300:500], np.s_[5, 5]][:READERS]
+        start = threading.Barrier(len(keys))
+
+        def read(key):
+            start.wait(30)
+            return ds[key]
+
+        with ThreadPoolExecutor(len(keys)) as pool:
+            results = list(pool.map(read, keys, timeout=120))
+        for key, out in zip(keys, results):
+            np.testing.assert_array_equal(out, a[key])
+
+        down, _, requests = proxy.counters()
+        link = down - down_before
+        stream_overhead = len(sizes) * b2.RECORD_HEADER_SIZE
+        assert link >= sum(sizes)  # every chunk came...
+        # ...once: what came beyond the chunks (HTTP headers of each answer, record
+        # headers) is far less than one more chunk would be.
+        extra = link - sum(sizes) - stream_overhead
+        assert extra < min(sizes), (link, sum(sizes), requests - requests_before)
+        assert extra < 2000 * (requests - requests_before)
+
+        # All cached now: reading everything again crosses nothing.
+        np.testing.assert_array_equal(ds[:], a)
+        assert proxy.counters()[0] == down
+    finally:
+        proxy.close()
+
+
+def test_a_replica_in_use_is_never_opened_twice(tmp_path, monkeypatch):
+    """However many other datasets are read meanwhile, a replica still in use (a long
+    download writing into it) is the one later reads get: two handles appending to one
+    file would corrupt it.  Unit test of the subscriber's cache, with room for one open
+    replica only."""
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [f"d{i}.b2nd" for i in range(3)]
+    for i, name in enumerate(names):
+        blosc2.asarray(np.arange(10) + i, urlpath=str(src / name), mode="w", chunks=(5,),
+                       blocks=(5,))
+    source = DirectoryRoot(src, tmp_path / "pub")
+    entries = {name: source.entry(name) for name in names}
+    monkeypatch.setattr(cache_module, "MAX_OPEN_REPLICAS", 1)
+    cache = cache_module.Cache(tmp_path / "cache")
+    cache.set_index("r", entries)
+    in_use = cache.replica("r", names[0], entries[names[0]])
+    for name in names[1:]:  # the first leaves the cache's list of open replicas
+        cache.replica("r", name, entries[name])
+    assert cache.replica("r", names[0], entries[names[0]]) is in_use
+    # Once nobody holds it, it may be closed, and opened again when next needed.
+    in_use.store(0, source.read_chunk(names[0], 0))
+    del in_use
+    for name in names[1:]:
+        cache.replica("r", name, entries[name])
+    again = cache.replica("r", names[0], entries[names[0]])
+    assert again.missing([0, 1]) == [1]
