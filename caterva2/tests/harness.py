@@ -1,7 +1,8 @@
 """Start real Caterva2 services as processes on free loopback ports, for tests.
 
 Each service binds port 0 and writes the address it got to ``STATEDIR/address``; this
-module waits for that file and for the service to answer HTTP.
+module waits for that file and for the service to answer HTTP.  :class:`CountingProxy`
+stands between two services to count what crosses the link between them.
 """
 from __future__ import annotations
 
@@ -201,7 +202,8 @@ class CountingProxy:
             for writer in list(self.writers):
                 writer.close()  # (the pipes reading from it end, and close the other side)
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            await asyncio.wait(tasks, timeout=5) if tasks else None
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
             self.loop.stop()
 
         asyncio.run_coroutine_threadsafe(shutdown(), self.loop)
