@@ -233,7 +233,7 @@ class Cache:
 
     def drop_root(self, root: str) -> None:
         with self.lock:
-            for key in [k for k in list(self.in_use) if k[0] == root]:
+            for key in [k for k in self.in_use if k[0] == root]:
                 self._forget(key)
             self.indexes.pop(root, None)
             _trash(self._root_dir(root), self.directory)
@@ -241,7 +241,7 @@ class Cache:
     def _drop(self, root: str, path: str, keep: dict[str, Any] | None) -> None:
         """Forget every version of a dataset but ``keep``'s."""
         keep_tag = version_tag(keep["version"]) if keep else None
-        for key in [k for k in list(self.in_use) if k[:2] == (root, path)]:
+        for key in [k for k in self.in_use if k[:2] == (root, path)]:
             if keep is None or key[2] != keep["version"]:
                 self._forget(key)
         data_dir = self._data_dir(root, path)
@@ -255,15 +255,13 @@ class Cache:
         """The replica of this version of a dataset, created (empty) if needed."""
         key = (root, path, entry["version"])
         with self.lock:
-            if key in self.replicas:
-                self.replicas.move_to_end(key)
-                return self.replicas[key]
             replica = self.in_use.get(key)
             if replica is None:
                 replica = Replica(self._data_dir(root, path) / version_tag(entry["version"]),
                                   entry)
                 self.in_use[key] = replica
             self.replicas[key] = replica
+            self.replicas.move_to_end(key)
             while len(self.replicas) > MAX_OPEN_REPLICAS:
                 self.replicas.popitem(last=False)
             return replica

@@ -3,7 +3,7 @@
 :class:`Follower` holds the subscriber's view of the world (known roots, subscriptions,
 the cache) and does all network work: it listens to the broker's events, re-synchronises
 roots after any gap, and fetches missing chunks from publishers, never the same chunk
-twice at once.
+twice.
 """
 from __future__ import annotations
 
@@ -230,7 +230,7 @@ class Follower:
                              nchunks: list[int]) -> tuple[Replica, dict[int, asyncio.Future]]:
         """The replica of ``entry``'s version, and a future for each of ``nchunks`` it does
         not hold yet, done when that chunk is stored (or failed with Unavailable, Gone or
-        Stale).  Missing chunks are fetched in the background, none twice at once.
+        Stale).  Missing chunks are fetched in the background, none twice.
         """
         replica = await asyncio.to_thread(self.cache.replica, root, path, entry)
         # A chunk stored while ``missing`` looks in its thread has left ``inflight`` and may
