@@ -145,6 +145,8 @@ class DirectoryRoot(PublishedRoot):
         source, current, (keepalive, schunk) = self._current(path, version)  # noqa: RUF059
         for n in nchunks:
             if not 0 <= n < schunk.nchunks:
+                if version is not None:  # checked against that version: the file changed
+                    raise VersionMismatch(path)
                 raise IndexError(f"{path} has {schunk.nchunks} chunks, not {n + 1}")
         try:
             with self._lock:
@@ -159,9 +161,12 @@ class DirectoryRoot(PublishedRoot):
         source, current, (keepalive, schunk) = self._current(path, version)  # noqa: RUF059
         try:
             with self._lock:
-                return b2.stored_sizes(schunk, nchunks)
+                sizes = b2.stored_sizes(schunk, nchunks)
         except RuntimeError:
             return None
+        if _version_now(source) != current:
+            raise VersionMismatch(path)  # rewritten while we read: the sizes may be of neither
+        return sizes
 
     def _current(self, path: str, version: str | None):
         """``(source, current version, (obj, schunk))``; VersionMismatch unless ``version``

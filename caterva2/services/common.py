@@ -213,11 +213,20 @@ def safe_relpath(path: str) -> str:
         raise HTTPException(400, str(e)) from None
 
 
+class ChunkChanged(Exception):
+    """A chunk read for a stream differs in size from what its Content-Length announced:
+    the data changed since the sizes were read, and the stream must end before it."""
+
+
 async def chunk_records(read: Callable[[list[int]], list[bytes]], batches: Iterable[list[int]],
-                        first: list[bytes] | None = None) -> AsyncIterator[bytes]:
+                        first: list[bytes] | None = None,
+                        sizes: dict[int, int] | None = None) -> AsyncIterator[bytes]:
     """A chunk stream's body (see :mod:`caterva2.b2`): each batch of chunk numbers is read
     with ``read(batch)`` in a thread, one batch ahead of the sender; ``first`` is the first
     batch's chunks if already read.  Headers and chunks are yielded separately: no copies.
+
+    ``sizes`` are the chunk sizes a Content-Length was made of: a chunk of another size
+    raises ChunkChanged before any of it is sent, so the body is never longer than said.
     """
     batches = list(batches)
     if not batches:
@@ -238,6 +247,9 @@ async def chunk_records(read: Callable[[list[int]], list[bytes]], batches: Itera
             if i + 1 < len(batches):
                 pending = start(batches[i + 1])
             for n, chunk in zip(batch, chunks):
+                if sizes is not None and len(chunk) != sizes[n]:
+                    raise ChunkChanged(f"chunk {n} is {len(chunk)} bytes, not the "
+                                       f"{sizes[n]} announced")
                 yield b2.record_header(n, len(chunk))
                 yield chunk
     finally:

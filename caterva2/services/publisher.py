@@ -285,10 +285,11 @@ def build_app(name: str, root: PublishedRoot, address: str, broker: str,
             raise HTTPException(503, str(e)) from None
 
         async def records():
+            announced = dict(zip(wanted, sizes)) if sizes is not None else None
             try:
-                async for piece in common.chunk_records(read, batches, first):
+                async for piece in common.chunk_records(read, batches, first, announced):
                     yield piece
-            except (VersionMismatch, DatasetNotFound, DatasetUnavailable):
+            except (VersionMismatch, DatasetNotFound, DatasetUnavailable, common.ChunkChanged):
                 log.info("%s changed while streaming; stream cut short", path)
                 # the reader sees fewer records than it asked for
 

@@ -245,10 +245,13 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         if chunks and meta["kind"] == "ndarray":
             entry, replica, arrivals = await with_chunks(root, path, entry, nchunks,
                                                          wait=False)
+            sizes = None
             if not arrivals:  # all cached: a known length spares uvicorn a copy of each chunk
                 sizes = await asyncio.to_thread(replica.chunk_sizes, nchunks)
                 headers["Content-Length"] = str(common.stream_length(sizes))
-            return StreamingResponse(stream_chunks(root, path, entry, replica, nchunks, arrivals),
+                sizes = dict(zip(nchunks, sizes))
+            return StreamingResponse(stream_chunks(root, path, entry, replica, nchunks, arrivals,
+                                                   sizes),
                                      media_type="application/x-caterva2-chunks",
                                      headers=headers)
         if meta["kind"] == "ndarray":
@@ -285,8 +288,10 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         return Response(body, media_type="application/octet-stream", headers=headers)
 
     async def stream_chunks(root: str, path: str, entry: dict[str, Any], replica,
-                            nchunks: list[int], arrivals: dict[int, asyncio.Future]):
-        """Held chunks first, then each missing one as soon as it is stored.
+                            nchunks: list[int], arrivals: dict[int, asyncio.Future],
+                            sizes: dict[int, int] | None):
+        """Held chunks first, then each missing one as soon as it is stored (``sizes``: of
+        the held chunks, if a Content-Length was sent).
 
         If a chunk cannot be had midway, the stream ends without it: the client checks that
         every chunk came, so a partial answer is never taken for a whole one.  The stream
@@ -297,7 +302,8 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         coming = {future: n for n, future in arrivals.items()}
         try:
             async for piece in common.chunk_records(replica.read_chunks,
-                                                    common.batched(held, STREAM_BATCH)):
+                                                    common.batched(held, STREAM_BATCH),
+                                                    sizes=sizes):
                 yield piece
             while coming:
                 done, _ = await asyncio.wait(coming, return_when=asyncio.FIRST_COMPLETED)
@@ -308,6 +314,8 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         except (Gone, Stale) as e:
             log.warning("answer for %s/%s cut short: it changed at its source (%s)", root,
                         path, type(e).__name__)
+        except common.ChunkChanged as e:  # (the client finds chunks missing: read again)
+            log.warning("answer for %s/%s cut short: %s", root, path, e)
         except (Unavailable, OSError) as e:
             reason = common.disk_error_text(e, f"the {app.title}") \
                 if isinstance(e, OSError) else str(e)

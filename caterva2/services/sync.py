@@ -144,9 +144,8 @@ class Follower:
                   if index.get(p, {}).get("version") != v}
         entries = await asyncio.gather(*(self._changed_entry(event.root, p, v)
                                          for p, v in wanted.items()))
-        changed = {p: e for p, e in zip(wanted, entries) if e is not None}
-        deleted = list(event.deleted) + [p for p, e in zip(wanted, entries) if e is None]
-        await asyncio.to_thread(self.cache.update, event.root, changed, deleted)
+        await asyncio.to_thread(self.cache.update, event.root, dict(zip(wanted, entries)),
+                                list(event.deleted))
 
     # -- roots ------------------------------------------------------------------------
     def publisher(self, root: str) -> str:
@@ -189,13 +188,14 @@ class Follower:
         data = {n: i.model_dump() for n, i in self.subscribed.items()}
         await asyncio.to_thread(common.atomic_write, self.subs_file, json.dumps(data))
 
-    async def _changed_entry(self, root: str, path: str, version: str) -> dict[str, Any] | None:
-        """The entry of a dataset announced as changed: None if it is gone since; without
-        metadata if it cannot be had now (reads ask its publisher again)."""
+    async def _changed_entry(self, root: str, path: str, version: str) -> dict[str, Any]:
+        """The entry of a dataset announced as changed; without metadata if it cannot be had
+        now (reads ask its publisher again).  Missing now is not deleted: a file rewritten
+        in place is missing for a moment, and publishers announce real deletions."""
         try:
             return await self.fetch_entry(root, path)
         except Gone:
-            return None
+            return unreadable_entry(version, "missing at its source (being rewritten?)")
         except Unavailable as e:
             return unreadable_entry(version, str(e))
 

@@ -1,4 +1,5 @@
 """Faults caused for real: publishers killed, subscribers and brokers restarted, cache damaged."""
+import asyncio
 import pathlib
 
 import blosc2
@@ -239,3 +240,28 @@ def test_subscriber_without_its_broker_says_so(stack):
 def test_stopped_subscriber_gives_a_clear_error(tmp_path):
     with pytest.raises(httpx.ConnectError):
         cat2.get_roots("127.0.0.1:9")  # nothing listens on the discard port
+
+
+def test_a_chunk_stream_never_sends_more_than_its_announced_length():
+    # A publisher announces a Content-Length from the chunk sizes, then reads the chunks; if
+    # the file was rewritten in between, a chunk of another size must end the stream before
+    # any of it is sent (uvicorn would fail with "longer than Content-Length").
+    from caterva2.services import common
+
+    chunks = {0: b"a" * 10, 1: b"b" * 12, 2: b"c" * 7}
+
+    async def send(sizes, sent):
+        async for piece in common.chunk_records(lambda batch: [chunks[n] for n in batch],
+                                                [[0, 1], [2]], sizes=sizes):
+            sent.append(piece)
+
+    def record(n):
+        return b2.record_header(n, len(chunks[n])) + chunks[n]
+
+    sent = []
+    asyncio.run(send({0: 10, 1: 12, 2: 7}, sent))
+    assert b"".join(sent) == record(0) + record(1) + record(2)
+    sent = []
+    with pytest.raises(common.ChunkChanged, match="chunk 1 is 12 bytes, not the 9 announced"):
+        asyncio.run(send({0: 10, 1: 9, 2: 7}, sent))
+    assert b"".join(sent) == record(0)
