@@ -4,6 +4,7 @@ Only ``numpy`` and ``blosc2`` are needed here, so the client library can use thi
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import struct
@@ -202,21 +203,37 @@ def chunk_slices(nchunk: int, shape, chunks) -> tuple[slice, ...]:
                  for i, c, s in zip(coords, chunks, shape))
 
 
-def chunk_to_array(data: bytes | np.ndarray, dtype: np.dtype, chunks, blocks) -> np.ndarray:
-    """View a decompressed NDArray chunk in C order.
+def block_grid(flat: np.ndarray, chunks, blocks) -> np.ndarray:
+    """View a decompressed NDArray chunk by block: axes ``2i, 2i+1`` are (block, offset).
 
     Blosc2 stores an NDArray chunk as a C-ordered grid of blocks, each block contiguous,
-    the chunk padded up to whole blocks.  Returns an array of the (padded) chunk shape.
+    the chunk padded up to whole blocks.  Item ``k`` of axis ``i`` sits at block
+    ``k // blocks[i]``, offset ``k % blocks[i]``.  Never a copy.
     """
-    flat = np.frombuffer(data, dtype=dtype) if isinstance(data, (bytes, bytearray, memoryview)) \
-        else data.view(dtype)
-    if not chunks:
-        return flat.reshape(())
-    nblocks = [-(-c // b) for c, b in zip(chunks, blocks)]
-    grid = flat.reshape(*nblocks, *blocks)
     nd = len(chunks)
+    nblocks = [-(-c // b) for c, b in zip(chunks, blocks)]
     order = [i for pair in zip(range(nd), range(nd, 2 * nd)) for i in pair]
-    return grid.transpose(order).reshape([n * b for n, b in zip(nblocks, blocks)])
+    return flat.reshape((*nblocks, *blocks)).transpose(order)
+
+
+def _block_pieces(lo: int, hi: int, block: int, at: int) -> list[tuple[slice, slice, slice]]:
+    """Items ``lo:hi`` of a chunk axis, for :func:`block_grid`, going to ``at:`` of a result.
+
+    Each piece is (blocks, offsets, where in the result): a part of one block, or a run of
+    whole blocks.  At most three: a part, whole blocks, a part.
+    """
+    pieces = []
+    while lo < hi:
+        first, offset = divmod(lo, block)
+        if offset == 0 and hi - lo >= block:  # whole blocks
+            count = (hi - lo) // block
+            blocks, offsets, length = slice(first, first + count), slice(None), count * block
+        else:  # part of one block
+            length = min(hi, (first + 1) * block) - lo
+            blocks, offsets = slice(first, first + 1), slice(offset, offset + length)
+        pieces.append((blocks, offsets, slice(at, at + length)))
+        lo, at = lo + length, at + length
+    return pieces
 
 
 class IncompleteAnswer(ValueError):
@@ -250,19 +267,25 @@ class ChunkAssembler:
         """Decompress one stored chunk (bytes-like) into its place in ``out``."""
         if self._buffer is None:
             self._buffer = np.empty(self.nitems, dtype=self.dtype)
+        buffer = self._buffer
         check_chunk(chunk)
-        if chunk_nbytes(chunk) != self._buffer.nbytes:  # never decompress past the buffer
+        if chunk_nbytes(chunk) != buffer.nbytes:  # never decompress past the buffer
             raise ValueError(f"a chunk of {chunk_nbytes(chunk)} bytes where the dataset's "
-                             f"chunks hold {self._buffer.nbytes}: it changed; read again")
-        blosc2.decompress2(chunk, dst=self._buffer, dparams=self.dparams)
-        block = chunk_to_array(self._buffer, self.dtype, self.chunks, self.blocks)
-        held = chunk_slices(nchunk, self.shape, self.chunks)
-        src, dst = [], []
-        for h, r in zip(held, self.region):
-            lo, hi = max(h.start, r.start), min(h.stop, r.stop)
-            src.append(slice(lo - h.start, hi - h.start))
-            dst.append(slice(lo - r.start, hi - r.start))
-        self.out[tuple(dst)] = block[tuple(src)]
+                             f"chunks hold {buffer.nbytes}: it changed; read again")
+        blosc2.decompress2(chunk, dst=buffer, dparams=self.dparams)
+        grid = block_grid(buffer, self.chunks, self.blocks)
+        pieces = []
+        for held, wanted, block in zip(chunk_slices(nchunk, self.shape, self.chunks),
+                                       self.region, self.blocks):
+            lo, hi = max(held.start, wanted.start), min(held.stop, wanted.stop)
+            pieces.append(_block_pieces(lo - held.start, hi - held.start, block,
+                                        lo - wanted.start))
+        # One copy from the buffer into ``out`` (the ellipsis keeps a 0-d index a view).
+        for part in itertools.product(*pieces):
+            src = grid[tuple(i for blocks, offsets, _ in part for i in (blocks, offsets))
+                       + (...,)]
+            dst = self.out[tuple(where for *_, where in part) + (...,)]
+            dst.reshape(src.shape, copy=False)[...] = src
         self.added.add(nchunk)
 
     def check_complete(self, nchunks: list[int]) -> None:

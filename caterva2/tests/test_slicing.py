@@ -1,5 +1,6 @@
 """Unit tests: selection parsing and planning, chunk geometry, chunk assembly and streams."""
 import io
+import math
 
 import blosc2
 import httpx
@@ -126,6 +127,28 @@ def test_chunk_assembler_rebuilds_any_region_from_stored_chunks(shape, chunks, b
         asm.add(n, arr.schunk.get_chunk(n))
     np.testing.assert_array_equal(asm.out, a[region])
 
+
+
+def test_chunk_assembler_copies_whole_blocks_and_parts_of_blocks_alike():
+    # Regions starting and ending inside blocks, on block edges, on chunk edges, whole.
+    shape, chunks, blocks = (23, 17, 9), (10, 8, 9), (4, 3, 2)
+    a = np.arange(math.prod(shape), dtype="i4").reshape(shape)
+    arr = blosc2.asarray(a, chunks=chunks, blocks=blocks)
+    rng = np.random.default_rng(7)
+    regions = [tuple(slice(0, s) for s in shape), (slice(4, 20), slice(3, 6), slice(2, 4)),
+               (slice(5, 6), slice(16, 17), slice(8, 9))]
+    for _ in range(30):
+        regions.append(tuple(slice(lo, rng.integers(lo + 1, s + 1))
+                             for s in shape for lo in [int(rng.integers(0, s))]))
+    for region in regions:
+        asm = b2.ChunkAssembler(shape, chunks, blocks, a.dtype, region)
+        for n in b2.chunks_in_region(shape, chunks, region):
+            asm.add(n, arr.schunk.get_chunk(n))
+        np.testing.assert_array_equal(asm.out, a[region])
+    scalar = blosc2.asarray(np.array(5.5))
+    asm = b2.ChunkAssembler((), (), (), np.dtype("f8"), ())
+    asm.add(0, scalar.schunk.get_chunk(0))
+    assert asm.out.shape == () and asm.out == 5.5
 
 class Trickle(io.RawIOBase):
     """A body that arrives a few bytes at a time, as from a socket."""
