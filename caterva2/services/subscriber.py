@@ -245,13 +245,13 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         if chunks and meta["kind"] == "ndarray":
             entry, replica, arrivals = await with_chunks(root, path, entry, nchunks,
                                                          wait=False)
-            sizes = None
+            announced = None
             if not arrivals:  # all cached: a known length spares uvicorn a copy of each chunk
                 sizes = await asyncio.to_thread(replica.chunk_sizes, nchunks)
                 headers["Content-Length"] = str(common.stream_length(sizes))
-                sizes = dict(zip(nchunks, sizes))
+                announced = dict(zip(nchunks, sizes))
             return StreamingResponse(stream_chunks(root, path, entry, replica, nchunks, arrivals,
-                                                   sizes),
+                                                   announced),
                                      media_type="application/x-caterva2-chunks",
                                      headers=headers)
         if meta["kind"] == "ndarray":
