@@ -261,12 +261,10 @@ class ChunkAssembler:
         self.nitems = math.prod(-(-c // b) * b for c, b in zip(chunks, blocks))
         self.max_chunk_bytes = self.nitems * dtype.itemsize + blosc2.MAX_OVERHEAD
         self.added: set[int] = set()
-        self._buffer = None
+        self._buffer = np.empty(self.nitems, dtype=dtype)  # (no page touched until used)
 
     def add(self, nchunk: int, chunk) -> None:
         """Decompress one stored chunk (bytes-like) into its place in ``out``."""
-        if self._buffer is None:
-            self._buffer = np.empty(self.nitems, dtype=self.dtype)
         buffer = self._buffer
         check_chunk(chunk)
         if chunk_nbytes(chunk) != buffer.nbytes:  # never decompress past the buffer
