@@ -15,7 +15,7 @@ import contextlib
 import http.client
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import httpx
@@ -131,13 +131,14 @@ def read_exactly(response: http.client.HTTPResponse, buffer) -> int:
     return got
 
 
-def records(response: http.client.HTTPResponse,
-            max_length: int) -> Iterator[tuple[int, memoryview]]:
+def records(response: http.client.HTTPResponse, max_length: int,
+            keep: Callable[[int], bool] | None = None) -> Iterator[tuple[int, memoryview]]:
     """The ``(nchunk, chunk)`` records of a chunk stream (see :mod:`caterva2.b2`).
 
     Each chunk is a view of one buffer that the next record overwrites: use it (decompress
     or store it) before asking for the next.  Reusing the buffer spares a fresh allocation,
-    and the page faults of filling it, per chunk.
+    and the page faults of filling it, per chunk.  Chunks for which ``keep(nchunk)`` is
+    true come in a buffer of their own instead, which the caller may keep.
 
     Raises httpx.RemoteProtocolError if the stream is cut short or a record is larger than
     ``max_length`` (a chunk can never be: no buffer is sized from untrusted input), and
@@ -159,9 +160,12 @@ def records(response: http.client.HTTPResponse,
         if length > max_length:
             raise httpx.RemoteProtocolError(f"chunk of {length} bytes in the stream; "
                                             f"at most {max_length} expected")
-        if length > len(buffer):
-            buffer = memoryview(bytearray(length))
-        chunk = buffer[:length]
+        if keep is not None and keep(nchunk):
+            chunk = memoryview(bytearray(length))
+        else:
+            if length > len(buffer):
+                buffer = memoryview(bytearray(length))
+            chunk = buffer[:length]
         if read_exactly(response, chunk) < length:
             raise httpx.RemoteProtocolError("chunk stream cut short")
         yield nchunk, chunk

@@ -148,7 +148,8 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
                 raise HTTPException(409, f"{root}/{path} changed its shape or chunking while "
                                          "being read; read it again")
             try:
-                replica, arrivals = await follower.request_chunks(root, path, entry, nchunks)
+                replica, arrivals = await follower.request_chunks(root, path, entry, nchunks,
+                                                                  forward=not wait)
                 if wait or not arrivals:
                     for future in arrivals.values():
                         await asyncio.shield(future)
@@ -300,6 +301,7 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
         """
         held = [n for n in nchunks if n not in arrivals]
         coming = {future: n for n, future in arrivals.items()}
+        del arrivals  # (each chunk is let go once sent: see sync.Forwarded)
         try:
             async for piece in common.chunk_records(replica.read_chunks,
                                                     common.batched(held, STREAM_BATCH),
@@ -307,7 +309,13 @@ def build_app(broker: str, statedir: pathlib.Path, address: str,
                 yield piece
             while coming:
                 done, _ = await asyncio.wait(coming, return_when=asyncio.FIRST_COMPLETED)
-                stored = [coming.pop(future) for future in done if future.result() is None]
+                arrived = {coming.pop(future): future.result() for future in done}
+                for n, forwarded in arrived.items():
+                    if forwarded is not None:  # sent as fetched, not read back
+                        yield b2.record_header(n, len(forwarded.chunk))
+                        yield forwarded.chunk
+                stored = [n for n, forwarded in arrived.items() if forwarded is None]
+                del done, arrived
                 async for piece in common.chunk_records(replica.read_chunks,
                                                         common.batched(stored, STREAM_BATCH)):
                     yield piece

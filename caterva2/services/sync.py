@@ -38,6 +38,7 @@ PARALLEL_STREAMS = 4  # chunk requests in flight per fetch
 MIN_CHUNKS_PER_STREAM = 2
 UPSTREAM_TIMEOUT = (3, 30)  # seconds to connect to a publisher, and to wait for its data
 GONE_GRACE_S = 0.5  # a dataset missing at its publisher for this long is taken as deleted
+FORWARD_LIMIT = 32 << 20  # bytes of fetched chunks held for answers yet to send them
 
 
 class Unavailable(Exception):
@@ -54,6 +55,20 @@ class Gone(Exception):
 
 class Stale(Exception):
     """The dataset changed at the publisher while we were fetching it."""
+
+
+class Forwarded:
+    """A chunk just fetched (and stored), handed to the answers streaming it so that they
+    need not read it back from the cache.  While it lives it counts against its follower's
+    FORWARD_LIMIT, which bounds the memory that clients slower than the publisher can hold.
+    """
+
+    def __init__(self, chunk: memoryview, follower: Follower):
+        self.chunk, self._follower = chunk, follower
+        follower.forwarded_bytes += len(chunk)
+
+    def __del__(self) -> None:
+        self._follower.forwarded_bytes -= len(self.chunk)
 
 
 def chunk_list(numbers: list[int]) -> str:
@@ -83,6 +98,8 @@ class Follower:
         self.roots: dict[str, RootInfo] = dict(self.subscribed)
         self.inflight: dict[tuple, asyncio.Future] = {}
         self.checking: dict[tuple, list[set[int]]] = {}  # see request_chunks
+        self.forwarding: set[tuple] = set()  # chunks in flight that an answer streams
+        self.forwarded_bytes = 0  # held by Forwarded chunks
         self.tasks: set[asyncio.Task] = set()
         self.connected = asyncio.Event()
 
@@ -227,10 +244,14 @@ class Follower:
 
     # -- chunks -----------------------------------------------------------------------
     async def request_chunks(self, root: str, path: str, entry: dict[str, Any],
-                             nchunks: list[int]) -> tuple[Replica, dict[int, asyncio.Future]]:
+                             nchunks: list[int], forward: bool = False
+                             ) -> tuple[Replica, dict[int, asyncio.Future]]:
         """The replica of ``entry``'s version, and a future for each of ``nchunks`` it does
         not hold yet, done when that chunk is stored (or failed with Unavailable, Gone or
         Stale).  Missing chunks are fetched in the background, none twice.
+
+        With ``forward`` (for answers that stream the chunks), a future's result may be the
+        chunk itself, as a :class:`Forwarded`, while FORWARD_LIMIT allows; else it is None.
         """
         replica = await asyncio.to_thread(self.cache.replica, root, path, entry)
         # A chunk stored while ``missing`` looks in its thread has left ``inflight`` and may
@@ -254,6 +275,8 @@ class Follower:
             if key not in self.inflight:
                 self.inflight[key] = loop.create_future()
                 own.append(n)
+            if forward:
+                self.forwarding.add(key)
             arrivals[n] = self.inflight[key]
         if own:
             size = max(MIN_CHUNKS_PER_STREAM, -(-len(own) // PARALLEL_STREAMS))
@@ -285,9 +308,18 @@ class Follower:
         max_length = entry["meta"]["schunk"]["chunksize"] + blosc2.MAX_OVERHEAD
         loop = asyncio.get_running_loop()
 
-        def stored(n: int) -> None:
+        def stored(n: int, chunk: memoryview | None) -> None:
             if n in pending:
-                self._settle(root, path, version, n, pending.pop(n))
+                self._settle(root, path, version, n, pending.pop(n), chunk)
+
+        kept: set[int] = set()
+
+        def keep(n: int) -> bool:  # (in the worker thread: the byte count may lag a little)
+            if (root, path, version, n) in self.forwarding and \
+                    self.forwarded_bytes < FORWARD_LIMIT:
+                kept.add(n)
+                return True
+            return False
 
         def store(n: int, chunk) -> None:
             try:
@@ -312,12 +344,12 @@ class Follower:
                 if r.status != 200:
                     raise Unavailable(f"publisher of {root!r} answered {r.status}: "
                                       f"{r.read()[:200].decode(errors='replace')}")
-                for n, chunk in bulk.records(r, max_length):
+                for n, chunk in bulk.records(r, max_length, keep):
                     if n not in asked:
                         raise Unavailable(f"publisher sent chunk {n}, not asked for")
                     asked.discard(n)
                     store(n, chunk)  # (stored before records reuses its buffer)
-                    loop.call_soon_threadsafe(stored, n)
+                    loop.call_soon_threadsafe(stored, n, chunk if n in kept else None)
 
         try:
             try:
@@ -343,16 +375,18 @@ class Follower:
             self._fail(root, path, version, pending, e)
             raise
 
-    def _settle(self, root, path, version, n, future) -> None:
+    def _settle(self, root, path, version, n, future, chunk: memoryview | None) -> None:
         self.inflight.pop((root, path, version, n), None)
+        self.forwarding.discard((root, path, version, n))
         for stored_meanwhile in self.checking.get((root, path, version), ()):
             stored_meanwhile.add(n)
         if not future.done():
-            future.set_result(None)
+            future.set_result(None if chunk is None else Forwarded(chunk, self))
 
     def _fail(self, root, path, version, pending, error) -> None:
         for n, future in pending.items():
             self.inflight.pop((root, path, version, n), None)
+            self.forwarding.discard((root, path, version, n))
             if not future.done():
                 future.set_exception(error)
                 future.add_done_callback(lambda f: f.exception())  # retrieved: no warning
