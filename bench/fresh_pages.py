@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pathlib
 import statistics
 import tempfile
 import time
@@ -39,11 +40,21 @@ def write_file(directory: str, mb: int, name: str) -> float:
     return time.perf_counter() - t
 
 
+def reporting_settings() -> str:
+    """The kernel's free page reporting parameters, if this machine has them."""
+    directory = pathlib.Path("/sys/module/page_reporting/parameters")
+    if not directory.is_dir():
+        return "no free page reporting"
+    return "free page reporting: " + ", ".join(
+        f"{p.name}={p.read_text().strip()}" for p in sorted(directory.iterdir()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mb", type=int, default=128, help="size of each buffer (MiB)")
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
+    print(reporting_settings())
     print(f"{args.mb} MiB each; median of {args.repeat}")
     for pause in (0.0, 1.0, 5.0):
         times = []
