@@ -50,7 +50,7 @@ def one_round(code: str, work: pathlib.Path, data: pathlib.Path) -> dict[str, li
     if not pathlib.Path(cat2.__file__).resolve().is_relative_to(code):
         raise RuntimeError(f"caterva2 came from {cat2.__file__}, not from {code}")
     # Only now: scaling puts this checkout first on sys.path, but caterva2 is loaded already.
-    from scaling import proc_status_mb, timed
+    from scaling import timed
 
     stack = Stack(work)
     pub = stack.publisher("ab", data)
@@ -70,8 +70,8 @@ def one_round(code: str, work: pathlib.Path, data: pathlib.Path) -> dict[str, li
         os.chdir(work)
         out["cold_download"] = [timed(ds.download)[0]]
         out["warm_download"] = [timed(ds.download)[0] for _ in range(2)]
-        out["sub_peak_mb"] = [proc_status_mb(sub.proc.pid)]
-        out["pub_peak_mb"] = [proc_status_mb(pub.proc.pid)]
+        out["sub_peak_mb"] = [sub.peak_memory_mb()]
+        out["pub_peak_mb"] = [pub.peak_memory_mb()]
     finally:
         stack.stop()
     return out

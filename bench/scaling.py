@@ -131,14 +131,6 @@ def touched_cbytes(source: pathlib.Path, key: tuple[slice, ...]) -> tuple[int, i
 # Processes
 # ---------------------------------------------------------------------------
 
-def proc_status_mb(pid: int, field: str = "VmHWM") -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def cpu_s(pid: int) -> float:
     """User + system CPU seconds used so far by a process."""
     with open(f"/proc/{pid}/stat") as f:
@@ -185,7 +177,7 @@ def bench_subscribe(stack: Stack, work: pathlib.Path, cfg: dict) -> list[dict]:
             dt, names = timed(lambda: cat2.get_list(name, sub.address))
             assert len(names) == count, (len(names), count)
             listed.append(dt)
-            peak.append(proc_status_mb(sub.proc.pid))
+            peak.append(sub.peak_memory_mb())
             index_mb = (sub.statedir / "cache" / "roots" / name / "index.json").stat().st_size / 1e6
             sub.stop()
             log(f"(a) {count} datasets: subscribe {times[-1]:.3f}s, list {dt:.3f}s")
@@ -222,10 +214,10 @@ def bench_sizes(stack: Stack, work: pathlib.Path, cfg: dict, keep_first: list) -
         pub = stack.publisher(name, work / name)
         sub = stack.subscriber(f"sub-b-{mb}")
         ds = subscribed_root(sub.address, name)["data.b2nd"]
-        base_mb = proc_status_mb(sub.proc.pid)
+        base_mb = sub.peak_memory_mb()
         log(f"(b) {mb} MB: cold read")
         cold_s, out = timed(lambda: ds[:])
-        peak_cold = proc_status_mb(sub.proc.pid)
+        peak_cold = sub.peak_memory_mb()
         ok = same_as_source(out, source)
         del out
         warm = []
@@ -238,8 +230,8 @@ def bench_sizes(stack: Stack, work: pathlib.Path, cfg: dict, keep_first: list) -
             "cbytes_mb": cbytes / 1e6, "cold_s": cold_s, "warm_s": statistics.median(warm),
             "floor_s": floor_s, "cold_mb_s": mb / cold_s,
             "warm_mb_s": mb / statistics.median(warm), "sub_start_mb": base_mb,
-            "sub_peak_cold_mb": peak_cold, "sub_peak_mb": proc_status_mb(sub.proc.pid),
-            "pub_peak_mb": proc_status_mb(pub.proc.pid), "correct": ok,
+            "sub_peak_cold_mb": peak_cold, "sub_peak_mb": sub.peak_memory_mb(),
+            "pub_peak_mb": pub.peak_memory_mb(), "correct": ok,
         })
         log(f"(b) {mb} MB: cold {cold_s:.2f}s, warm {rows[-1]['warm_s']:.2f}s, "
             f"subscriber peak {rows[-1]['sub_peak_mb']:.0f} MB")

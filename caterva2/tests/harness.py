@@ -79,6 +79,15 @@ class Service:
         self.stop()
         self.start()
 
+    def peak_memory_mb(self) -> float:
+        """The process's peak resident memory so far (Linux's VmHWM), in MiB; NaN if the
+        system does not say."""
+        with contextlib.suppress(OSError):
+            for line in pathlib.Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = (self.statedir / "service.log").read_text(errors="replace")

@@ -1,6 +1,5 @@
 """The subscriber's memory is bounded by the chunks in flight, not by the size of the data,
 also when a client reads more slowly than the publisher sends."""
-import pathlib
 import sys
 
 import blosc2
@@ -15,14 +14,6 @@ from caterva2.tests.harness import wait_until
 ROWS, COLS, CHUNK_ROWS = 192 * 128, 1024, 128  # float64: 192 chunks of 1 MiB, 192 MiB
 
 
-def peak_mb(pid: int) -> float:
-    """The peak resident memory of a process so far (Linux's VmHWM), in MiB."""
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc")
 def test_a_stalled_client_does_not_make_the_subscriber_hold_the_data(stack, tmp_path):
     src = tmp_path / "data"
@@ -34,7 +25,7 @@ def test_a_stalled_client_does_not_make_the_subscriber_hold_the_data(stack, tmp_
     sub = stack.subscriber()
     wait_until(lambda: "data" in cat2.get_roots(sub.address), what="root data")
     cat2.subscribe("data", sub.address)
-    before = peak_mb(sub.proc.pid)
+    before = sub.peak_memory_mb()
 
     # A cold read of everything that takes its first chunk, then stops reading while the
     # subscriber fetches the rest: a download link is only given once all of it is cached.
@@ -54,7 +45,7 @@ def test_a_stalled_client_does_not_make_the_subscriber_hold_the_data(stack, tmp_
         check(*next(records))
         httpx.get(f"http://{sub.address}/api/download/data/a.b2nd",
                   timeout=120).raise_for_status()
-        grown = peak_mb(sub.proc.pid) - before
+        grown = sub.peak_memory_mb() - before
         for n, chunk in records:  # the rest of the answer is still whole and right
             check(n, chunk)
     assert sorted(seen) == list(range(ROWS // CHUNK_ROWS))
