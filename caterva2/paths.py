@@ -1,5 +1,23 @@
-"""Names that come from outside (URLs, other services): roots and dataset paths."""
+"""Names that come from outside (URLs, other services): roots and dataset paths.
+
+This is also where a dataset's kind is decided from its name (:func:`dataset_kind`).
+"""
 from __future__ import annotations
+
+from typing import Literal
+
+Kind = Literal["ndarray", "frame", "file"]
+
+
+def dataset_kind(path: str) -> Kind:
+    """What a dataset is, from its name: ``.b2nd`` is a Blosc2 NDArray (``"ndarray"``),
+    ``.b2frame`` a Blosc2 SChunk of bytes (``"frame"``), anything else an ordinary file
+    (``"file"``), which publishers serve compressed as an SChunk."""
+    if path.endswith(".b2nd"):
+        return "ndarray"
+    if path.endswith(".b2frame"):
+        return "frame"
+    return "file"
 
 
 def check_relpath(path: str) -> str:
