@@ -2,7 +2,12 @@
 
 Everything that crosses the network as JSON is described here, so both sides of a
 connection agree on one definition.  Data itself never travels as JSON: it travels as
-Blosc2 chunks or cframes (see :mod:`caterva2.b2`).
+Blosc2 chunks or cframes (see :mod:`caterva2.wire`).  Entries are validated once, where
+they arrive, and travel as these objects from the publisher's roots through the
+subscriber's cache to its handlers.
+
+The client library does not use this module (it needs only httpx, numpy and blosc2): it
+reads the same JSON as plain dicts.
 """
 from __future__ import annotations
 
@@ -87,6 +92,7 @@ class FileMeta(BaseModel):
 
 
 DatasetMeta = Annotated[Union[ArrayMeta, FrameMeta, FileMeta], Field(discriminator="kind")]
+AnyMeta = Union[ArrayMeta, FrameMeta, FileMeta]
 
 
 class DatasetEntry(BaseModel):
@@ -101,10 +107,10 @@ class DatasetEntry(BaseModel):
     meta: DatasetMeta | None = None
     error: str | None = None
 
-
-def unreadable_entry(version: str, error: str) -> dict[str, Any]:
-    """The entry of a dataset that is listed but cannot be read now (see DatasetEntry)."""
-    return {"version": version, "meta": None, "error": error}
+    @classmethod
+    def unreadable(cls, version: str, error: str) -> DatasetEntry:
+        """The entry of a dataset that is listed but cannot be read now."""
+        return cls(version=version, meta=None, error=error)
 
 
 class RootIndex(BaseModel):
@@ -135,6 +141,6 @@ class ChangeEvent(BaseModel):
 Event = Annotated[Union[RootEvent, ChangeEvent], Field(discriminator="kind")]
 
 
-def user_info(meta: ArrayMeta | FrameMeta | FileMeta) -> dict[str, Any]:
+def user_info(meta: AnyMeta) -> dict[str, Any]:
     """The metadata as shown to users (``info``): without internal bookkeeping keys."""
     return meta.model_dump(exclude={"kind", "dtype_descr"})

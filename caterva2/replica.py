@@ -1,0 +1,192 @@
+"""A sparse replica: a local Blosc2 file with a dataset's layout, filled chunk by chunk.
+
+The subscriber keeps one per cached dataset version, and an HDF5 root one per converted
+dataset: both start from the dataset's metadata with every chunk uninitialised, store
+chunks exactly as they come from the source, and serve reads once the chunks a read
+touches are held.
+
+A replica is one contiguous Blosc2 frame: storing a chunk appends it and rewrites the
+frame's small trailer, never other chunks.  Once every chunk is held the file is itself a
+complete, valid Blosc2 file (downloads are served from it with no copy).  A file that fails
+to open (after a crash mid-write) is replaced by an empty one, and a damaged chunk counts
+as not held, so both are fetched again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import blosc2
+import numpy as np
+
+from caterva2 import chunks, metadata
+from caterva2.models import AnyMeta, ArrayMeta
+
+log = logging.getLogger("caterva2.replica")
+
+
+class ReplicaGone(Exception):
+    """The replica's file was removed (a newer version replaced it) while in use."""
+
+
+class SparseReplica:
+    """One dataset version held locally; every Blosc2 access under one lock.
+
+    A write that fails leaves the replica damaged: it remembers why (:attr:`write_error`,
+    the disk's error, or :attr:`damaged`) and refuses further writes; its owner must
+    discard it and start a new one.
+    """
+
+    def __init__(self, file: pathlib.Path, meta: AnyMeta):
+        self.file = pathlib.Path(file)
+        self.meta = meta
+        self.is_array = isinstance(meta, ArrayMeta)
+        self.lock = threading.Lock()
+        self.write_error: OSError | None = None  # the disk's reason a store failed
+        self.damaged = False  # a store failed for another reason
+        self.container = self._open_or_create()
+
+    # -- creation ---------------------------------------------------------------------
+    def _open_or_create(self) -> Any:
+        if self.file.is_dir():  # a replica of an older layout: start again
+            shutil.rmtree(self.file, ignore_errors=True)
+        if self.file.exists():
+            try:
+                return blosc2.open(str(self.file), mode="a")
+            except Exception as e:  # noqa: BLE001 - any failure means: rebuild it
+                log.warning("discarding unreadable replica %s: %s", self.file, e)
+                self.file.unlink(missing_ok=True)
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.file.with_name(f".new-{uuid.uuid4().hex}")
+        try:
+            self._create(tmp)
+            os.replace(tmp, self.file)  # a replica appears whole or not at all
+        finally:
+            tmp.unlink(missing_ok=True)
+        return blosc2.open(str(self.file), mode="a")
+
+    def _create(self, urlpath: pathlib.Path) -> None:
+        meta, sc = self.meta, self.meta.schunk
+        cparams = metadata.cparams_from_dict(sc.cparams)
+        if isinstance(meta, ArrayMeta):
+            array = blosc2.uninit(tuple(meta.shape), metadata.dtype_from_descr(meta.dtype_descr),
+                                  chunks=tuple(meta.chunks), blocks=tuple(meta.blocks),
+                                  cparams=cparams, urlpath=str(urlpath), contiguous=True,
+                                  mode="w")
+            schunk = array.schunk
+        else:
+            schunk = blosc2.SChunk(chunksize=sc.chunksize, urlpath=str(urlpath),
+                                   contiguous=True, mode="w", cparams=cparams)
+            if sc.nbytes:
+                schunk.fill_special(sc.nbytes // sc.typesize, blosc2.SpecialValue.UNINIT)
+        for key, value in sc.vlmeta.items():
+            schunk.vlmeta[key] = value
+
+    @property
+    def schunk(self) -> blosc2.SChunk:
+        return self.container.schunk if self.is_array else self.container
+
+    # -- chunks -----------------------------------------------------------------------
+    def missing(self, nchunks: list[int]) -> list[int]:
+        """Which of ``nchunks`` are not held yet (a damaged chunk counts as not held)."""
+        with self.lock:
+            return [n for n in nchunks if not self._holds(n)]
+
+    def _holds(self, nchunk: int) -> bool:
+        try:
+            return not chunks.is_uninit_chunk(self.schunk.get_lazychunk(nchunk))
+        except RuntimeError:  # unreadable (truncated by a crash, a full disk...): refetch
+            log.warning("chunk %d of %s is damaged; fetching it again", nchunk, self.file)
+            return False
+
+    def store(self, nchunk: int, chunk: bytes | memoryview) -> None:
+        """Store a chunk exactly as received from the source.
+
+        Raises the disk's OSError (full, over quota, read-only...) if that is why a write
+        fails, ReplicaGone if the file was removed meanwhile, else RuntimeError; after any
+        of these the replica is damaged (see the class).
+        """
+        self.fill(nchunk, lambda container: self.schunk.update_chunk(nchunk, chunk),
+                  len(chunk), chunk)
+
+    def fill(self, nchunk: int, write: Callable[[Any], None], nbytes: int = 0,
+             chunk: bytes | memoryview | None = None) -> None:
+        """Run ``write(container)`` to fill chunk ``nchunk`` (e.g. by assigning decompressed
+        data to the NDArray), with the failure handling of :meth:`store`."""
+        if chunk is not None:
+            chunks.check_chunk(chunk)
+        with self.lock:
+            if self.write_error is not None:
+                raise self.write_error
+            if self.damaged:
+                raise RuntimeError(f"replica {self.file.name} is damaged")
+            try:
+                write(self.container)
+            except RuntimeError:  # (Blosc2 does not say why)
+                self._failed(nbytes)
+                raise
+
+    def _failed(self, nbytes: int) -> None:
+        """Find out why a write failed: raises the reason, or leaves it to the caller."""
+        self.damaged = True
+        if not self.file.exists():
+            raise ReplicaGone(str(self.file)) from None
+        try:
+            check_writable(self.file.parent, self.file.stat().st_size, nbytes)
+        except OSError as e:
+            self.write_error = e
+            raise
+
+    def chunk_sizes(self, nchunks: list[int]) -> list[int]:
+        """Stored sizes of held chunks, from their headers."""
+        with self.lock:
+            return chunks.stored_sizes(self.schunk, nchunks)
+
+    def read_chunks(self, nchunks: list[int]) -> list[bytes]:
+        """Chunks exactly as stored; ValueError if one is damaged."""
+        with self.lock:
+            found = [self.schunk.get_chunk(n) for n in nchunks]
+        for chunk in found:
+            chunks.check_chunk(chunk)
+        return found
+
+    # -- reads ------------------------------------------------------------------------
+    def read_array(self, region: tuple[slice, ...]) -> np.ndarray:
+        """The elements of ``region`` (every chunk it touches must be held)."""
+        with self.lock:
+            if not region:
+                return self.container[()]
+            return self.container[region]
+
+    def read_items(self, start: int, stop: int) -> bytes:
+        """Items ``start:stop`` of a SChunk, as bytes."""
+        with self.lock:
+            return self.container[start:stop] if stop > start else b""
+
+    def complete_file(self) -> pathlib.Path:
+        """The replica file, which is the complete dataset once every chunk is held.
+
+        Raises RuntimeError if a chunk is missing: a partial file is never handed out.
+        """
+        missing = self.missing(list(range(self.schunk.nchunks)))
+        if missing:
+            raise RuntimeError(f"{len(missing)} chunks are not cached")
+        return self.file
+
+
+def check_writable(directory: pathlib.Path, size: int, nbytes: int) -> None:
+    """Raise the OSError met by a file of ``size`` bytes in ``directory`` growing by
+    ``nbytes`` (a full disk, a quota, a file size limit...), if any."""
+    probe = directory / f".probe-{uuid.uuid4().hex}"
+    try:
+        with open(probe, "wb") as f:
+            f.seek(size)  # (a hole: no space taken)
+            f.write(bytes(nbytes))  # (real blocks: these need the space)
+    finally:
+        probe.unlink(missing_ok=True)
