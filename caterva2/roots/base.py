@@ -7,7 +7,7 @@ import pathlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from caterva2.models import unreadable_entry
+from caterva2.models import DatasetEntry
 
 
 class DatasetNotFound(KeyError):
@@ -29,7 +29,7 @@ class DatasetUnavailable(Exception):
 
     def entry(self) -> dict[str, Any]:
         """The dataset's entry without metadata: listed, but not readable (see models)."""
-        return unreadable_entry(self.version or "unreadable", str(self))
+        return DatasetEntry.unreadable(self.version or "unreadable", str(self)).model_dump()
 
 
 def without_paths(error: Exception, *places: pathlib.Path) -> str:

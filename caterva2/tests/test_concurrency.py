@@ -10,7 +10,8 @@ import numpy as np
 import caterva2 as cat2
 from caterva2 import b2
 from caterva2.roots.directory import DirectoryRoot
-from caterva2.services import cache as cache_module
+from caterva2.models import DatasetEntry
+from caterva2.services.subscriber import cache as cache_module
 from caterva2.tests.harness import CountingProxy, wait_until
 
 
@@ -79,7 +80,7 @@ def test_a_replica_in_use_is_never_opened_twice(tmp_path, monkeypatch):
         blosc2.asarray(np.arange(10) + i, urlpath=str(src / name), mode="w", chunks=(5,),
                        blocks=(5,))
     source = DirectoryRoot(src, tmp_path / "pub")
-    entries = {name: source.entry(name) for name in names}
+    entries = {name: DatasetEntry.model_validate(source.entry(name)) for name in names}
     monkeypatch.setattr(cache_module, "MAX_OPEN_REPLICAS", 1)
     cache = cache_module.Cache(tmp_path / "cache")
     cache.set_index("r", entries)

@@ -1,0 +1,66 @@
+"""The subscriber (``cat2sub``): follows roots, caches chunks on demand, serves clients.
+
+REST API (dataset paths always include the root):
+
+- ``GET /api/roots``, ``POST /api/subscribe/{root}``, ``GET /api/list/{root}``,
+  ``GET /api/url/{root}[/{path}]``, ``GET /api/info/{root}/{path}`` (:mod:`.api`);
+- ``GET /api/fetch/{root}/{path}?slice_=...``, ``GET /api/download/{root}/{path}``,
+  ``GET /files/{root}/{path}`` (:mod:`.data_api`);
+- ``GET /``: a page for browsers (:mod:`.page`).
+
+Its parts (:class:`.node.Subscriber`): the roots it knows and follows (:mod:`.registry`),
+its link to the broker (:mod:`.broker_link`), the indexes of subscribed roots
+(:mod:`.index_sync`), the cache (:mod:`.cache`), and the chunk fetcher
+(:mod:`.chunk_fetcher`); :mod:`.reads` finds datasets and chunks for the endpoints.
+"""
+from __future__ import annotations
+
+import contextlib
+import pathlib
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from caterva2 import config
+from caterva2.services import service
+from caterva2.services.errors import install_error_handlers
+from caterva2.services.subscriber import api, data_api, page
+from caterva2.services.subscriber.node import Subscriber, SubscriberSettings
+
+__all__ = ["Subscriber", "SubscriberSettings", "build_app", "main"]
+
+UPSTREAM_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
+UPSTREAM_TIMEOUT = httpx.Timeout(30, connect=3)
+
+
+def build_app(settings: SubscriberSettings) -> FastAPI:
+    """The subscriber's web application; its parts live on ``app.state.subscriber`` while
+    it runs (one shared HTTP client to the broker and publishers)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, limits=UPSTREAM_LIMITS) as client:
+            async with Subscriber(settings, client).running() as subscriber:
+                app.state.subscriber = subscriber
+                yield
+
+    app = FastAPI(title="Caterva2 subscriber", lifespan=lifespan)
+    install_error_handlers(app)
+    for module in (api, data_api, page):
+        app.include_router(module.router)
+    return app
+
+
+def main() -> None:
+    def add_arguments(parser) -> None:
+        parser.add_argument("--url", help="base of the URLs handed out (when behind a proxy)")
+
+    def make_app(settings: dict[str, Any]) -> FastAPI:
+        return build_app(SubscriberSettings(
+            broker=settings["broker"], statedir=pathlib.Path(settings["statedir"]),
+            address=settings["address"], url=settings.get("url")))
+
+    service.run_service("subscriber", "Caterva2 subscriber: follows roots and serves clients.",
+                        {"http": config.SUBSCRIBER_DEFAULT, "statedir": "_caterva2/sub",
+                         "broker": config.BROKER_DEFAULT}, make_app, add_arguments)

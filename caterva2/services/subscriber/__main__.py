@@ -1,0 +1,3 @@
+from caterva2.services.subscriber import main
+
+main()

@@ -1,0 +1,75 @@
+"""The subscriber's metadata endpoints: roots, subscriptions, listings, URLs, info."""
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, HTTPException
+
+from caterva2 import paths
+from caterva2.models import user_info
+from caterva2.services.subscriber.deps import Sub
+from caterva2.services.subscriber.errors import Unavailable
+from caterva2.services.subscriber.reads import lookup, subscribed_root
+
+router = APIRouter()
+
+
+@router.get("/api/roots")
+async def get_roots(sub: Sub) -> dict[str, dict[str, Any]]:
+    """Every root the broker knows: ``{name: {"name", "http", "subscribed"}}``."""
+    try:
+        await sub.broker.refresh_roots()
+    except httpx.HTTPError as e:  # known roots are still worth listing; none is not
+        if not sub.registry.known:
+            raise HTTPException(503, f"the broker at {sub.broker.broker} is unreachable "
+                                     f"({type(e).__name__}); no roots known yet") from None
+    return {name: {"name": name, "http": info.http,
+                   "subscribed": name in sub.registry.subscribed}
+            for name, info in sorted(sub.registry.known.items())}
+
+
+@router.post("/api/subscribe/{root}")
+async def subscribe(root: str, sub: Sub) -> str:
+    """Follow a root: its metadata is fetched now, its data when clients read it."""
+    try:
+        paths.check_root_name(root)
+        await sub.subscribe(root)
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
+    except KeyError:
+        raise HTTPException(404, f"no root named {root!r}") from None
+    except Unavailable as e:
+        raise HTTPException(503, str(e)) from None
+    return "Ok"
+
+
+@router.get("/api/list/{root}")
+async def get_list(root: str, sub: Sub) -> list[str]:
+    """Dataset paths of a subscribed root, relative to it."""
+    subscribed_root(sub, root)
+    return sorted(await asyncio.to_thread(sub.cache.index, root) or {})
+
+
+@router.get("/api/url/{root}")
+async def get_root_url(root: str, sub: Sub) -> list[str]:
+    """Where the root's publisher serves it."""
+    if root not in sub.registry.known:
+        raise HTTPException(404, f"no root named {root!r}")
+    return [f"http://{sub.registry.known[root].http}"]
+
+
+@router.get("/api/url/{root}/{path:path}")
+async def get_dataset_url(root: str, path: str, sub: Sub) -> list[str]:
+    """Where the root's publisher serves the dataset's file."""
+    await lookup(sub, root, path)
+    return [f"http://{sub.registry.publisher(root)}/api/download/{urllib.parse.quote(path)}"]
+
+
+@router.get("/api/info/{root}/{path:path}")
+async def get_info(root: str, path: str, sub: Sub) -> dict[str, Any]:
+    """The dataset's metadata (sizes at its source)."""
+    found = await lookup(sub, root, path)
+    return user_info(found.meta)

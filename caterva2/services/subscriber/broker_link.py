@@ -1,0 +1,63 @@
+"""The subscriber's link to its broker: the registry of roots and the stream of events."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import httpx
+import websockets
+from pydantic import TypeAdapter, ValidationError
+
+from caterva2.models import ChangeEvent, Event, RootEvent, valid_roots
+from caterva2.services.subscriber.registry import RootRegistry
+
+log = logging.getLogger("caterva2.subscriber")
+_EVENTS: TypeAdapter[RootEvent | ChangeEvent] = TypeAdapter(Event)
+MAX_BACKOFF_S = 5
+
+
+class BrokerLink:
+    """Asks the broker for roots, and listens to its events, reconnecting by itself."""
+
+    def __init__(self, broker: str, client: httpx.AsyncClient, registry: RootRegistry):
+        self.broker, self.client, self.registry = broker, client, registry
+        self.connected = asyncio.Event()
+
+    async def refresh_roots(self) -> None:
+        """Ask the broker for every root (raises httpx.HTTPError if it is down)."""
+        r = await self.client.get(f"http://{self.broker}/api/roots")
+        r.raise_for_status()
+        for info in valid_roots(r.json()).values():
+            await self.registry.learn(info)
+
+    async def listen(self, on_connect: Callable[[], Awaitable[None]],
+                     on_event: Callable[[RootEvent | ChangeEvent], Awaitable[None]]) -> None:
+        """Listen to the broker's events forever, reconnecting with backoff.
+
+        After every (re)connection, roots are refreshed and ``on_connect()`` runs (to
+        catch up with whatever happened while we were not listening); then every valid
+        event goes to ``on_event``.
+        """
+        delay = 0.1
+        url = f"ws://{self.broker}/api/events"
+        while True:
+            try:
+                async with websockets.connect(url, open_timeout=5, max_size=None) as ws:
+                    await self.refresh_roots()
+                    await on_connect()
+                    self.connected.set()
+                    delay = 0.1
+                    async for message in ws:
+                        try:
+                            event = _EVENTS.validate_json(message)
+                        except ValidationError as e:
+                            log.warning("ignoring malformed event: %s", e)
+                            continue
+                        await on_event(event)
+            except (OSError, websockets.WebSocketException, httpx.HTTPError,
+                    asyncio.TimeoutError) as e:
+                log.warning("broker %s: %s; reconnecting in %.1fs", self.broker, e, delay)
+            self.connected.clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)

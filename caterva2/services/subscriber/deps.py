@@ -1,0 +1,15 @@
+"""How endpoints reach the subscriber's parts: a FastAPI dependency on ``app.state``."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from caterva2.services.subscriber.node import Subscriber
+
+
+def get_subscriber(request: Request) -> Subscriber:
+    return request.app.state.subscriber
+
+
+Sub = Annotated[Subscriber, Depends(get_subscriber)]

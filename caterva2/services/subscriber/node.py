@@ -1,0 +1,88 @@
+"""The subscriber's parts put together: what every endpoint reaches through ``app.state``."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+from dataclasses import dataclass
+
+import httpx
+
+from caterva2.models import ChangeEvent, RootEvent
+from caterva2.services.subscriber.broker_link import BrokerLink
+from caterva2.services.subscriber.cache import Cache
+from caterva2.services.subscriber.chunk_fetcher import ChunkFetcher
+from caterva2.services.subscriber.errors import Unavailable
+from caterva2.services.subscriber.index_sync import IndexSync
+from caterva2.services.subscriber.registry import RootRegistry
+
+BROKER_HEAD_START_S = 2  # how long start-up waits for the broker before serving anyway
+
+
+@dataclass(frozen=True)
+class SubscriberSettings:
+    """What a subscriber is told at start: its broker, state directory and addresses."""
+
+    broker: str
+    statedir: pathlib.Path
+    address: str  # host:port it listens on
+    url: str | None = None  # the base of the URLs it hands out (behind a proxy)
+
+    @property
+    def base_url(self) -> str:
+        return (self.url or f"http://{self.address}").rstrip("/")
+
+
+class Subscriber:
+    """Roots, cache, broker link, index sync and chunk fetcher of one subscriber."""
+
+    def __init__(self, settings: SubscriberSettings, client: httpx.AsyncClient):
+        self.settings = settings
+        self.registry = RootRegistry(settings.statedir)
+        self.cache = Cache(settings.statedir / "cache")
+        self.broker = BrokerLink(settings.broker, client, self.registry)
+        self.indexes = IndexSync(client, self.registry, self.cache)
+        self.fetcher = ChunkFetcher(self.registry, self.cache)
+
+    @contextlib.asynccontextmanager
+    async def running(self):
+        """Follow the broker while in the block (given a head start to connect)."""
+        task = asyncio.create_task(self.broker.listen(self._caught_up, self._handle))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.broker.connected.wait(), BROKER_HEAD_START_S)
+        try:
+            yield self
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _caught_up(self) -> None:
+        """After a gap in the events: bring every subscribed root up to date."""
+        for name in list(self.registry.subscribed):
+            await self.indexes.resync(name, quiet=True)
+
+    async def _handle(self, event: RootEvent | ChangeEvent) -> None:
+        if isinstance(event, RootEvent):
+            await self.registry.learn(event.root)
+            if event.root.name in self.registry.subscribed:
+                await self.indexes.resync(event.root.name, quiet=True)  # its publisher (re)started
+        elif event.root in self.registry.subscribed:
+            await self.indexes.apply(event)
+
+    async def subscribe(self, root: str) -> None:
+        """Follow ``root``: fetch its index (metadata only, no data).  KeyError if no such
+        root exists; Unavailable if it cannot be found out or fetched now."""
+        if root not in self.registry.known:
+            try:
+                await self.broker.refresh_roots()
+            except httpx.HTTPError as e:
+                raise Unavailable(f"root {root!r} is not known here and the broker at "
+                                  f"{self.broker.broker} is unreachable "
+                                  f"({type(e).__name__})") from None
+        if root not in self.registry.known:
+            raise KeyError(root)
+        if root not in self.registry.subscribed or \
+                await asyncio.to_thread(self.cache.index, root) is None:
+            await self.indexes.resync(root)
+        await self.registry.add_subscription(root)
