@@ -18,6 +18,7 @@ run: $(VENV)/.installed-all
 	$(BIN)/cat2run
 
 test: $(VENV)/.installed-all
+	$(BIN)/python -m mypy
 	$(BIN)/python -m pytest -v
 
 example: $(VENV)/.installed-all

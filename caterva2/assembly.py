@@ -11,7 +11,7 @@ import math
 import blosc2
 import numpy as np
 
-from caterva2.chunks import Shape, block_grid, check_chunk, chunk_nbytes, chunk_slices
+from caterva2.chunks import Buffer, Shape, block_grid, check_chunk, chunk_nbytes, chunk_slices
 
 
 class IncompleteAnswer(ValueError):
@@ -54,7 +54,7 @@ class ChunkAssembler:
         self.added: set[int] = set()
         self._buffer = np.empty(self.nitems, dtype=dtype)  # (no page touched until used)
 
-    def add(self, nchunk: int, chunk: bytes | memoryview) -> None:
+    def add(self, nchunk: int, chunk: Buffer) -> None:
         """Decompress one stored chunk (bytes-like) into its place in ``out``."""
         buffer = self._buffer
         check_chunk(chunk)

@@ -17,24 +17,25 @@ import numpy as np
 _SPECIAL_SHIFT, _SPECIAL_MASK, _SPECIAL_UNINIT = 4, 0x7, 4
 
 Shape = Sequence[int]
+Buffer = bytes | memoryview  # a chunk, or a view of one in a reused buffer
 
 
 # ---------------------------------------------------------------------------
 # Headers
 # ---------------------------------------------------------------------------
 
-def is_uninit_chunk(lazychunk: bytes) -> bool:
+def is_uninit_chunk(lazychunk: Buffer) -> bool:
     """True for a chunk that was never written (a placeholder in a sparse replica)."""
     return len(lazychunk) >= 32 and (
         (lazychunk[31] >> _SPECIAL_SHIFT) & _SPECIAL_MASK) == _SPECIAL_UNINIT
 
 
-def chunk_nbytes(chunk: bytes) -> int:
+def chunk_nbytes(chunk: Buffer) -> int:
     """The decompressed size of a chunk, from its header."""
     return int(struct.unpack_from("<i", chunk, 4)[0])
 
 
-def chunk_cbytes(chunk: bytes) -> int:
+def chunk_cbytes(chunk: Buffer) -> int:
     """The stored size of a chunk, from its header (a lazy chunk's header is enough)."""
     return int(struct.unpack_from("<i", chunk, 12)[0])
 
@@ -44,7 +45,7 @@ def stored_sizes(schunk: blosc2.SChunk, nchunks: list[int]) -> list[int]:
     return [chunk_cbytes(schunk.get_lazychunk(n)) for n in nchunks]
 
 
-def check_chunk(chunk: bytes) -> None:
+def check_chunk(chunk: Buffer) -> None:
     """Raise ValueError unless ``chunk`` is one whole Blosc2 chunk (as its header says)."""
     if len(chunk) < 16:
         raise ValueError("chunk shorter than a Blosc2 header")
@@ -86,7 +87,7 @@ def chunks_in_region(shape: Shape, chunks: Shape, region: tuple[slice, ...],
         else:  # at most one selected element per chunk: as many as chunks, no more
             per_dim.append(np.unique(np.fromiter((i // c for i in picked), dtype=np.int64)))
     coords = np.stack(np.meshgrid(*per_dim, indexing="ij"), axis=-1).reshape(-1, len(grid))
-    return list(np.ravel_multi_index(tuple(coords.T), grid).tolist())
+    return [int(n) for n in np.ravel_multi_index(tuple(coords.T), grid).ravel()]
 
 
 def chunks_in_items(start: int, stop: int, chunkshape: int) -> list[int]:

@@ -105,7 +105,7 @@ class SparseReplica:
             log.warning("chunk %d of %s is damaged; fetching it again", nchunk, self.file)
             return False
 
-    def store(self, nchunk: int, chunk: bytes | memoryview) -> None:
+    def store(self, nchunk: int, chunk: chunks.Buffer) -> None:
         """Store a chunk exactly as received from the source.
 
         Raises the disk's OSError (full, over quota, read-only...) if that is why a write
@@ -116,7 +116,7 @@ class SparseReplica:
                   len(chunk), chunk)
 
     def fill(self, nchunk: int, write: Callable[[Any], None], nbytes: int = 0,
-             chunk: bytes | memoryview | None = None) -> None:
+             chunk: chunks.Buffer | None = None) -> None:
         """Run ``write(container)`` to fill chunk ``nchunk`` (e.g. by assigning decompressed
         data to the NDArray), with the failure handling of :meth:`store`."""
         if chunk is not None:

@@ -12,7 +12,8 @@ import operator
 from dataclasses import dataclass
 from types import EllipsisType
 
-Key = tuple[int | slice | EllipsisType, ...]
+KeyItem = int | slice | EllipsisType
+Key = tuple[KeyItem, ...]
 
 
 class SelectionError(ValueError, IndexError):
@@ -27,7 +28,7 @@ def as_key(obj) -> Key:
     if obj is None:
         return ()
     items = obj if isinstance(obj, tuple) else (obj,)
-    key = []
+    key: list[KeyItem] = []
     for item in items:
         if isinstance(item, slice):
             key.append(slice(*(None if v is None else _integer(v, "slice bounds")
@@ -68,7 +69,7 @@ def parse_slice(text: str | None) -> Key:
     items = text.split(",")
     if len(items) > 1 and not items[-1].strip():
         items.pop()  # one trailing comma, as in Python: "1," is (1,)
-    key = []
+    key: list[KeyItem] = []
     for item in items:
         item = item.strip()
         try:
@@ -126,7 +127,9 @@ def plan(key: Key, shape: tuple[int, ...]) -> Plan:
         raise SelectionError(
             f"too many indices: {len(key)} given for a dataset with {len(shape)} dimensions")
     key = tuple(key) + (slice(None),) * (len(shape) - len(key))
-    region, within, result_shape = [], [], []
+    region: list[slice] = []
+    within: list[int | slice] = []
+    result_shape: list[int] = []
     for dim, (item, n) in enumerate(zip(key, shape)):
         if isinstance(item, slice):
             if item.step == 0:
@@ -143,7 +146,8 @@ def plan(key: Key, shape: tuple[int, ...]) -> Plan:
             within.append(slice(r[0] - lo, None if stop < 0 else stop, r.step))
             result_shape.append(len(r))
         else:
-            i = int(item)
+            assert isinstance(item, int)  # (the ellipsis was expanded above)
+            i = item
             if not -n <= i < n:
                 raise SelectionError(
                     f"index {i} is out of range for dimension {dim} of size {n}")

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import blosc2
 import numpy as np
 
-from caterva2.chunks import check_chunk, chunk_nbytes
+from caterva2.chunks import Buffer, check_chunk, chunk_nbytes
 
 CHUNKS_MEDIA_TYPE = "application/x-caterva2-chunks"
 
@@ -79,7 +79,7 @@ def batched(numbers: list[int], size: int) -> list[list[int]]:
 
 async def write_records(read: Callable[[list[int]], list[bytes]], batches: Iterable[list[int]],
                         first: list[bytes] | None = None,
-                        sizes: dict[int, int] | None = None) -> AsyncIterator[bytes]:
+                        sizes: dict[int, int] | None = None) -> AsyncIterator[Buffer]:
     """A chunk stream's body: each batch of chunk numbers is read with ``read(batch)`` in a
     thread, one batch ahead of the sender; ``first`` is the first batch's chunks if already
     read.  Headers and chunks are yielded separately: no copies.

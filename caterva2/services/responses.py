@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from fastapi.responses import FileResponse, StreamingResponse
 
 from caterva2 import wire
+from caterva2.chunks import Buffer
 
 
 class LargeFileResponse(FileResponse):
@@ -14,7 +15,7 @@ class LargeFileResponse(FileResponse):
     chunk_size = 4 << 20
 
 
-def chunk_stream(body: AsyncIterator[bytes], headers: dict[str, str],
+def chunk_stream(body: AsyncIterator[Buffer], headers: dict[str, str],
                  sizes: list[int] | None = None) -> StreamingResponse:
     """A chunk stream answer (see :mod:`caterva2.wire`).  With the ``sizes`` of the chunks
     it holds, its length is announced: no chunked encoding, and uvicorn sends each chunk

@@ -50,7 +50,8 @@ async def subscribe(root: str, sub: Sub) -> str:
 async def get_list(root: str, sub: Sub) -> list[str]:
     """Dataset paths of a subscribed root, relative to it."""
     subscribed_root(sub, root)
-    return sorted(await asyncio.to_thread(sub.cache.index, root) or {})
+    index = await asyncio.to_thread(sub.cache.index, root)
+    return sorted(index or {})
 
 
 @router.get("/api/url/{root}")

@@ -25,11 +25,12 @@ import numpy as np
 from fastapi import APIRouter, HTTPException, Response
 
 from caterva2 import paths, slicing, wire
-from caterva2.chunks import chunks_in_items, chunks_in_region
+from caterva2.chunks import Buffer, chunks_in_items, chunks_in_region
 from caterva2.models import AnyMeta, ArrayMeta
 from caterva2.replica import SparseReplica
 from caterva2.services import responses
 from caterva2.services.errors import disk_error_text
+from caterva2.services.subscriber.cache import Index
 from caterva2.services.subscriber.chunk_fetcher import Arrivals
 from caterva2.services.subscriber.deps import Sub
 from caterva2.services.subscriber.errors import Gone, Stale, Unavailable
@@ -147,7 +148,7 @@ async def chunk_stream_answer(sub: Subscriber, found: Found, nchunks: list[int],
 
 async def stream_chunks(sub: Subscriber, found: Found, replica: SparseReplica,
                         nchunks: list[int], arrivals: Arrivals | None,
-                        sizes: list[int] | None) -> AsyncIterator[bytes]:
+                        sizes: list[int] | None) -> AsyncIterator[Buffer]:
     """Held chunks first, then each missing one as soon as it is stored (``sizes``: of
     the held chunks, if a Content-Length was sent).
 
@@ -208,10 +209,11 @@ async def download(root: str, path: str, sub: Sub) -> str:
 @router.get("/files/{root}/{path:path}")
 async def files(root: str, path: str, sub: Sub) -> Response:
     """The complete dataset as a Blosc2 file."""
-    index = {}
+    index: Index | None = None
     with contextlib.suppress(HTTPException):
         subscribed_root(sub, root)
-        index = await asyncio.to_thread(sub.cache.index, root) or {}
+        index = await asyncio.to_thread(sub.cache.index, root)
+    index = index or {}
     if path.endswith(".b2") and path[:-3] in index and paths.dataset_kind(path[:-3]) == "file":
         path = path[:-3]
     elif path in index and paths.dataset_kind(path) == "file":
