@@ -1,5 +1,9 @@
 """Fixtures: a real broker, publisher and subscriber, started once per test session.
 
+``services`` is the session's :class:`~caterva2.tests.harness.Deployment`; ``sub_host`` its
+subscriber's address, with ``foo`` subscribed; ``example_dir`` what ``foo`` publishes;
+``stack`` a private, empty deployment for one test (one that breaks or changes things).
+
 With ``CATERVA2_USE_EXTERNAL=1`` the tests use services already running instead (the
 subscriber from ``caterva2.toml`` or ``localhost:8002``, publishing ``root-example`` as
 ``foo``).  Managed state lives under ``./_caterva2_tests`` and is kept for inspection.
@@ -9,11 +13,12 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+from typing import Iterator
 
 import pytest
 
 from caterva2 import config
-from caterva2.tests.harness import Stack, wait_until
+from caterva2.tests.harness import Deployment, Stack
 from caterva2.tools import make_root_example
 
 STATE = pathlib.Path("_caterva2_tests")
@@ -34,32 +39,31 @@ def example_dir(state_dir) -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
-def services(state_dir, example_dir):
-    """The session's deployment: ``{"sub": host, "stack": Stack or None}``."""
+def services(state_dir, example_dir) -> Iterator[Deployment]:
+    """The session's deployment, publishing ``example_dir`` as ``foo``."""
     if os.environ.get("CATERVA2_USE_EXTERNAL") == "1":
-        yield {"sub": config.client_host(), "stack": None}
+        yield Deployment(subscriber=config.client_host())
         return
     stack = Stack(state_dir / "session")
     try:
-        stack.publisher("foo", example_dir)
-        sub = stack.subscriber()
-        import caterva2 as cat2
-        wait_until(lambda: "foo" in cat2.get_roots(sub.address), what="root foo at subscriber")
-        yield {"sub": sub.address, "stack": stack}
+        foo = stack.publish_root("foo", example_dir)
+        yield Deployment(subscriber=foo.host, stack=stack, publisher=foo.publisher.address)
     finally:
         stack.stop()
 
 
 @pytest.fixture(scope="session")
 def sub_host(services) -> str:
+    """The session's subscriber's address (HOST:PORT), subscribed to ``foo``."""
     import caterva2 as cat2
-    cat2.subscribe("foo", services["sub"])
-    return services["sub"]
+    cat2.subscribe("foo", services.subscriber)
+    return services.subscriber
 
 
 @pytest.fixture
-def stack(tmp_path):
-    """A private deployment for tests that break or change things."""
+def stack(tmp_path) -> Iterator[Stack]:
+    """A private deployment for tests that break or change things: a broker only, to which
+    the test adds publishers and subscribers (see :meth:`Stack.publish_root`)."""
     s = Stack(tmp_path / "state")
     yield s
     s.stop()

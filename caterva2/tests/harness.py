@@ -3,11 +3,15 @@
 Each service binds port 0 and writes the address it got to ``STATEDIR/address``; this
 module waits for that file and for the service to answer HTTP.  :class:`CountingProxy`
 stands between two services to count what crosses the link between them.
+
+What tests are handed is named: a :class:`Deployment` (the session's services), a
+:class:`PublishedRoot` (one root, its publisher and a subscriber), :class:`LinkCounts`.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import pathlib
 import signal
@@ -16,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Iterator, NamedTuple
 
 import httpx
 
@@ -107,6 +112,20 @@ def free_ports(n: int) -> list[int]:
         return [s.getsockname()[1] for s in socks]
 
 
+@contextlib.contextmanager
+def closed_port_address() -> Iterator[str]:
+    """``127.0.0.1:PORT`` of a loopback port where nothing listens, for as long as the
+    ``with`` block lasts: a client connecting there is refused at once.
+
+    The port is bound (so no other program can take it meanwhile) but never listened on,
+    so connections to it are refused.  Unlike a fixed port (9, 9999...), it cannot
+    happen to have a server on it.
+    """
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        yield f"{LOOPBACK}:{s.getsockname()[1]}"
+
+
 def wait_until(predicate, timeout: float = 20, interval: float = 0.05, what: str = "condition"):
     """Poll ``predicate`` until it returns a true value; bounded in time."""
     deadline = time.monotonic() + timeout
@@ -144,9 +163,69 @@ class Stack:
         return self._add(Service("subscriber", [], self.statedir / id_,
                                  broker=self.broker.address))
 
+    def publish_root(self, name: str, source, subscriber_id: str = "sub") -> PublishedRoot:
+        """Start a publisher of ``source`` as root ``name`` and a subscriber, and wait until
+        the subscriber knows the root (it is not subscribed to it yet)."""
+        import caterva2 as cat2
+
+        publisher = self.publisher(name, source)
+        subscriber = self.subscriber(subscriber_id)
+        wait_until(lambda: name in cat2.get_roots(subscriber.address),
+                   what=f"root {name} at the subscriber")
+        return PublishedRoot(name, pathlib.Path(source), publisher, subscriber)
+
+    def count_link(self, publisher: Service, name: str) -> CountingProxy:
+        """Register ``publisher`` again at the broker, as root ``name`` reached through a
+        new :class:`CountingProxy`: whatever a subscriber fetches for root ``name`` crosses
+        the proxy and is counted.  The caller closes the proxy."""
+        proxy = CountingProxy(publisher.address)
+        try:
+            httpx.post(f"http://{self.broker.address}/api/roots", timeout=10,
+                       json={"name": name, "http": proxy.address}).raise_for_status()
+        except BaseException:
+            proxy.close()
+            raise
+        return proxy
+
     def stop(self) -> None:
         for service in reversed(self.services):
             service.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class Deployment:
+    """The services a test session talks to.
+
+    ``stack`` and ``publisher`` are None when the tests use services already running
+    (``CATERVA2_USE_EXTERNAL=1``): then only the subscriber's address is known.
+    """
+
+    subscriber: str  # address (HOST:PORT) of the subscriber, where ``foo`` is published
+    stack: Stack | None = None
+    publisher: str | None = None  # address of the publisher of ``foo``, if managed here
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishedRoot:
+    """A root ``name`` published from ``source`` by ``publisher``, known to ``subscriber``."""
+
+    name: str
+    source: pathlib.Path
+    publisher: Service
+    subscriber: Service
+
+    @property
+    def host(self) -> str:
+        """The subscriber's address, as clients are given it."""
+        return self.subscriber.address
+
+
+class LinkCounts(NamedTuple):
+    """What crossed a :class:`CountingProxy` so far."""
+
+    down: int  # bytes from the target to its clients (answers)
+    up: int  # bytes from the clients to the target (requests)
+    requests: int  # HTTP GET requests
 
 
 class CountingProxy:
@@ -202,8 +281,8 @@ class CountingProxy:
 
         await asyncio.gather(pipe(reader, up_writer, True), pipe(up_reader, writer, False))
 
-    def counters(self) -> tuple[int, int, int]:
-        return self.down, self.up, self.requests
+    def counters(self) -> LinkCounts:
+        return LinkCounts(self.down, self.up, self.requests)
 
     def close(self) -> None:
         """Cut every connection, then stop."""

@@ -39,16 +39,20 @@ def expected(example_dir, path, key):
     return data[k]
 
 
+def example_files(example_dir) -> list[str]:
+    """Every file of the example root, as ``cat2.get_list`` names them."""
+    return sorted(p.relative_to(example_dir).as_posix()
+                  for p in example_dir.rglob("*") if p.is_file())
+
+
 def test_roots_lists_foo_subscribed(sub_host):
     roots = cat2.get_roots(sub_host)
-    assert roots["foo"]["subscribed"] is True
-    assert roots["foo"]["name"] == "foo" and ":" in roots["foo"]["http"]
+    assert roots["foo"]["subscribed"] is True, roots
+    assert roots["foo"]["name"] == "foo" and ":" in roots["foo"]["http"], roots
 
 
 def test_list_gives_every_dataset(sub_host, example_dir):
-    files = sorted(p.relative_to(example_dir).as_posix()
-                   for p in example_dir.rglob("*") if p.is_file())
-    assert cat2.get_list("foo", sub_host) == files
+    assert cat2.get_list("foo", sub_host) == example_files(example_dir)
 
 
 @pytest.mark.parametrize("path", sorted(ARRAYS))
@@ -70,7 +74,7 @@ def test_fetch_bytes(sub_host, example_dir, path):
     obj = cat2.Root("foo", host=sub_host)[path]
     for key in BYTES[path]:
         assert obj[key] == expected(example_dir, path, key), f"{path}[{key}]"
-        assert isinstance(obj[key], bytes)
+        assert isinstance(obj[key], bytes), f"{path}[{key}] is a {type(obj[key])}"
 
 
 def test_single_array_element_is_a_numpy_scalar(sub_host):
@@ -102,20 +106,22 @@ def test_download_every_dataset(sub_host, example_dir, tmp_path, monkeypatch):
     root = cat2.Root("foo", host=sub_host)
     umask = os.umask(0o022)
     os.umask(umask)
+    assert sorted(root.node_list) == example_files(example_dir)
     for path in root.node_list:
         obj = root[path]
         saved = obj.download()
         assert saved == pathlib.Path("foo") / path
-        assert saved.stat().st_mode & 0o777 == 0o666 & ~umask  # as any new file, not 0600
+        assert saved.stat().st_mode & 0o777 == 0o666 & ~umask, \
+            f"{saved} is {saved.stat().st_mode & 0o777:o}, not as any new file"  # (not 0600)
         if path.endswith(".b2nd"):
             got, want = blosc2.open(str(saved)), blosc2.open(str(example_dir / path))
             np.testing.assert_array_equal(got[()], want[()])
-            assert got.vlmeta[:] == want.vlmeta[:]
-            assert (got.chunks, got.blocks) == (want.chunks, want.blocks)
+            assert got.vlmeta[:] == want.vlmeta[:], path
+            assert (got.chunks, got.blocks) == (want.chunks, want.blocks), path
         elif path.endswith(".b2frame"):
-            assert blosc2.open(str(saved))[:] == blosc2.open(str(example_dir / path))[:]
+            assert blosc2.open(str(saved))[:] == blosc2.open(str(example_dir / path))[:], path
         else:
-            assert saved.read_bytes() == (example_dir / path).read_bytes()
+            assert saved.read_bytes() == (example_dir / path).read_bytes(), path
     assert cat2.download("foo/dir1/ds-2d.b2nd", sub_host) == pathlib.Path("foo/dir1/ds-2d.b2nd")
     assert root["README.md"].get_download_url().endswith("/files/foo/README.md.b2")
 

@@ -1,4 +1,8 @@
-"""Bad input gets a clear error (JSON detail, 4xx), never a 500 nor a traceback."""
+"""Bad input gets a clear error (JSON detail, 4xx), never a 500 nor a traceback.
+
+Bad requests to the subscriber and the publisher, bad selections in the client library,
+bad commands, addresses and servers for ``cat2cli``, bad settings for the services.
+"""
 import functools
 import http.server
 import subprocess
@@ -10,6 +14,7 @@ import numpy as np
 import pytest
 
 import caterva2 as cat2
+from caterva2.tests.harness import closed_port_address
 
 
 def cat2cli(*args: str) -> subprocess.CompletedProcess:
@@ -43,22 +48,20 @@ def cat2cli(*args: str) -> subprocess.CompletedProcess:
 def test_subscriber_rejects_bad_requests_clearly(sub_host, url, status, words):
     r = httpx.get(f"http://{sub_host}{url}")
     assert r.status_code == status, r.text
-    assert words in r.json()["detail"]
+    assert words in r.json()["detail"], r.text
 
 
 def test_subscribe_to_unknown_root_is_404(sub_host):
     r = httpx.post(f"http://{sub_host}/api/subscribe/nope")
-    assert r.status_code == 404 and "no root" in r.json()["detail"]
+    assert r.status_code == 404 and "no root" in r.json()["detail"], r.text
 
 
 def test_publisher_never_serves_outside_its_root(services):
-    stack = services["stack"]
-    if stack is None:
+    if services.publisher is None:
         pytest.skip("needs the managed publisher")
-    pub = next(s for s in stack.services if s.kind == "publisher")
     for path in ("%2e%2e/%2e%2e/etc/passwd", "..%2fsecret", "%2fetc%2fpasswd", ".hidden"):
         for endpoint in ("info", "download", "chunks"):
-            r = httpx.get(f"http://{pub.address}/api/{endpoint}/{path}?nchunks=0")
+            r = httpx.get(f"http://{services.publisher}/api/{endpoint}/{path}?nchunks=0")
             assert r.status_code in (400, 404), (endpoint, path, r.status_code)
 
 
@@ -96,19 +99,20 @@ def test_library_refuses_selections_beyond_basic_indexing_before_asking(sub_host
 ])
 def test_cli_errors_are_one_line_and_nonzero(sub_host, args, message):
     done = cat2cli("--host", sub_host, *args)
-    assert done.returncode == 1
+    assert done.returncode == 1, done.stdout + done.stderr
     assert done.stderr.startswith("cat2cli: error: ") and message in done.stderr, done.stderr
-    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr, \
+        done.stderr
 
 
 def test_publisher_refuses_huge_chunk_lists_without_expanding_them(services):
-    if services["stack"] is None:
-        pytest.skip("needs the managed deployment")
-    pub = next(s.address for s in services["stack"].services if s.kind == "publisher")
+    if services.publisher is None:
+        pytest.skip("needs the managed publisher")
     for nchunks in ("0-999999999999", "0,0-3,1-2,1-2,1-2"):
-        r = httpx.get(f"http://{pub}/api/chunks/ds-1d.b2nd", params={"nchunks": nchunks})
+        r = httpx.get(f"http://{services.publisher}/api/chunks/ds-1d.b2nd",
+                      params={"nchunks": nchunks})
         assert r.status_code == 400, r.text
-        assert "chunk" in r.json()["detail"]
+        assert "chunk" in r.json()["detail"], r.text
 
 
 @pytest.mark.parametrize("args, message", [
@@ -120,7 +124,7 @@ def test_publisher_refuses_huge_chunk_lists_without_expanding_them(services):
 def test_cli_refuses_bad_subscriber_addresses(args, message):
     done = cat2cli(*args)
     assert done.returncode == 1 and message in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize("service, args, conf, message", [
@@ -153,17 +157,21 @@ def test_cli_pointed_at_something_else(tmp_path):
             roots, listing = cat2cli("--host", host, "roots"), cat2cli("--host", host, "list", "foo")
         finally:
             server.shutdown()
-    assert roots.returncode == 1 and "not JSON: is it a Caterva2 subscriber?" in roots.stderr
-    assert listing.returncode == 1 and "not an answer of a Caterva2 service" in listing.stderr
+    assert roots.returncode == 1 and "not JSON: is it a Caterva2 subscriber?" in roots.stderr, \
+        roots.stderr
+    assert listing.returncode == 1 and "not an answer of a Caterva2 service" in listing.stderr, \
+        listing.stderr
     for done in (roots, listing):
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_cli_with_no_subscriber_running():
-    done = cat2cli("--host", "127.0.0.1:9", "roots")
-    assert done.returncode == 1
-    assert done.stderr.strip() == ("cat2cli: error: cannot reach the subscriber at "
-                                   "127.0.0.1:9 (is cat2sub running?)")
+    """The README's ``cat2cli --host localhost:9999 roots``, at an address known to be closed."""
+    with closed_port_address() as address:
+        done = cat2cli("--host", address, "roots")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.strip() == (f"cat2cli: error: cannot reach the subscriber at "
+                                   f"{address} (is cat2sub running?)")
 
 
 def test_error_texts_for_clients_name_no_server_directories(tmp_path):

@@ -1,6 +1,12 @@
-"""Faults caused for real: publishers killed, subscribers and brokers restarted, cache damaged."""
+"""Faults caused for real, and what users see then: publishers killed or replaced,
+subscribers and brokers stopped or restarted, a subscriber's disk full, its cache damaged
+while running or by a crash; and the checks that keep a chunk stream cut short from passing
+for data.
+"""
 import asyncio
+import dataclasses
 import pathlib
+import re
 
 import blosc2
 import httpx
@@ -9,46 +15,45 @@ import pytest
 
 import caterva2 as cat2
 from caterva2 import b2
-from caterva2.tests.harness import wait_until
+from caterva2.tests.harness import (CountingProxy, PublishedRoot, Service, closed_port_address,
+                                    wait_until)
 
 
 @pytest.fixture
-def deployment(stack, tmp_path):
+def data_root(stack, tmp_path) -> PublishedRoot:
+    """Root ``data`` holding ``cached.b2nd``, read once (so cached at the subscriber), and
+    ``uncached.b2nd``, never read: 1000 int64 each, in chunks of 100."""
     src = tmp_path / "data"
     src.mkdir()
     for name in ("cached.b2nd", "uncached.b2nd"):
         blosc2.asarray(np.arange(1000), urlpath=str(src / name), mode="w", chunks=(100,),
                        blocks=(10,))
-    pub = stack.publisher("data", src)
-    sub = stack.subscriber()
-    wait_until(lambda: "data" in cat2.get_roots(sub.address), what="root data")
-    root = cat2.Root("data", host=sub.address)
-    root["cached.b2nd"][:]
-    return stack, pub, sub, src
+    data = stack.publish_root("data", src)
+    np.testing.assert_array_equal(cat2.Root("data", host=data.host)["cached.b2nd"][:],
+                                  np.arange(1000))
+    return data
 
 
-def test_killed_publisher_cached_served_uncached_503_then_resumes(deployment):
-    stack, pub, sub, src = deployment
+def test_killed_publisher_cached_served_uncached_503_then_resumes(data_root):
+    pub, host = data_root.publisher, data_root.host
     pub.stop(kill=True)
-    host = sub.address
     np.testing.assert_array_equal(cat2.fetch("data/cached.b2nd", host, "10:20"),
                                   np.arange(10, 20))
     assert cat2.get_info("data/uncached.b2nd", host)["shape"] == [1000]  # metadata too
     with pytest.raises(cat2.ServerError) as err:
         cat2.fetch("data/uncached.b2nd", host, "0:5")
-    assert err.value.status_code in (503, 504)
+    assert err.value.status_code in (503, 504), err.value.detail
     assert "unreachable" in err.value.detail
     pub.start()
     wait_until(lambda: cat2.fetch("data/uncached.b2nd", host, "0:5").tolist() == [0, 1, 2, 3, 4],
                what="service resumed after publisher restart")
 
 
-def test_change_announced_by_a_publisher_that_then_died(deployment):
+def test_change_announced_by_a_publisher_that_then_died(data_root, stack):
     """A change event reaches the subscriber after its publisher died: the old cached data is
     not served as current, the dataset stays listed with the reason, and the publisher's
     return brings the dataset back."""
-    stack, pub, sub, _src = deployment
-    host = sub.address
+    pub, host = data_root.publisher, data_root.host
     pub.stop(kill=True)
     httpx.post(f"http://{stack.broker.address}/api/events", json={
         "root": "data", "changed": {"cached.b2nd": "a-version-never-seen"}, "deleted": [],
@@ -63,16 +68,17 @@ def test_change_announced_by_a_publisher_that_then_died(deployment):
 
     error = wait_until(refused, what="the change at the subscriber")
     assert error.status_code == 503 and "unreachable" in error.detail, error.detail
-    assert "cached.b2nd" in cat2.get_list("data", host)
+    assert "cached.b2nd" in cat2.get_list("data", host), "the changed dataset left the listing"
     pub.start()
     wait_until(lambda: refused() is None, what="the dataset readable again")
     np.testing.assert_array_equal(cat2.fetch("data/cached.b2nd", host), np.arange(1000))
 
 
-def test_second_publisher_of_a_root_name_waits_for_the_first_to_stop(deployment, tmp_path):
+def test_second_publisher_of_a_root_name_waits_for_the_first_to_stop(data_root, stack,
+                                                                     tmp_path):
     """A root name belongs to one publisher: a second one of the same name is refused, says
     so in its log, and takes the name over when the first stops serving it."""
-    stack, first, sub, _src = deployment
+    first, sub = data_root.publisher, data_root.subscriber
     other = tmp_path / "other"
     other.mkdir()
     blosc2.asarray(np.arange(7), urlpath=str(other / "other.b2nd"), mode="w")
@@ -106,7 +112,7 @@ def test_killed_publisher_large_streamed_reads(stack, tmp_path):
     np.testing.assert_array_equal(ds[:200], a[:200])
     with pytest.raises(cat2.ServerError) as err:
         ds[:]
-    assert err.value.status_code in (503, 504)
+    assert err.value.status_code in (503, 504), err.value.detail
     assert "unreachable" in err.value.detail
 
 
@@ -138,7 +144,8 @@ def test_subscriber_that_cannot_write_its_cache_says_why_and_loses_nothing(stack
     np.testing.assert_array_equal(ds[:], a)
     np.testing.assert_array_equal(blosc2.open(str(ds.download(tmp_path / "dl")))[:], a)
     log = sub.log_tail(10_000)
-    assert "cannot write to its disk" in log and "Traceback" not in log
+    assert "cannot write to its disk" in log, "the subscriber's log does not say why"
+    assert "Traceback" not in log, log
 
 
 def test_a_chunk_stream_lacking_chunks_is_an_error_not_data():
@@ -151,40 +158,39 @@ def test_a_chunk_stream_lacking_chunks_is_an_error_not_data():
         asm.check_complete([0, 1, 2, 3])
 
 
-def test_publisher_announces_changes_made_while_it_was_down(deployment):
-    stack, pub, sub, src = deployment
+def test_publisher_announces_changes_made_while_it_was_down(data_root):
+    pub, src = data_root.publisher, data_root.source
     pub.stop()
     blosc2.asarray(np.arange(1000) * 2, urlpath=str(src / "cached.b2nd"), mode="w",
                    chunks=(100,), blocks=(10,))
     (src / "uncached.b2nd").unlink()
     pub.start()
-    host = sub.address
+    host = data_root.host
     wait_until(lambda: cat2.get_list("data", host) == ["cached.b2nd"], what="deletion seen")
     np.testing.assert_array_equal(cat2.fetch("data/cached.b2nd", host, "0:3"), [0, 2, 4])
 
 
-def test_restarted_subscriber_keeps_subscriptions_and_cache(deployment):
-    stack, pub, sub, src = deployment
-    sub.stop()
-    pub.stop()  # only the cache can answer now
-    sub.start()
-    host = sub.address
-    assert cat2.get_roots(host)["data"]["subscribed"]
+def test_restarted_subscriber_keeps_subscriptions_and_cache(data_root):
+    data_root.subscriber.stop()
+    data_root.publisher.stop()  # only the cache can answer now
+    data_root.subscriber.start()
+    host = data_root.host
+    roots = cat2.get_roots(host)
+    assert roots["data"]["subscribed"], roots
     np.testing.assert_array_equal(cat2.fetch("data/cached.b2nd", host, "::100"),
                                   np.arange(0, 1000, 100))
 
 
-def test_restarted_broker_notifications_resume(deployment):
-    stack, pub, sub, src = deployment
+def test_restarted_broker_notifications_resume(data_root, stack):
     stack.broker.restart()
-    blosc2.asarray(np.arange(1000) + 5, urlpath=str(src / "cached.b2nd"), mode="w",
+    blosc2.asarray(np.arange(1000) + 5, urlpath=str(data_root.source / "cached.b2nd"), mode="w",
                    chunks=(100,), blocks=(10,))
-    wait_until(lambda: cat2.fetch("data/cached.b2nd", sub.address, "0:1")[0] == 5, timeout=30,
+    wait_until(lambda: cat2.fetch("data/cached.b2nd", data_root.host, "0:1")[0] == 5, timeout=30,
                what="change seen through the restarted broker")
 
 
-def test_roots_published_while_subscriber_down_appear(deployment, tmp_path):
-    stack, pub, sub, src = deployment
+def test_roots_published_while_subscriber_down_appear(data_root, stack, tmp_path):
+    sub = data_root.subscriber
     sub.stop()
     other = tmp_path / "other"
     other.mkdir()
@@ -194,37 +200,113 @@ def test_roots_published_while_subscriber_down_appear(deployment, tmp_path):
     wait_until(lambda: "other" in cat2.get_roots(sub.address), what="new root")
 
 
-def test_damaged_cache_is_detected_and_rebuilt(deployment):
-    stack, pub, sub, src = deployment
-    replicas = sorted(pathlib.Path(sub.statedir, "cache").rglob("replica.b2"))
-    assert replicas, "expected cached replicas"
-    for f in replicas:
-        f.write_bytes(f.read_bytes()[:len(f.read_bytes()) // 2])  # as after a crash or a full disk
-    host = sub.address
-    for _ in range(3):  # damage is reported as an error (never as data) and then healed
-        try:
-            got = cat2.fetch("data/cached.b2nd", host, ":")
-            break
-        except cat2.ServerError as e:
-            assert e.status_code == 503
-    np.testing.assert_array_equal(got, np.arange(1000))
+# A damaged cache: the data of a dataset fetched through a CountingProxy, so that a test can
+# show its chunks came again from the publisher.
+DAMAGEABLE = np.random.default_rng(5).normal(size=1000)  # 10 chunks of 800 B, incompressible
+
+
+@dataclasses.dataclass(frozen=True)
+class CountedRoot:
+    """Root ``counted``, subscribed, whose ``a.b2nd`` (``DAMAGEABLE``) was read once: every
+    byte the subscriber fetched for it crossed ``link``."""
+
+    subscriber: Service
+    link: CountingProxy  # between the subscriber and the publisher
+    chunk_sizes: list[int]  # of a.b2nd's chunks, as stored at the source
+
+    @property
+    def host(self) -> str:
+        return self.subscriber.address
+
+    def replica(self) -> pathlib.Path:
+        """The subscriber's cached copy of ``a.b2nd``."""
+        [replica] = pathlib.Path(self.subscriber.statedir, "cache").rglob("replica.b2")
+        return replica
+
+
+@pytest.fixture
+def counted(stack, tmp_path):
+    src = tmp_path / "data"
+    src.mkdir()
+    stored = blosc2.asarray(DAMAGEABLE, urlpath=str(src / "a.b2nd"), mode="w", chunks=(100,),
+                            blocks=(10,))
+    link = stack.count_link(stack.publisher("data", src), "counted")
+    try:
+        sub = stack.subscriber()
+        wait_until(lambda: "counted" in cat2.get_roots(sub.address), what="root counted")
+        assert cat2.subscribe("counted", sub.address) == "Ok"
+        np.testing.assert_array_equal(cat2.fetch("counted/a.b2nd", sub.address), DAMAGEABLE)
+        yield CountedRoot(sub, link, [len(stored.schunk.get_chunk(n))
+                                      for n in range(stored.schunk.nchunks)])
+    finally:
+        link.close()
+
+
+def cut_after_header(frame: pathlib.Path) -> None:
+    """Cut a Blosc2 frame file right after its header: every chunk it held is gone.  (The
+    header's length is at bytes 11-14, big-endian, in Blosc2's contiguous frame format.)"""
+    with open(frame, "r+b") as f:
+        f.truncate(int.from_bytes(f.read(15)[11:15], "big"))
+
+
+def test_chunks_damaged_under_a_running_subscriber_are_fetched_again(counted):
+    """A cached copy damaged while the subscriber has it open (here: every chunk cut off, as
+    a full disk or another program could leave it): the next read finds each damaged chunk,
+    fetches it again from the publisher and answers with the right data, not an error."""
+    replica = counted.replica()
+    cut_after_header(replica)
+    before = counted.link.counters()
+    np.testing.assert_array_equal(cat2.fetch("counted/a.b2nd", counted.host, ":"), DAMAGEABLE)
+    log = counted.subscriber.log_tail(10_000)
+    damaged = {int(n) for n in re.findall(r"chunk (\d+) of \S+ is damaged", log)}
+    assert damaged == set(range(len(counted.chunk_sizes))), \
+        f"the subscriber's log names damaged chunks {sorted(damaged)}, not all of them"
+    refetched = counted.link.counters().down - before.down
+    assert refetched >= sum(counted.chunk_sizes), \
+        f"{refetched} bytes came from the publisher, less than the {sum(counted.chunk_sizes)} " \
+        "of the damaged chunks"
+    # Whole again: reading it all needs nothing more from the publisher.
+    after = counted.link.counters()
+    np.testing.assert_array_equal(cat2.fetch("counted/a.b2nd", counted.host), DAMAGEABLE)
+    assert counted.link.counters().down == after.down, "a read of the repaired copy was fetched"
+
+
+def test_cached_copy_left_unreadable_by_a_crash_is_discarded_and_rebuilt(counted):
+    """A subscriber killed while writing its cache can leave a replica file cut short (here:
+    cut in half, its trailer lost).  Restarted, it finds the file unreadable, says so in its
+    log, and rebuilds it from the publisher: the user gets the right data, not an error."""
+    replica = counted.replica()
+    counted.subscriber.stop(kill=True)
+    with open(replica, "r+b") as f:
+        f.truncate(replica.stat().st_size // 2)
+    counted.subscriber.start()
+    before = counted.link.counters()
+    np.testing.assert_array_equal(cat2.fetch("counted/a.b2nd", counted.host, ":"), DAMAGEABLE)
+    assert f"discarding unreadable replica {replica}" in counted.subscriber.log_tail(10_000), \
+        "the subscriber's log does not say it discarded the damaged copy"
+    refetched = counted.link.counters().down - before.down
+    assert refetched >= sum(counted.chunk_sizes), \
+        f"{refetched} bytes came from the publisher, less than the {sum(counted.chunk_sizes)} " \
+        "of the dataset's chunks"
 
 
 def test_two_publishers_two_subscribers(stack, tmp_path):
-    for name in ("one", "two"):
+    """Each of two subscribers follows the roots of two publishers, and reads both."""
+    for name, value in (("one", 30), ("two", 31)):
         d = tmp_path / name
         d.mkdir()
-        blosc2.asarray(np.full(50, len(name) * 10 + (name == "two")), urlpath=str(d / "v.b2nd"),
-                       mode="w")
+        blosc2.asarray(np.full(50, value), urlpath=str(d / "v.b2nd"), mode="w")
         stack.publisher(name, d)
-    subs = [stack.subscriber("sub1"), stack.subscriber("sub2")]
-    for s in subs:
-        wait_until(lambda: {"one", "two"} <= set(cat2.get_roots(s.address)), what="both roots")
-        assert cat2.fetch("one/v.b2nd", s.address, "0") if cat2.subscribe("one", s.address) else 0
-        cat2.subscribe("two", s.address)
-        assert cat2.fetch("one/v.b2nd", s.address, "0") == 30
-        assert cat2.fetch("two/v.b2nd", s.address, "0") == 31
-    assert cat2.get_roots(subs[0].address)["one"]["subscribed"]
+    for sub in (stack.subscriber("sub1"), stack.subscriber("sub2")):
+        host = sub.address
+        wait_until(lambda: {"one", "two"} <= set(cat2.get_roots(host)),
+                   what=f"both roots at {sub.statedir.name}")
+        assert cat2.subscribe("one", host) == "Ok"
+        assert cat2.subscribe("two", host) == "Ok"
+        assert cat2.fetch("one/v.b2nd", host, "0") == 30
+        assert cat2.fetch("two/v.b2nd", host, "0") == 31
+        roots = cat2.get_roots(host)
+        assert roots["one"]["subscribed"] and roots["two"]["subscribed"], roots
 
 
 def test_subscriber_without_its_broker_says_so(stack):
@@ -233,13 +315,13 @@ def test_subscriber_without_its_broker_says_so(stack):
     for call in (lambda: cat2.get_roots(sub.address), lambda: cat2.subscribe("foo", sub.address)):
         with pytest.raises(cat2.ServerError) as err:
             call()
-        assert err.value.status_code == 503 and "broker" in err.value.detail
+        assert err.value.status_code == 503 and "broker" in err.value.detail, err.value.detail
         assert "unreachable" in err.value.detail
 
 
-def test_stopped_subscriber_gives_a_clear_error(tmp_path):
-    with pytest.raises(httpx.ConnectError):
-        cat2.get_roots("127.0.0.1:9")  # nothing listens on the discard port
+def test_stopped_subscriber_gives_a_clear_error():
+    with closed_port_address() as address, pytest.raises(httpx.ConnectError):
+        cat2.get_roots(address)
 
 
 def test_a_chunk_stream_never_sends_more_than_its_announced_length():

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -18,8 +19,8 @@ pytest.importorskip("hdf5plugin")
 
 import caterva2 as cat2
 from caterva2 import hdf5
-from caterva2.tests.harness import Stack, wait_until
-from caterva2.tests.test_hdf5_convert import SKIPPED, make_h5
+from caterva2.tests.h5samples import SKIPPED, make_h5
+from caterva2.tests.harness import PublishedRoot, Stack, wait_until
 
 pytestmark = pytest.mark.skipif(os.environ.get("CATERVA2_USE_EXTERNAL") == "1",
                                 reason="needs its own services")
@@ -54,30 +55,29 @@ def h5_read(h5file, name: str, text: str):
         return f[name][parse_key(text)]
 
 
-def same(got, expected) -> bool:
+def assert_same(got, expected, what: str = "") -> None:
+    """``got`` equals ``expected`` in shape, dtype and values."""
     got, expected = np.asarray(got), np.asarray(expected)
-    return got.shape == expected.shape and got.dtype == expected.dtype and \
-        np.array_equal(got, expected)
+    assert (got.shape, got.dtype) == (expected.shape, expected.dtype), \
+        f"{what}: got {got.shape} {got.dtype}, expected {expected.shape} {expected.dtype}"
+    np.testing.assert_array_equal(got, expected, err_msg=what)
 
 
 @pytest.fixture(scope="module")
-def published(tmp_path_factory):
-    """The sample file published as ``h5``, subscribed: (file, subscriber host, stack)."""
+def published(tmp_path_factory) -> Iterator[PublishedRoot]:
+    """The sample file (``published.source``) published as ``h5``, subscribed."""
     tmp = tmp_path_factory.mktemp("h5root")
-    h5file = make_h5(tmp / "sample.h5")
     stack = Stack(tmp / "state")
     try:
-        stack.publisher("h5", h5file)
-        sub = stack.subscriber()
-        wait_until(lambda: "h5" in cat2.get_roots(sub.address), what="root h5 at subscriber")
-        assert cat2.subscribe("h5", sub.address) == "Ok"
-        yield h5file, sub.address, stack
+        h5 = stack.publish_root("h5", make_h5(tmp / "sample.h5"))
+        assert cat2.subscribe("h5", h5.host) == "Ok"
+        yield h5
     finally:
         stack.stop()
 
 
 def test_every_convertible_dataset_is_listed(published):
-    h5file, host, _ = published
+    h5file, host = published.source, published.host
     expected = {hdf5.GROUP_ATTRS, f"images/{hdf5.GROUP_ATTRS}"}
     with h5py.File(h5file) as f:
         def add(name, obj):
@@ -88,7 +88,7 @@ def test_every_convertible_dataset_is_listed(published):
 
 
 def test_metadata_matches_the_file(published):
-    h5file, host, _ = published
+    h5file, host = published.source, published.host
     with h5py.File(h5file) as f:
         for name in ("images/stack_gzip", "blosc2/cube", "contiguous", "compound"):
             info = cat2.get_info(f"h5/{name}.b2nd", host)
@@ -110,17 +110,17 @@ def test_metadata_matches_the_file(published):
 
 @pytest.mark.parametrize("name", sorted(SLICES))
 def test_library_slices_equal_h5py(published, name):
-    h5file, host, _ = published
+    h5file, host = published.source, published.host
     dataset = cat2.Root("h5", host=host)[f"{name}.b2nd"]
     for text in SLICES[name]:
         expected = h5_read(h5file, name, text)
         fetched = cat2.fetch(f"h5/{name}.b2nd", host=host, slice_=text)
-        assert same(fetched, expected), f"fetch {name}[{text}]"
-        assert same(dataset[parse_key(text)], expected), f"Root()[{name}][{text}]"
+        assert_same(fetched, expected, f"fetch {name}[{text}]")
+        assert_same(dataset[parse_key(text)], expected, f"Root()[{name}][{text}]")
 
 
 def test_cli_show_equals_h5py(published):
-    h5file, host, _ = published
+    h5file, host = published.source, published.host
     for name, text in [("blosc2/cube", "0:2, 3, ::10"), ("images/stack_gzip", "2, 0:3, 0:4"),
                        ("contiguous", "5:8, 0:4")]:
         expected = h5_read(h5file, name, text)
@@ -135,10 +135,8 @@ def test_cli_show_equals_h5py(published):
 
 
 def test_chunks_are_converted_once_and_cached_at_the_publisher(published):
-    _, host, stack = published
-    cat2.fetch("h5/images/stack_gzip.b2nd", host=host, slice_="0:2")
-    publisher = next(s for s in stack.services if s.kind == "publisher")
-    cached = list((publisher.statedir / "hdf5-cache").rglob("stack_gzip.b2nd"))
+    cat2.fetch("h5/images/stack_gzip.b2nd", host=published.host, slice_="0:2")
+    cached = list((published.publisher.statedir / "hdf5-cache").rglob("stack_gzip.b2nd"))
     assert len(cached) == 1, "no cache array for a converted dataset"
 
 
@@ -150,29 +148,22 @@ def write_small(path, value: int, extra: bool = False) -> None:
             f.create_dataset("data", data=np.arange(100, dtype="i4") + value, chunks=(10,))
 
 
-def test_changes_to_the_file_are_announced(tmp_path):
+def test_changes_to_the_file_are_announced(stack, tmp_path):
     h5file = tmp_path / "live.h5"
     write_small(h5file, 0)
-    stack = Stack(tmp_path / "state")
-    try:
-        stack.publisher("live", h5file)
-        sub = stack.subscriber()
-        host = sub.address
-        wait_until(lambda: "live" in cat2.get_roots(host), what="root live at subscriber")
-        cat2.subscribe("live", host)
-        assert same(cat2.fetch("live/data.b2nd", host=host), np.arange(100, dtype="i4"))
-        write_small(h5file, 1000)  # rewritten in place
-        wait_until(lambda: cat2.fetch("live/data.b2nd", host=host, slice_="0:1")[0] == 1000,
-                   what="rewritten data at the subscriber")
-        assert same(cat2.fetch("live/data.b2nd", host=host), np.arange(100, dtype="i4") + 1000)
-        write_small(h5file, 5, extra=True)  # appended
-        wait_until(lambda: "added.b2nd" in cat2.get_list("live", host),
-                   what="appended dataset listed")
-        assert same(cat2.fetch("live/added.b2nd", host=host), np.full(7, 5, dtype="i2"))
-        h5file.unlink()
-        wait_until(lambda: cat2.get_list("live", host) == [], what="datasets of a removed file")
-    finally:
-        stack.stop()
+    host = stack.publish_root("live", h5file).host
+    assert cat2.subscribe("live", host) == "Ok"
+    assert_same(cat2.fetch("live/data.b2nd", host=host), np.arange(100, dtype="i4"))
+    write_small(h5file, 1000)  # rewritten in place
+    wait_until(lambda: cat2.fetch("live/data.b2nd", host=host, slice_="0:1")[0] == 1000,
+               what="rewritten data at the subscriber")
+    assert_same(cat2.fetch("live/data.b2nd", host=host), np.arange(100, dtype="i4") + 1000)
+    write_small(h5file, 5, extra=True)  # appended
+    wait_until(lambda: "added.b2nd" in cat2.get_list("live", host),
+               what="appended dataset listed")
+    assert_same(cat2.fetch("live/added.b2nd", host=host), np.full(7, 5, dtype="i2"))
+    h5file.unlink()
+    wait_until(lambda: cat2.get_list("live", host) == [], what="datasets of a removed file")
 
 
 def test_publishing_a_file_that_is_not_hdf5_fails_clearly(tmp_path):

@@ -40,7 +40,7 @@ def test_a_stalled_client_does_not_make_the_subscriber_hold_the_data(stack, tmp_
         seen.append(n)
 
     with bulk.get(url, {"slice_": ":", "chunks": "true"}) as r:
-        assert r.status == 200
+        assert r.status == 200, f"the subscriber answered {r.status}"
         records = bulk.records(r, CHUNK_ROWS * COLS * 8 + blosc2.MAX_OVERHEAD)
         check(*next(records))
         httpx.get(f"http://{sub.address}/api/download/data/a.b2nd",

@@ -40,7 +40,7 @@ def test_python_m_caterva2_tests_runs_the_suite():
                            "test_parse_slice and not malformed", "--co"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "test_parse_slice" in done.stdout
+    assert "test_parse_slice" in done.stdout, done.stdout
 
 
 def test_configuration_file_sections_and_ids(tmp_path):
@@ -64,8 +64,8 @@ def test_service_reads_conf_and_command_line_overrides(tmp_path):
     conf.write_text('[broker]\nhttp = "127.0.0.1:0"\nstatedir = "%s"\n' % (tmp_path / "b"))
     done = subprocess.run([sys.executable, "-m", "caterva2.services.broker", "--conf", str(conf),
                            "--http", "nonsense"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert "expected HOST:PORT" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2, done.stderr
+    assert "expected HOST:PORT" in done.stderr and "Traceback" not in done.stderr, done.stderr
 
 
 def test_cat2run_starts_a_deployment_and_ctrl_c_stops_it_cleanly(tmp_path, example_dir):
