@@ -86,11 +86,11 @@ class EventHub:
 
     def publish(self, message: str) -> None:
         for queue in list(self.queues):
-            try:
+            if queue.qsize() < QUEUE_LIMIT:
                 queue.put_nowait(message)
-            except asyncio.QueueFull:
+            else:  # the last slot is for the sentinel that ends the listener
                 self.queues.discard(queue)
-                queue.put_nowait(None)  # never blocks: maxsize excludes this sentinel slot
+                queue.put_nowait(None)
 
     @contextlib.contextmanager
     def listener(self):
