@@ -24,7 +24,7 @@ import pathlib
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import blosc2
 import h5py
@@ -41,9 +41,10 @@ FILE_CHUNKSIZE = 1 << 20
 IMPORT_CPARAMS = {"codec": blosc2.Codec.ZSTD, "clevel": 1, "filters": [blosc2.Filter.SHUFFLE]}
 
 # Codecs and filters that every build of the HDF5 Blosc2 filter can decompress.
-PORTABLE_CODECS = {blosc2.Codec.BLOSCLZ: "blosclz", blosc2.Codec.LZ4: "lz4",
-                   blosc2.Codec.LZ4HC: "lz4hc", blosc2.Codec.ZLIB: "zlib",
-                   blosc2.Codec.ZSTD: "zstd"}
+CodecName = Literal["blosclz", "lz4", "lz4hc", "zlib", "zstd"]
+PORTABLE_CODECS: dict[blosc2.Codec, CodecName] = {
+    blosc2.Codec.BLOSCLZ: "blosclz", blosc2.Codec.LZ4: "lz4", blosc2.Codec.LZ4HC: "lz4hc",
+    blosc2.Codec.ZLIB: "zlib", blosc2.Codec.ZSTD: "zstd"}
 PORTABLE_FILTERS = {blosc2.Filter.NOFILTER, blosc2.Filter.SHUFFLE, blosc2.Filter.BITSHUFFLE,
                     blosc2.Filter.DELTA, blosc2.Filter.TRUNC_PREC}
 

@@ -43,7 +43,7 @@ try:
 
     from caterva2 import h5convert
 except ImportError as e:  # reported when an HDF5 root is opened
-    h5py = h5convert = None
+    h5py = h5convert = None  # type: ignore[assignment]
     MISSING = e
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,12 @@ class HDF5Root(PublishedRoot):
                 self._file.close()
             self._file = None
 
+    def _object(self, name: str) -> Any:
+        """The group or dataset ``name`` of the open file."""
+        if self._file is None:
+            raise RuntimeError(f"{self.path.name} is not open")
+        return self._file[name]
+
     def _drop_other_caches(self, version: str) -> None:
         for child in self.cachedir.iterdir():
             if child.is_dir() and child.name != version:
@@ -181,7 +187,7 @@ class HDF5Root(PublishedRoot):
 
     def _attrs_meta(self, name: str) -> FrameMeta:
         schunk = blosc2.SChunk()
-        for key, value in self._read_attrs(self._file[name], name).items():
+        for key, value in self._read_attrs(self._object(name), name).items():
             schunk.vlmeta[key] = value
         return metadata.frame_meta(schunk)
 
@@ -190,7 +196,7 @@ class HDF5Root(PublishedRoot):
                                     lambda m: log.info("%s: %s", self.path.name, m))
 
     def _array_meta(self, path: str, name: str) -> ArrayMeta:
-        dset = self._file[name]
+        dset = self._object(name)
         layout = h5convert.dataset_layout(dset)
         attrs = self._read_attrs(dset, name)
         if layout.null:
@@ -212,8 +218,8 @@ class HDF5Root(PublishedRoot):
         if version is not None and version != current:
             raise VersionMismatch(path)
         meta = self.entry(path).meta
-        nchunks = meta.schunk.nchunks
-        if not 0 <= nchunk < nchunks:
+        nchunks = meta.schunk.nchunks if isinstance(meta, ArrayMeta) else 0  # (attributes)
+        if not isinstance(meta, ArrayMeta) or not 0 <= nchunk < nchunks:
             raise IndexError(f"{path} has {nchunks} chunks, not {nchunk + 1}")
         with self._lock:
             try:
@@ -231,7 +237,7 @@ class HDF5Root(PublishedRoot):
         """Chunk ``nchunk`` as stored in the dataset's replica, converted on first use."""
         replica = self._replica(path, meta, version)
         if replica.missing([nchunk]):
-            dset, layout = self._file[self._listing[path][1]], self._layouts[path]
+            dset, layout = self._object(self._listing[path][1]), self._layouts[path]
             try:
                 replica.fill(nchunk, lambda array: h5convert.copy_chunk(dset, layout, array,
                                                                          nchunk))

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import pathlib
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import httpx
@@ -93,7 +94,7 @@ class EventHub:
                 queue.put_nowait(None)
 
     @contextlib.contextmanager
-    def listener(self):
+    def listener(self) -> Iterator[asyncio.Queue]:
         queue: asyncio.Queue = asyncio.Queue(maxsize=QUEUE_LIMIT + 1)
         self.queues.add(queue)
         try:

@@ -160,6 +160,7 @@ async def test_unknown_urls_and_methods_are_json_errors(broker_app):
     async with running(broker_app) as client:
         r = await client.get("/api/nothing")
         assert r.status_code == 404
-        assert r.json()["detail"] == "no such endpoint: /api/nothing (the API is described at /docs)"
+        assert r.json()["detail"] == ("no such endpoint: /api/nothing "
+                                      "(the API is described at /docs)")
         r = await client.delete("/api/roots")
         assert r.status_code == 405 and "DELETE is not allowed" in r.json()["detail"]

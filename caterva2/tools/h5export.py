@@ -30,7 +30,7 @@ try:
     )
     from caterva2.tools.conversion import run_conversion
 except ImportError as e:  # reported by main(), in one line
-    MISSING = e
+    MISSING: ImportError | None = e
 else:
     MISSING = None
 
