@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ pytest.importorskip("hdf5plugin")
 import caterva2 as cat2
 from caterva2 import h5convert
 from caterva2.tests.harness import Stack, wait_until
-from caterva2.tests.test_hdf5_convert import SKIPPED, make_h5
+from caterva2.tests.h5sample import SKIPPED, make_h5
 
 pytestmark = pytest.mark.skipif(os.environ.get("CATERVA2_USE_EXTERNAL") == "1",
                                 reason="needs its own services")
@@ -60,9 +62,18 @@ def same(got, expected) -> bool:
         np.array_equal(got, expected)
 
 
+@dataclass
+class Published:
+    """The sample file ``h5file`` published as ``h5`` in ``stack``, subscribed at ``host``."""
+
+    h5file: pathlib.Path
+    host: str
+    stack: Stack
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
-    """The sample file published as ``h5``, subscribed: (file, subscriber host, stack)."""
+    """The sample file, published and subscribed (a :class:`Published`)."""
     tmp = tmp_path_factory.mktemp("h5root")
     h5file = make_h5(tmp / "sample.h5")
     stack = Stack(tmp / "state")
@@ -71,13 +82,13 @@ def published(tmp_path_factory):
         sub = stack.subscriber()
         wait_until(lambda: "h5" in cat2.get_roots(sub.address), what="root h5 at subscriber")
         assert cat2.subscribe("h5", sub.address) == "Ok"
-        yield h5file, sub.address, stack
+        yield Published(h5file, sub.address, stack)
     finally:
         stack.stop()
 
 
 def test_every_convertible_dataset_is_listed(published):
-    h5file, host, _ = published
+    h5file, host = published.h5file, published.host
     expected = {h5convert.GROUP_ATTRS, f"images/{h5convert.GROUP_ATTRS}"}
     with h5py.File(h5file) as f:
         def add(name, obj):
@@ -88,7 +99,7 @@ def test_every_convertible_dataset_is_listed(published):
 
 
 def test_metadata_matches_the_file(published):
-    h5file, host, _ = published
+    h5file, host = published.h5file, published.host
     with h5py.File(h5file) as f:
         for name in ("images/stack_gzip", "blosc2/cube", "contiguous", "compound"):
             info = cat2.get_info(f"h5/{name}.b2nd", host)
@@ -110,7 +121,7 @@ def test_metadata_matches_the_file(published):
 
 @pytest.mark.parametrize("name", sorted(SLICES))
 def test_library_slices_equal_h5py(published, name):
-    h5file, host, _ = published
+    h5file, host = published.h5file, published.host
     dataset = cat2.Root("h5", host=host)[f"{name}.b2nd"]
     for text in SLICES[name]:
         expected = h5_read(h5file, name, text)
@@ -120,7 +131,7 @@ def test_library_slices_equal_h5py(published, name):
 
 
 def test_cli_show_equals_h5py(published):
-    h5file, host, _ = published
+    h5file, host = published.h5file, published.host
     for name, text in [("blosc2/cube", "0:2, 3, ::10"), ("images/stack_gzip", "2, 0:3, 0:4"),
                        ("contiguous", "5:8, 0:4")]:
         expected = h5_read(h5file, name, text)
@@ -135,7 +146,7 @@ def test_cli_show_equals_h5py(published):
 
 
 def test_chunks_are_converted_once_and_cached_at_the_publisher(published):
-    _, host, stack = published
+    host, stack = published.host, published.stack
     cat2.fetch("h5/images/stack_gzip.b2nd", host=host, slice_="0:2")
     publisher = next(s for s in stack.services if s.kind == "publisher")
     cached = list((publisher.statedir / "hdf5-cache").rglob("stack_gzip.b2nd"))
