@@ -5,6 +5,7 @@ import abc
 import os
 import pathlib
 from collections.abc import AsyncIterator
+
 from caterva2.models import DatasetEntry
 
 

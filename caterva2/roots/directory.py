@@ -93,7 +93,7 @@ class DirectoryRoot(PublishedRoot):
             meta = self._read_meta(path, source, version)
         except (DatasetNotFound, DatasetUnavailable):
             raise
-        except Exception as e:  # blosc2 raises several kinds on a bad or partial file
+        except Exception as e:  # noqa: BLE001 - blosc2 raises several kinds on a bad or partial one
             raise self._unreadable(path, e, version) from None
         # A file rewritten while we read it must not be announced with stale metadata.
         if _version_now(source) != version:

@@ -23,8 +23,15 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 import httpx
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket
-from fastapi import WebSocketDisconnect
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Request,
+    WebSocket,
+    WebSocketDisconnect,
+)
 
 from caterva2 import config
 from caterva2.models import ChangeEvent, RootEvent, RootInfo, valid_roots

@@ -20,8 +20,8 @@ pytest.importorskip("hdf5plugin")
 
 import caterva2 as cat2
 from caterva2 import h5convert
-from caterva2.tests.harness import Stack, wait_until
 from caterva2.tests.h5sample import SKIPPED, make_h5
+from caterva2.tests.harness import Stack, wait_until
 
 pytestmark = pytest.mark.skipif(os.environ.get("CATERVA2_USE_EXTERNAL") == "1",
                                 reason="needs its own services")
