@@ -14,6 +14,6 @@ def open_root(source: str, statedir: str) -> PublishedRoot:
         from .directory import DirectoryRoot
         return DirectoryRoot(path, statedir)
     if path.is_file():
-        from .hdf5 import HDF5Root  # needs the 'hdf5' extra
+        from .hdf5_file import HDF5Root  # needs the 'hdf5' extra
         return HDF5Root(path, statedir)
     raise FileNotFoundError(f"root {source!r} is neither a directory nor a file")

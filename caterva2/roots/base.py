@@ -5,7 +5,6 @@ import abc
 import os
 import pathlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 from caterva2.models import DatasetEntry
 
@@ -27,9 +26,9 @@ class DatasetUnavailable(Exception):
         super().__init__(message)
         self.version = version
 
-    def entry(self) -> dict[str, Any]:
+    def entry(self) -> DatasetEntry:
         """The dataset's entry without metadata: listed, but not readable (see models)."""
-        return DatasetEntry.unreadable(self.version or "unreadable", str(self)).model_dump()
+        return DatasetEntry.unreadable(self.version or "unreadable", str(self))
 
 
 def without_paths(error: Exception, *places: pathlib.Path) -> str:
@@ -60,8 +59,8 @@ class PublishedRoot(abc.ABC):
         """
 
     @abc.abstractmethod
-    def entry(self, path: str) -> dict[str, Any]:
-        """``{"version": ..., "meta": ...}`` for one dataset (see :mod:`caterva2.models`).
+    def entry(self, path: str) -> DatasetEntry:
+        """One dataset's version tag and metadata (see :class:`caterva2.models.DatasetEntry`).
 
         Raises DatasetNotFound or DatasetUnavailable (with the version it could not read).
         """

@@ -14,7 +14,8 @@ from typing import Any
 import blosc2
 import watchfiles
 
-from caterva2 import b2
+from caterva2 import chunks, metadata, paths
+from caterva2.models import AnyMeta, DatasetEntry
 
 from .base import (
     DatasetNotFound,
@@ -43,7 +44,7 @@ class DirectoryRoot(PublishedRoot):
     def __init__(self, directory: str | os.PathLike, statedir: str | os.PathLike):
         self.directory = pathlib.Path(directory).resolve()
         self.compressed_dir = pathlib.Path(statedir) / "files"
-        self._entries: dict[str, dict[str, Any]] = {}  # path -> entry, for its version
+        self._entries: dict[str, DatasetEntry] = {}  # path -> entry, for its version
         self._handles: OrderedDict[tuple[str, str], Any] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -82,40 +83,40 @@ class DirectoryRoot(PublishedRoot):
         return found
 
     # -- metadata ----------------------------------------------------------------------
-    def entry(self, path: str) -> dict[str, Any]:
+    def entry(self, path: str) -> DatasetEntry:
         source = self._source(path)
         version = _version_of(source, path)
         cached = self._entries.get(path)
-        if cached and cached["version"] == version:
+        if cached and cached.version == version:
             return cached
         try:
             meta = self._read_meta(path, source, version)
         except (DatasetNotFound, DatasetUnavailable):
             raise
-        except Exception as e:  # blosc2 raises several kinds on a bad or partial file
+        except Exception as e:  # noqa: BLE001 - blosc2 raises several kinds on a bad or partial one
             raise self._unreadable(path, e, version) from None
         # A file rewritten while we read it must not be announced with stale metadata.
         if _version_now(source) != version:
             raise DatasetUnavailable(f"{path}: changed while being read", version)
-        entry = {"version": version, "meta": meta}
+        entry = DatasetEntry(version=version, meta=meta)
         self._entries[path] = entry
         return entry
 
-    def _read_meta(self, path: str, source: pathlib.Path, version: str) -> dict[str, Any]:
-        if path.endswith(".b2nd"):
+    def _read_meta(self, path: str, source: pathlib.Path, version: str) -> AnyMeta:
+        kind = paths.dataset_kind(path)
+        if kind == "ndarray":
             array = blosc2.open(str(source), mode="r")
             if not isinstance(array, blosc2.NDArray):
                 raise DatasetUnavailable(f"{path}: not a Blosc2 NDArray", version)
-            return b2.array_meta(array)
-        if path.endswith(".b2frame"):
+            return metadata.array_meta(array)
+        if kind == "frame":
             schunk = blosc2.open(str(source), mode="r")
             if isinstance(schunk, blosc2.NDArray):
                 schunk = schunk.schunk
-            return {"kind": "frame", "schunk": b2.schunk_meta(schunk)}
+            return metadata.frame_meta(schunk)
         compressed = self._compressed(path, source, version)
         st = source.stat()
-        return {"kind": "file", "schunk": b2.schunk_meta(blosc2.open(str(compressed))),
-                "size": st.st_size, "mtime": st.st_mtime}
+        return metadata.file_meta(blosc2.open(str(compressed)), st.st_size, st.st_mtime)
 
     def _compressed(self, path: str, source: pathlib.Path, version: str) -> pathlib.Path:
         """The ordinary file compressed into a SChunk, made once per version, in bounded memory."""
@@ -150,18 +151,18 @@ class DirectoryRoot(PublishedRoot):
                 raise IndexError(f"{path} has {schunk.nchunks} chunks, not {n + 1}")
         try:
             with self._lock:
-                chunks = [schunk.get_chunk(n) for n in nchunks]
+                found = [schunk.get_chunk(n) for n in nchunks]
         except RuntimeError as e:
             raise DatasetUnavailable(f"{path}: chunk unreadable ({e})") from None
         if _version_now(source) != current:
             raise VersionMismatch(path)  # rewritten while we read: do not serve a mix
-        return chunks
+        return found
 
     def chunk_sizes(self, path: str, nchunks: list[int], version: str) -> list[int] | None:
         source, current, (keepalive, schunk) = self._current(path, version)  # noqa: RUF059
         try:
             with self._lock:
-                sizes = b2.stored_sizes(schunk, nchunks)
+                sizes = chunks.stored_sizes(schunk, nchunks)
         except RuntimeError:
             return None
         if _version_now(source) != current:
@@ -189,7 +190,7 @@ class DirectoryRoot(PublishedRoot):
                 self._handles.move_to_end(key)
                 return self._handles[key]
             try:
-                if path.endswith((".b2nd", ".b2frame")):
+                if paths.dataset_kind(path) != "file":
                     obj = blosc2.open(str(source), mode="r")
                 else:
                     obj = blosc2.open(str(self._compressed(path, source, version)), mode="r")
@@ -208,7 +209,7 @@ class DirectoryRoot(PublishedRoot):
 
     def stored_file(self, path: str) -> pathlib.Path:
         source = self._source(path)
-        if path.endswith((".b2nd", ".b2frame")):
+        if paths.dataset_kind(path) != "file":
             return source
         return self._compressed(path, source, _version_of(source, path))
 

@@ -18,7 +18,7 @@ import pytest
 h5py = pytest.importorskip("h5py")
 pytest.importorskip("hdf5plugin")
 
-from caterva2 import hdf5
+from caterva2 import h5convert
 from caterva2.tests.h5samples import NUMERIC, SKIPPED, SKIPPED_ATTRS, make_h5
 from caterva2.tools import make_root_example
 from caterva2.tools.h5export import export_root
@@ -112,15 +112,15 @@ def test_import_layout_and_native_attributes(h5file, tmp_path):
     scalar = blosc2.open(str(root / "scalar.b2nd"))
     assert scalar.shape == () and scalar[()] == 3.5
     null = blosc2.open(str(root / "null.b2nd"))
-    assert null.shape == (0,) and null.schunk.vlmeta[hdf5.KIND_ATTR] == hdf5.NULL_KIND
+    assert null.shape == (0,) and null.schunk.vlmeta[h5convert.KIND_ATTR] == h5convert.NULL_KIND
     assert (root / "images" / "empty_group").is_dir()
-    attrs_schunk = blosc2.open(str(root / hdf5.GROUP_ATTRS))
+    attrs_schunk = blosc2.open(str(root / h5convert.GROUP_ATTRS))
     group_attrs = attrs_schunk.vlmeta.getall()
     assert group_attrs == {
         "title": "test file", "version": 3, "ratio": 0.25, "fixed": "fixed-length",
         "empty": None, "matrix": [[0, 1, 2], [3, 4, 5]], "names": ["alpha", "beta"],
         "vnames": ["x", "yz"], "pair": {"a": 1, "b": 2.5}, "flag": True, "cplx": 1 + 2j}
-    assert not (root / "images" / "empty_group" / hdf5.GROUP_ATTRS).exists()
+    assert not (root / "images" / "empty_group" / h5convert.GROUP_ATTRS).exists()
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
 
 
@@ -136,7 +136,7 @@ def test_blosc2_chunks_are_not_recompressed(h5file, tmp_path, name):
     array = blosc2.open(str(tmp_path / "root" / f"{name}.b2nd"))
     with h5py.File(h5file) as a, h5py.File(tmp_path / "back.h5") as b:
         src, out = a[name], b[name]
-        assert out.id.get_create_plist().get_filter(0)[0] == hdf5.BLOSC2_FILTER_ID
+        assert out.id.get_create_plist().get_filter(0)[0] == h5convert.BLOSC2_FILTER_ID
         assert array.schunk.nchunks == src.id.get_num_chunks() == out.id.get_num_chunks()
         for n in range(array.schunk.nchunks):
             info = src.id.get_chunk_info(n)
@@ -155,8 +155,8 @@ def test_root_example_exports_and_imports_back(tmp_path):
     export_root(example, tmp_path / "example.h5", warnings.append)
     assert warnings == []
     with h5py.File(tmp_path / "example.h5") as f:
-        assert f["README.md"].attrs[hdf5.KIND_ATTR] == "file"
-        assert f["ds-hello.b2frame"].attrs[hdf5.KIND_ATTR] == "b2frame"
+        assert f["README.md"].attrs[h5convert.KIND_ATTR] == "file"
+        assert f["ds-hello.b2frame"].attrs[h5convert.KIND_ATTR] == "b2frame"
         assert f["ds-hello.b2frame"][:].tobytes() == b"Hello world!" * 100
         assert f["dir1/ds-2d"].chunks == (5, 5)
         assert normalise(f["ds-sc-attr"][()]) == "foobar"
@@ -179,7 +179,7 @@ def test_root_example_exports_and_imports_back(tmp_path):
 
 def test_a_failure_half_way_leaves_nothing(h5file, tmp_path, monkeypatch):
     calls = []
-    write_chunk = hdf5.write_chunk
+    write_chunk = h5convert.write_chunk
 
     def failing_write(*args):
         calls.append(1)
@@ -187,7 +187,7 @@ def test_a_failure_half_way_leaves_nothing(h5file, tmp_path, monkeypatch):
             raise RuntimeError("disk on fire")
         return write_chunk(*args)
 
-    monkeypatch.setattr(hdf5, "write_chunk", failing_write)
+    monkeypatch.setattr(h5convert, "write_chunk", failing_write)
     with pytest.raises(RuntimeError, match="disk on fire"):
         import_hdf5(h5file, tmp_path / "root", lambda m: None)
     assert list(tmp_path.iterdir()) == []

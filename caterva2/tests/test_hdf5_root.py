@@ -18,7 +18,7 @@ h5py = pytest.importorskip("h5py")
 pytest.importorskip("hdf5plugin")
 
 import caterva2 as cat2
-from caterva2 import hdf5
+from caterva2 import h5convert
 from caterva2.tests.h5samples import SKIPPED, make_h5
 from caterva2.tests.harness import PublishedRoot, Stack, wait_until
 
@@ -78,7 +78,7 @@ def published(tmp_path_factory) -> Iterator[PublishedRoot]:
 
 def test_every_convertible_dataset_is_listed(published):
     h5file, host = published.source, published.host
-    expected = {hdf5.GROUP_ATTRS, f"images/{hdf5.GROUP_ATTRS}"}
+    expected = {h5convert.GROUP_ATTRS, f"images/{h5convert.GROUP_ATTRS}"}
     with h5py.File(h5file) as f:
         def add(name, obj):
             if isinstance(obj, h5py.Dataset) and name.split("/")[-1] not in SKIPPED:
@@ -101,10 +101,10 @@ def test_metadata_matches_the_file(published):
         stack_info = cat2.get_info("h5/images/stack_gzip.b2nd", host)
         assert stack_info["schunk"]["vlmeta"] == {"units": "counts", "exposure": 0.5,
                                                   "shape_hint": [24, 64, 48]}
-    group = cat2.Root("h5", host=host)[f"images/{hdf5.GROUP_ATTRS}"]
+    group = cat2.Root("h5", host=host)[f"images/{h5convert.GROUP_ATTRS}"]
     assert group.vlmeta == {"instrument": "camera"}
     null = cat2.get_info("h5/null.b2nd", host)
-    assert null["shape"] == [0] and null["schunk"]["vlmeta"] == {hdf5.KIND_ATTR: hdf5.NULL_KIND}
+    assert null["shape"] == [0] and null["schunk"]["vlmeta"] == {h5convert.KIND_ATTR: h5convert.NULL_KIND}
     assert cat2.fetch("h5/null.b2nd", host=host).shape == (0,)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 try:
     import h5py
 
-    from caterva2.hdf5 import (
+    from caterva2.h5convert import (
         FILE_CHUNKSIZE,
         GROUP_ATTRS,
         KIND_ATTR,
@@ -28,9 +28,9 @@ try:
         partial_path,
         write_attrs,
     )
-    from caterva2.tools.runner import run_conversion
+    from caterva2.tools.conversion import run_conversion
 except ImportError as e:  # reported by main(), in one line
-    MISSING = e
+    MISSING: ImportError | None = e
 else:
     MISSING = None
 

@@ -15,7 +15,7 @@ import numpy as np
 try:
     import h5py
 
-    from caterva2.hdf5 import (
+    from caterva2.h5convert import (
         GROUP_ATTRS,
         KIND_ATTR,
         NULL_KIND,
@@ -30,9 +30,9 @@ try:
         read_attrs,
         walk,
     )
-    from caterva2.tools.runner import run_conversion
+    from caterva2.tools.conversion import run_conversion
 except ImportError as e:  # reported by main(), in one line
-    MISSING = e
+    MISSING: ImportError | None = e
 else:
     MISSING = None
 

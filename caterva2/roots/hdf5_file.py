@@ -2,9 +2,10 @@
 
 Each dataset ``a/b`` of the file appears as the NDArray ``a/b.b2nd`` (groups are
 directories; a group's attributes are the vlmeta of ``GROUP/__attrs__.b2frame``), laid out
-as ``cat2import`` would write it (see :mod:`caterva2.hdf5`).  Nothing is converted up front:
-a chunk is converted when a subscriber first asks for it, and kept in a per-version cache
-NDArray under the publisher's state directory, from which it is served as stored.
+as ``cat2import`` would write it (see :mod:`caterva2.h5convert`).  Nothing is converted up
+front: a chunk is converted when a subscriber first asks for it, and kept in a per-version
+sparse replica (:class:`caterva2.replica.SparseReplica`) under the publisher's state
+directory, ``hdf5-cache/VERSION/PATH``, from which it is served as stored.
 
 Every dataset's version tag is the file's (mtime, size, inode): any change to the file
 changes them all, which is coarse but never serves stale data.
@@ -17,7 +18,6 @@ import os
 import pathlib
 import shutil
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +25,9 @@ from typing import Any
 import blosc2
 import watchfiles
 
-from caterva2 import b2
+from caterva2 import metadata
+from caterva2.models import ArrayMeta, DatasetEntry, FrameMeta
+from caterva2.replica import SparseReplica
 
 from .base import (
     DatasetNotFound,
@@ -39,9 +41,9 @@ from .directory import file_version
 try:
     import h5py
 
-    from caterva2 import hdf5
+    from caterva2 import h5convert
 except ImportError as e:  # reported when an HDF5 root is opened
-    h5py = hdf5 = None
+    h5py = h5convert = None  # type: ignore[assignment]
     MISSING = e
 
 log = logging.getLogger(__name__)
@@ -58,8 +60,8 @@ class HDF5Root(PublishedRoot):
                              f"(pip install 'caterva2[hdf5]'): {MISSING}")
         self.path = pathlib.Path(path).resolve()
         try:
-            hdf5.check_hdf5(self.path)
-        except hdf5.ConversionError as e:
+            h5convert.check_hdf5(self.path)
+        except h5convert.ConversionError as e:
             raise ValueError(str(e)) from None
         self.cachedir = pathlib.Path(statedir) / "hdf5-cache"
         if (self.cachedir / DIRTY_MARK).exists():
@@ -73,9 +75,9 @@ class HDF5Root(PublishedRoot):
         self._readable = False
         self._file: h5py.File | None = None
         self._listing: dict[str, tuple[str, str]] = {}  # path -> (kind, HDF5 name)
-        self._entries: dict[str, dict[str, Any]] = {}
-        self._layouts: dict[str, hdf5.Layout] = {}
-        self._arrays: OrderedDict[str, blosc2.NDArray] = OrderedDict()
+        self._entries: dict[str, DatasetEntry] = {}
+        self._layouts: dict[str, h5convert.Layout] = {}
+        self._replicas: OrderedDict[str, SparseReplica] = OrderedDict()  # at most MAX_OPEN
 
     # -- the file and its versions -----------------------------------------------------
     def _stat_version(self) -> str | None:
@@ -113,13 +115,13 @@ class HDF5Root(PublishedRoot):
 
         listing = {}
         if h5.attrs:
-            listing[hdf5.GROUP_ATTRS] = ("attrs", "/")
-        for name, obj in hdf5.walk(h5, warn):
+            listing[h5convert.GROUP_ATTRS] = ("attrs", "/")
+        for name, obj in h5convert.walk(h5, warn):
             if isinstance(obj, h5py.Group):
                 if obj.attrs:
-                    listing[f"{name}/{hdf5.GROUP_ATTRS}"] = ("attrs", name)
+                    listing[f"{name}/{h5convert.GROUP_ATTRS}"] = ("attrs", name)
                 continue
-            reason = hdf5.unsupported_reason(obj.dtype)
+            reason = h5convert.unsupported_reason(obj.dtype)
             if reason:
                 warn(f"{name}: {reason}, not published")
             else:
@@ -130,7 +132,7 @@ class HDF5Root(PublishedRoot):
         self._close_file()
         self._entries.clear()
         self._layouts.clear()
-        self._arrays.clear()
+        self._replicas.clear()
         self._readable = False
 
     def _close_file(self) -> None:
@@ -138,6 +140,12 @@ class HDF5Root(PublishedRoot):
             with contextlib.suppress(Exception):  # closing a file that went bad
                 self._file.close()
             self._file = None
+
+    def _object(self, name: str) -> Any:
+        """The group or dataset ``name`` of the open file."""
+        if self._file is None:
+            raise RuntimeError(f"{self.path.name} is not open")
+        return self._file[name]
 
     def _drop_other_caches(self, version: str) -> None:
         for child in self.cachedir.iterdir():
@@ -154,7 +162,7 @@ class HDF5Root(PublishedRoot):
             return {path: version for path in self._listing} if version else {}
 
     # -- metadata ----------------------------------------------------------------------
-    def entry(self, path: str) -> dict[str, Any]:
+    def entry(self, path: str) -> DatasetEntry:
         version = self._sync()
         with self._lock:
             if version is None or path not in self._listing:
@@ -173,30 +181,32 @@ class HDF5Root(PublishedRoot):
                                          version) from None
             if self._stat_version() != version:
                 raise DatasetUnavailable(f"{path}: the file changed while being read", version)
-            entry = {"version": version, "meta": meta}
+            entry = DatasetEntry(version=version, meta=meta)
             self._entries[path] = entry
             return entry
 
-    def _attrs_meta(self, name: str) -> dict[str, Any]:
+    def _attrs_meta(self, name: str) -> FrameMeta:
         schunk = blosc2.SChunk()
-        for key, value in self._read_attrs(self._file[name], name).items():
+        for key, value in self._read_attrs(self._object(name), name).items():
             schunk.vlmeta[key] = value
-        return {"kind": "frame", "schunk": b2.schunk_meta(schunk)}
+        return metadata.frame_meta(schunk)
 
     def _read_attrs(self, obj, name: str) -> dict[str, Any]:
-        return hdf5.read_attrs(obj, name, lambda m: log.info("%s: %s", self.path.name, m))
+        return h5convert.read_attrs(obj, name,
+                                    lambda m: log.info("%s: %s", self.path.name, m))
 
-    def _array_meta(self, path: str, name: str) -> dict[str, Any]:
-        dset = self._file[name]
-        layout = hdf5.dataset_layout(dset)
+    def _array_meta(self, path: str, name: str) -> ArrayMeta:
+        dset = self._object(name)
+        layout = h5convert.dataset_layout(dset)
         attrs = self._read_attrs(dset, name)
         if layout.null:
-            attrs[hdf5.KIND_ATTR] = hdf5.NULL_KIND
-        meta = b2.array_meta(hdf5.new_array(layout, vlmeta=attrs))  # an in-memory skeleton
+            attrs[h5convert.KIND_ATTR] = h5convert.NULL_KIND
+        # An in-memory skeleton of the NDArray says what Blosc2 makes of the layout.
+        meta = metadata.array_meta(h5convert.new_array(layout, vlmeta=attrs))
         # Sizes at the source: what the HDF5 file holds for this dataset.
         stored = int(dset.id.get_storage_size()) if dset.shape is not None else 0
-        meta["schunk"]["cbytes"] = stored
-        meta["schunk"]["cratio"] = meta["schunk"]["nbytes"] / stored if stored else 0.0
+        meta.schunk.cbytes = stored
+        meta.schunk.cratio = meta.schunk.nbytes / stored if stored else 0.0
         self._layouts[path] = layout
         return meta
 
@@ -207,17 +217,13 @@ class HDF5Root(PublishedRoot):
             raise DatasetNotFound(path)
         if version is not None and version != current:
             raise VersionMismatch(path)
-        entry = self.entry(path)
-        nchunks = entry["meta"]["schunk"]["nchunks"]
-        if not 0 <= nchunk < nchunks:
+        meta = self.entry(path).meta
+        nchunks = meta.schunk.nchunks if isinstance(meta, ArrayMeta) else 0  # (attributes)
+        if not isinstance(meta, ArrayMeta) or not 0 <= nchunk < nchunks:
             raise IndexError(f"{path} has {nchunks} chunks, not {nchunk + 1}")
         with self._lock:
             try:
-                array = self._cache_array(path, current)
-                if b2.is_uninit_chunk(array.schunk.get_lazychunk(nchunk)):
-                    hdf5.copy_chunk(self._file[self._listing[path][1]], self._layouts[path],
-                                    array, nchunk)
-                chunk = array.schunk.get_chunk(nchunk)
+                chunk = self._converted_chunk(path, meta, current, nchunk)
             except Exception as e:  # noqa: BLE001 - h5py and blosc2 raise several kinds
                 if self._stat_version() != current:
                     raise VersionMismatch(path) from None
@@ -227,28 +233,31 @@ class HDF5Root(PublishedRoot):
             raise VersionMismatch(path)  # rewritten while we read: do not serve a mix
         return chunk
 
-    def _cache_array(self, path: str, version: str) -> blosc2.NDArray:
-        """The cache NDArray of a dataset for this version (made on first use)."""
-        if path in self._arrays:
-            self._arrays.move_to_end(path)
-            return self._arrays[path]
-        file = self.cachedir / version / path
-        array = None
-        if file.exists():
+    def _converted_chunk(self, path: str, meta: ArrayMeta, version: str, nchunk: int) -> bytes:
+        """Chunk ``nchunk`` as stored in the dataset's replica, converted on first use."""
+        replica = self._replica(path, meta, version)
+        if replica.missing([nchunk]):
+            dset, layout = self._object(self._listing[path][1]), self._layouts[path]
             try:
-                array = blosc2.open(str(file), mode="a")
-            except Exception as e:  # noqa: BLE001 - any failure means: rebuild it
-                log.warning("discarding unreadable cache %s: %s", file, e)
-        if array is None:
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex}")
-            hdf5.new_array(self._layouts[path], str(tmp))  # written on disk as it is made
-            os.replace(tmp, file)  # the cache array appears whole or not at all
-            array = blosc2.open(str(file), mode="a")
-        self._arrays[path] = array
-        while len(self._arrays) > MAX_OPEN:
-            self._arrays.popitem(last=False)
-        return array
+                replica.fill(nchunk, lambda array: h5convert.copy_chunk(dset, layout, array,
+                                                                         nchunk))
+            except Exception:
+                if replica.damaged:  # a write failed: start that replica again next time
+                    self._replicas.pop(path, None)
+                    replica.file.unlink(missing_ok=True)
+                raise
+        return replica.read_chunks([nchunk])[0]
+
+    def _replica(self, path: str, meta: ArrayMeta, version: str) -> SparseReplica:
+        """The sparse replica of a dataset for this version (made on first use)."""
+        if path in self._replicas:
+            self._replicas.move_to_end(path)
+            return self._replicas[path]
+        replica = SparseReplica(self.cachedir / version / path, meta)
+        self._replicas[path] = replica
+        while len(self._replicas) > MAX_OPEN:
+            self._replicas.popitem(last=False)
+        return replica
 
     async def changes(self) -> AsyncIterator[None]:
         name = self.path.name

@@ -24,14 +24,14 @@ import pathlib
 import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import blosc2
 import h5py
 import hdf5plugin
 import numpy as np
 
-from caterva2 import b2
+from caterva2.chunks import chunk_grid, chunk_slices, is_uninit_chunk
 
 BLOSC2_FILTER_ID = 32026  # hdf5plugin's registered id for the Blosc2 HDF5 filter
 KIND_ATTR = "caterva2_kind"
@@ -41,9 +41,10 @@ FILE_CHUNKSIZE = 1 << 20
 IMPORT_CPARAMS = {"codec": blosc2.Codec.ZSTD, "clevel": 1, "filters": [blosc2.Filter.SHUFFLE]}
 
 # Codecs and filters that every build of the HDF5 Blosc2 filter can decompress.
-PORTABLE_CODECS = {blosc2.Codec.BLOSCLZ: "blosclz", blosc2.Codec.LZ4: "lz4",
-                   blosc2.Codec.LZ4HC: "lz4hc", blosc2.Codec.ZLIB: "zlib",
-                   blosc2.Codec.ZSTD: "zstd"}
+CodecName = Literal["blosclz", "lz4", "lz4hc", "zlib", "zstd"]
+PORTABLE_CODECS: dict[blosc2.Codec, CodecName] = {
+    blosc2.Codec.BLOSCLZ: "blosclz", blosc2.Codec.LZ4: "lz4", blosc2.Codec.LZ4HC: "lz4hc",
+    blosc2.Codec.ZLIB: "zlib", blosc2.Codec.ZSTD: "zstd"}
 PORTABLE_FILTERS = {blosc2.Filter.NOFILTER, blosc2.Filter.SHUFFLE, blosc2.Filter.BITSHUFFLE,
                     blosc2.Filter.DELTA, blosc2.Filter.TRUNC_PREC}
 
@@ -167,7 +168,7 @@ class Layout:
 
     @property
     def nchunks(self) -> int:
-        return math.prod(b2.chunk_grid(self.shape, self.chunks))
+        return math.prod(chunk_grid(self.shape, self.chunks))
 
 
 def _blosc2_chunk(raw: bytes, chunks: tuple[int, ...], itemsize: int
@@ -261,7 +262,7 @@ def read_chunk(dset: h5py.Dataset, layout: Layout, nchunk: int) -> bytes | np.nd
     else the decompressed data (a NumPy array)."""
     if not layout.shape:
         return np.asarray(dset[()])
-    region = b2.chunk_slices(nchunk, layout.shape, layout.chunks)
+    region = chunk_slices(nchunk, layout.shape, layout.chunks)
     if layout.passthrough:
         raw = _read_stored(dset, tuple(r.start for r in region))
         found = raw and _blosc2_chunk(raw, layout.chunks, layout.dtype.itemsize)
@@ -278,7 +279,7 @@ def write_chunk(out: blosc2.NDArray, layout: Layout, nchunk: int,
     elif not layout.shape:
         out[()] = chunk
     else:
-        out[b2.chunk_slices(nchunk, layout.shape, layout.chunks)] = chunk
+        out[chunk_slices(nchunk, layout.shape, layout.chunks)] = chunk
 
 
 def copy_chunk(dset: h5py.Dataset, layout: Layout, out: blosc2.NDArray, nchunk: int) -> None:
@@ -434,9 +435,9 @@ class ChunkExporter:
     def write(self, nchunk: int) -> None:
         """Write chunk ``nchunk`` (a chunk never written in the array is left unallocated)."""
         schunk = self.array.schunk
-        if b2.is_uninit_chunk(schunk.get_lazychunk(nchunk)):
+        if is_uninit_chunk(schunk.get_lazychunk(nchunk)):
             return
-        region = b2.chunk_slices(nchunk, self.array.shape, self.array.chunks)
+        region = chunk_slices(nchunk, self.array.shape, self.array.chunks)
         if self.passthrough:
             self.frame.schunk.update_chunk(0, schunk.get_chunk(nchunk))
             self.dset.id.write_direct_chunk(tuple(r.start for r in region),

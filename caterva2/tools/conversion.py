@@ -5,7 +5,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from caterva2.hdf5 import ConversionError
+from caterva2.h5convert import ConversionError
 
 
 def run_conversion(prog: str, verb: str, convert: Callable[[Callable[[str], None]], Any],

@@ -1,0 +1,104 @@
+"""The publisher (``cat2pub NAME ROOT``): serves one root and announces every change in it.
+
+Endpoints (paths relative to the root):
+
+- ``GET /api/root``: ``{"name": NAME}``, the root this publisher serves;
+- ``GET /api/list``: dataset paths;
+- ``GET /api/index``: every dataset's version and metadata in one response (ETag);
+- ``GET /api/info/{path}``: one dataset's version and metadata (ETag / If-None-Match);
+  a dataset whose file cannot be read (being written, damaged) is listed with no metadata
+  and an ``error`` (see :class:`caterva2.models.DatasetEntry`);
+- ``GET /api/chunks/{path}?nchunks=0-3,7&version=V``: stored chunks, exactly as stored,
+  as a stream of records (see :mod:`caterva2.wire`); 412 if the version is not current;
+- ``GET /api/download/{path}``: the stored file (ordinary files as their ``.b2`` SChunk).
+
+Its parts: :mod:`.api` (the endpoints), :mod:`.catalog` (the root's entries and index as
+the endpoints serve them), :mod:`.announcer` (registration and change announcements at the
+broker).  State: ``STATEDIR/announced.json`` (see :mod:`.announcer`), and whatever the
+root keeps (``files/``, compressed ordinary files; ``hdf5-cache/``, converted chunks).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import pathlib
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+
+from caterva2 import config, paths
+from caterva2.roots import PublishedRoot, open_root
+from caterva2.services.errors import install_error_handlers
+from caterva2.services.service import run_service
+
+from .announcer import Announcer
+from .api import router
+from .catalog import Catalog
+
+__all__ = ["PublisherSettings", "build_app", "main"]
+
+BROKER_TIMEOUT = httpx.Timeout(10, connect=3)
+
+
+@dataclass(frozen=True)
+class PublisherSettings:
+    """What a publisher is told at start: the root's name, the address it serves at (and
+    announces), its broker's address and its state directory."""
+
+    name: str
+    address: str
+    broker: str
+    statedir: pathlib.Path
+
+
+def build_app(settings: PublisherSettings, root: PublishedRoot,
+              broker_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """The publisher's web application for ``root``, announced as ``settings.name``.
+
+    While it runs (its lifespan), it registers the root at the broker and announces every
+    change, retrying in the background for as long as the broker cannot be reached.
+    ``broker_transport`` replaces the network between them (tests); the root is closed
+    when the application stops.
+    """
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        async with httpx.AsyncClient(timeout=BROKER_TIMEOUT,
+                                     transport=broker_transport) as client:
+            announcer = Announcer(settings.name, root, settings.address, settings.broker,
+                                  settings.statedir, client)
+            app.state.announcer = announcer
+            task = asyncio.create_task(announcer.run())
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        root.close()
+
+    app = FastAPI(title=f"Caterva2 publisher of {settings.name}", lifespan=lifespan)
+    app.state.catalog = Catalog(settings.name, root)
+    install_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def main() -> None:
+    """``cat2pub``: parse options, open the root and serve it."""
+    def add_arguments(parser) -> None:
+        parser.add_argument("name", nargs="?", help="name of the root, e.g. foo")
+        parser.add_argument("root", nargs="?",
+                            help="directory (or HDF5 file) to publish, e.g. root-example")
+
+    def make_app(settings: dict[str, Any]) -> FastAPI:
+        if not settings.get("name") or not settings.get("root"):
+            raise config.ConfigError("give NAME and ROOT (or 'name' and 'root' in the "
+                                     "[publisher] section of the configuration file)")
+        paths.check_root_name(str(settings["name"]))  # ValueError: a clear error at start
+        root = open_root(settings["root"], settings["statedir"])
+        return build_app(PublisherSettings(str(settings["name"]), settings["address"],
+                                           settings["broker"], settings["statedir"]), root)
+
+    run_service("publisher", "Caterva2 publisher: serves one root of datasets.",
+                {"http": config.PUBLISHER_DEFAULT, "statedir": "_caterva2/pub",
+                 "broker": config.BROKER_DEFAULT}, make_app, add_arguments)

@@ -1,0 +1,115 @@
+"""The publisher's endpoints (listed in :mod:`caterva2.services.publisher`), as one router.
+
+Handlers reach the root through the :class:`~.catalog.Catalog` at ``app.state.catalog``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+
+from caterva2 import wire
+from caterva2.roots import DatasetNotFound, DatasetUnavailable, VersionMismatch
+from caterva2.services.errors import safe_relpath
+from caterva2.services.responses import LargeFileResponse, chunk_stream
+
+from .catalog import Catalog, entry_json
+
+log = logging.getLogger("caterva2.publisher")
+READ_BATCH = 4  # chunks read per thread hop when streaming
+
+router = APIRouter()
+
+
+async def _catalog(request: Request) -> Catalog:
+    # (async: a plain function would cost every request a hop to a worker thread)
+    return request.app.state.catalog
+
+
+CatalogDep = Annotated[Catalog, Depends(_catalog)]
+
+
+def _tagged(request: Request, etag: str, body: bytes) -> Response:
+    """A JSON answer with its ETag, or 304 if the client holds that version already."""
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(body, media_type="application/json", headers={"ETag": etag})
+
+
+@router.get("/api/root")
+async def get_root(catalog: CatalogDep) -> dict[str, str]:
+    return {"name": catalog.name}
+
+
+@router.get("/api/list")
+async def get_list(catalog: CatalogDep) -> list[str]:
+    return sorted(await asyncio.to_thread(catalog.root.versions))
+
+
+@router.get("/api/index")
+async def get_index(request: Request, catalog: CatalogDep) -> Response:
+    etag, body = await asyncio.to_thread(catalog.index)
+    return _tagged(request, etag, body)
+
+
+@router.get("/api/info/{path:path}")
+async def get_info(path: str, request: Request, catalog: CatalogDep) -> Response:
+    entry = await asyncio.to_thread(catalog.entry, safe_relpath(path))
+    return _tagged(request, entry.version, entry_json(entry))
+
+
+@router.get("/api/chunks/{path:path}")
+async def get_chunks(path: str, nchunks: str, catalog: CatalogDep,
+                     version: str | None = None) -> Response:
+    current, meta = await asyncio.to_thread(catalog.readable, safe_relpath(path), version)
+    try:
+        wanted = wire.parse_chunk_list(nchunks, meta.schunk.nchunks)
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
+    return await _stream_chunks(catalog, path, wanted, current)
+
+
+async def _stream_chunks(catalog: Catalog, path: str, wanted: list[int],
+                         version: str) -> Response:
+    """A chunk stream of chunks ``wanted`` of ``version`` of the dataset, as stored."""
+    root = catalog.root
+    # The first chunk alone, so that it leaves at once; then batches (fewer thread hops).
+    batches = wire.batched(wanted[:1], 1) + wire.batched(wanted[1:], READ_BATCH)
+
+    def read(batch: list[int]) -> list[bytes]:
+        return root.read_chunks(path, batch, version)
+
+    def read_first() -> tuple[list[bytes], list[int] | None]:
+        return read(batches[0]) if batches else [], root.chunk_sizes(path, wanted, version)
+
+    try:
+        first, sizes = await asyncio.to_thread(read_first)
+    except VersionMismatch:
+        raise catalog.not_current(path, version) from None
+    except DatasetNotFound:
+        raise catalog.not_found(path) from None
+    except DatasetUnavailable as e:
+        raise HTTPException(503, str(e)) from None
+
+    async def records():
+        announced = dict(zip(wanted, sizes)) if sizes is not None else None
+        try:
+            async for piece in wire.write_records(read, batches, first, announced):
+                yield piece
+        except (VersionMismatch, DatasetNotFound, DatasetUnavailable, wire.ChunkChanged):
+            log.info("%s changed while streaming; stream cut short", path)
+            # the reader sees fewer records than it asked for
+
+    # With known sizes, a known length: no chunked encoding, no copy of each chunk.
+    return chunk_stream(records(), {"ETag": version}, sizes)
+
+
+@router.get("/api/download/{path:path}")
+async def download(path: str, catalog: CatalogDep) -> Response:
+    await asyncio.to_thread(catalog.readable, safe_relpath(path))
+    stored = await asyncio.to_thread(catalog.root.stored_file, path)
+    if stored is None:
+        raise HTTPException(404, f"{path!r} has no stored file to download")
+    return LargeFileResponse(stored)
