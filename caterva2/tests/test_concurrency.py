@@ -8,7 +8,7 @@ import blosc2
 import numpy as np
 
 import caterva2 as cat2
-from caterva2 import b2
+from caterva2 import wire
 from caterva2.roots.directory import DirectoryRoot
 from caterva2.models import DatasetEntry
 from caterva2.services.subscriber import cache as cache_module
@@ -50,7 +50,7 @@ def test_concurrent_cold_reads_fetch_each_chunk_once(stack, tmp_path):
 
         after = proxy.counters()
         link, requests = after.down - before.down, after.requests - before.requests
-        stream_overhead = len(sizes) * b2.RECORD_HEADER_SIZE
+        stream_overhead = len(sizes) * wire.RECORD_HEADER_SIZE
         # Every chunk came...
         assert link >= sum(sizes), \
             f"{link} bytes crossed the link, less than the {sum(sizes)} of the chunks"
@@ -80,7 +80,7 @@ def test_a_replica_in_use_is_never_opened_twice(tmp_path, monkeypatch):
         blosc2.asarray(np.arange(10) + i, urlpath=str(src / name), mode="w", chunks=(5,),
                        blocks=(5,))
     source = DirectoryRoot(src, tmp_path / "pub")
-    entries = {name: DatasetEntry.model_validate(source.entry(name)) for name in names}
+    entries = {name: source.entry(name) for name in names}
     monkeypatch.setattr(cache_module, "MAX_OPEN_REPLICAS", 1)
     cache = cache_module.Cache(tmp_path / "cache")
     cache.set_index("r", entries)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import caterva2 as cat2
-from caterva2 import b2
+from caterva2 import wire
+from caterva2.assembly import ChunkAssembler
 from caterva2.tests.harness import (CountingProxy, PublishedRoot, Service, closed_port_address,
                                     wait_until)
 
@@ -151,7 +152,7 @@ def test_subscriber_that_cannot_write_its_cache_says_why_and_loses_nothing(stack
 def test_a_chunk_stream_lacking_chunks_is_an_error_not_data():
     shape, chunks, blocks = (40,), (10,), (5,)
     arr = blosc2.asarray(np.arange(40), chunks=chunks, blocks=blocks)
-    asm = b2.ChunkAssembler(shape, chunks, blocks, np.dtype(int), (slice(0, 40),))
+    asm = ChunkAssembler(shape, chunks, blocks, np.dtype(int), (slice(0, 40),))
     for n in (0, 1, 3):
         asm.add(n, arr.schunk.get_chunk(n))
     with pytest.raises(ValueError, match="lacks 1 of 4 chunks"):
@@ -328,22 +329,21 @@ def test_a_chunk_stream_never_sends_more_than_its_announced_length():
     # A publisher announces a Content-Length from the chunk sizes, then reads the chunks; if
     # the file was rewritten in between, a chunk of another size must end the stream before
     # any of it is sent (uvicorn would fail with "longer than Content-Length").
-    from caterva2.services import common
 
     chunks = {0: b"a" * 10, 1: b"b" * 12, 2: b"c" * 7}
 
     async def send(sizes, sent):
-        async for piece in common.chunk_records(lambda batch: [chunks[n] for n in batch],
+        async for piece in wire.write_records(lambda batch: [chunks[n] for n in batch],
                                                 [[0, 1], [2]], sizes=sizes):
             sent.append(piece)
 
     def record(n):
-        return b2.record_header(n, len(chunks[n])) + chunks[n]
+        return wire.record_header(n, len(chunks[n])) + chunks[n]
 
     sent = []
     asyncio.run(send({0: 10, 1: 12, 2: 7}, sent))
     assert b"".join(sent) == record(0) + record(1) + record(2)
     sent = []
-    with pytest.raises(common.ChunkChanged, match="chunk 1 is 12 bytes, not the 9 announced"):
+    with pytest.raises(wire.ChunkChanged, match="chunk 1 is 12 bytes, not the 9 announced"):
         asyncio.run(send({0: 10, 1: 9, 2: 7}, sent))
     assert b"".join(sent) == record(0)

@@ -180,7 +180,7 @@ def test_publishing_a_file_that_is_not_hdf5_fails_clearly(tmp_path):
 def test_root_versions_cache_and_unclean_shutdown(tmp_path):
     """In process: version checks, chunks cached per version, cache dropped after a crash."""
     from caterva2.roots import VersionMismatch
-    from caterva2.roots.hdf5 import HDF5Root
+    from caterva2.roots.hdf5_file import HDF5Root
 
     h5file = tmp_path / "live.h5"
     write_small(h5file, 0)
