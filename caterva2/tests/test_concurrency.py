@@ -10,7 +10,6 @@ import numpy as np
 import caterva2 as cat2
 from caterva2 import wire
 from caterva2.roots.directory import DirectoryRoot
-from caterva2.models import DatasetEntry
 from caterva2.services.subscriber import cache as cache_module
 from caterva2.tests.harness import wait_until
 
