@@ -19,7 +19,7 @@ import httpx
 import websockets
 from pydantic import TypeAdapter, ValidationError
 
-from caterva2 import b2, bulk
+from caterva2 import http_data, wire
 from caterva2.models import (
     ChangeEvent,
     DatasetEntry,
@@ -102,6 +102,7 @@ class Follower:
         self.forwarded_bytes = 0  # held by Forwarded chunks
         self.tasks: set[asyncio.Task] = set()
         self.connected = asyncio.Event()
+        self.publisher_connections = http_data.ConnectionPool()  # chunk streams (in threads)
 
     # -- broker -----------------------------------------------------------------------
     async def refresh_roots(self) -> None:
@@ -296,7 +297,7 @@ class Follower:
                         group: list[int]) -> None:
         """Stream ``group`` of chunks from the publisher into the replica.
 
-        The stream is read and stored in a worker thread with :mod:`caterva2.bulk` (several
+        The stream is read and stored in a worker thread with :mod:`caterva2.http_data` (several
         times faster than an async HTTP client for bulk data); each stored chunk settles its
         future on the event loop at once, so answers can go out while the rest arrive.
         """
@@ -336,7 +337,7 @@ class Follower:
 
         def fetch() -> None:  # in a worker thread
             asked = set(group)
-            with bulk.get(url, params, timeout=UPSTREAM_TIMEOUT) as r:
+            with self.publisher_connections.get(url, params, timeout=UPSTREAM_TIMEOUT) as r:
                 if r.status in (412, 503):  # changed, or being rewritten: not our version
                     raise Stale(path)
                 if r.status == 404:
@@ -344,7 +345,7 @@ class Follower:
                 if r.status != 200:
                     raise Unavailable(f"publisher of {root!r} answered {r.status}: "
                                       f"{r.read()[:200].decode(errors='replace')}")
-                for n, chunk in bulk.records(r, max_length, keep):
+                for n, chunk in http_data.records(r, max_length, keep):
                     if n not in asked:
                         raise Unavailable(f"publisher sent chunk {n}, not asked for")
                     asked.discard(n)
@@ -354,7 +355,7 @@ class Follower:
         try:
             try:
                 await asyncio.to_thread(fetch)
-            except (httpx.ReadError, httpx.RemoteProtocolError, b2.AnswerCut):
+            except (httpx.ReadError, httpx.RemoteProtocolError, wire.AnswerCut):
                 if len(pending) == len(group):
                     raise  # nothing came: the publisher is unreachable (below)
                 # Cut short after some chunks: what a publisher does when the file changes
