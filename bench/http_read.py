@@ -5,7 +5,7 @@
 A uvicorn server (a subprocess, as our services are) streams a body of 1.6 MB pieces, the
 size of a typical stored chunk, with and without Content-Length.  The client reads it
 with httpx (``iter_raw``) and with the standard library's ``http.client`` (``readinto`` a
-reused buffer), which is what :mod:`caterva2.bulk` uses for data answers.  Prints the
+reused buffer), which is what :mod:`caterva2.http_data` uses for data answers.  Prints the
 median time of each, in seconds; no thresholds.
 """
 from __future__ import annotations

@@ -9,8 +9,9 @@ Examples::
     cat2cli show 'foo/dir1/ds-2d.b2nd[1:3, ::5]'
     cat2cli download foo/dir2/ds-4d.b2nd
 
-The subscriber is ``--host HOST:PORT``, else ``[subscriber] url`` or ``http`` from
-``caterva2.toml``, else ``localhost:8002``.  Every command takes ``--json``.
+The subscriber is ``--host HOST:PORT``, else the environment variable
+``CATERVA2_SUBSCRIBER``, else ``[subscriber] url`` or ``http`` from ``caterva2.toml`` (or
+the ``--conf`` file), else ``localhost:8002``.  Every command takes ``--json``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ import httpx
 import numpy as np
 
 import caterva2 as cat2
-from caterva2 import b2, config, paths, slicing
+from caterva2 import config, paths, slicing
+from caterva2.jsonable import jsonable
 
 # A selection is a bracketed suffix; names may hold brackets too ("foo/b[1].txt[0:3]").
 DATASET_WITH_SLICE = re.compile(r"^(?P<dataset>.+?)(?:\[(?P<slice>[^\[\]]*)\])?$")
@@ -38,18 +40,18 @@ def split_selection(text: str) -> tuple[str, str | None]:
     return m["dataset"], m["slice"]
 
 
-def jsonable_data(data):
+def jsonable_data(data: object) -> object:
     if isinstance(data, bytes):
         try:
             return data.decode()
         except UnicodeDecodeError:
             return list(data)
     if isinstance(data, (np.ndarray, np.generic)):  # (structured rows become lists)
-        return b2.jsonable(data.tolist())
+        return jsonable(data.tolist())
     return data
 
 
-def pretty(value) -> None:
+def pretty(value: object) -> None:
     try:
         from rich.pretty import pprint
     except ImportError:  # rich is optional (the 'clients' extra)
@@ -60,43 +62,40 @@ def pretty(value) -> None:
 
 # -- commands ---------------------------------------------------------------------------
 
-def cmd_roots(args) -> None:
-    roots = cat2.get_roots(args.host)
+def cmd_roots(client: cat2.Client, args: argparse.Namespace) -> None:
+    roots = client.roots()
     if args.json:
         return print(json.dumps(roots))
     for name, info in roots.items():
         print(f"{name} (subscribed)" if info.get("subscribed") else name)
 
 
-def cmd_subscribe(args) -> None:
-    answer = cat2.subscribe(args.root, args.host)
+def cmd_subscribe(client: cat2.Client, args: argparse.Namespace) -> None:
+    answer = client.subscribe(args.root)
     print(json.dumps(answer) if args.json else answer)
 
 
-def cmd_list(args) -> None:
-    names = [f"{args.root}/{p}" for p in cat2.get_list(args.root, args.host)]
+def cmd_list(client: cat2.Client, args: argparse.Namespace) -> None:
+    names = [f"{args.root}/{p}" for p in client.list(args.root)]
     print(json.dumps(names) if args.json else "\n".join(names))
 
 
-def cmd_url(args) -> None:
-    urls = cat2.client._get(args.host, f"api/url/{paths.check_name(args.name)}")
+def cmd_url(client: cat2.Client, args: argparse.Namespace) -> None:
+    urls = client.url(args.name)
     print(json.dumps(urls) if args.json else "\n".join(urls))
 
 
-def cmd_info(args) -> None:
-    paths.split_dataset(args.dataset)
-    info = cat2.get_info(args.dataset, args.host)
+def cmd_info(client: cat2.Client, args: argparse.Namespace) -> None:
+    info = client.info(args.dataset)
     if args.json:
         return print(json.dumps(info))
     pretty(info)
 
 
-def cmd_show(args) -> None:
+def cmd_show(client: cat2.Client, args: argparse.Namespace) -> None:
     dataset, text = split_selection(args.dataset)
-    root, path = paths.split_dataset(dataset)
     key = slicing.parse_slice(text)
-    data = (cat2.Dataset if path.endswith((".b2nd", ".b2frame")) else cat2.File)(
-        path, root=root, host=args.host).fetch(key)
+    data = client.get_dataset(dataset).fetch(key)
     if args.json:
         return print(json.dumps(jsonable_data(data)))
     if isinstance(data, bytes):
@@ -108,19 +107,16 @@ def cmd_show(args) -> None:
         print(data)
 
 
-def cmd_download(args) -> None:
-    root, path = paths.split_dataset(args.dataset)
-    obj = (cat2.Dataset if path.endswith((".b2nd", ".b2frame")) else cat2.File)(
-        path, root=root, host=args.host)
-    saved = obj.download(args.output_dir)
+def cmd_download(client: cat2.Client, args: argparse.Namespace) -> None:
+    saved = client.get_dataset(args.dataset).download(args.output_dir)
     print(json.dumps({"path": str(saved)}) if args.json else f"Dataset saved to {saved}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--host", default=argparse.SUPPRESS,
-                        help="HOST:PORT of the subscriber (default: from caterva2.toml, "
-                             "else localhost:8002)")
+                        help="HOST:PORT of the subscriber (default: $CATERVA2_SUBSCRIBER, "
+                             "else from caterva2.toml, else localhost:8002)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output")
     common.add_argument("--conf", default=argparse.SUPPRESS,
@@ -157,16 +153,16 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     try:
-        if not hasattr(args, "host"):
-            args.host = config.client_host(getattr(args, "conf", config.CONF_DEFAULT))
-        config.check_client_host(args.host)
-        args.func(args)
-    except cat2.ServerError as e:
-        fail(e.detail)
-    except (httpx.ConnectError, httpx.ConnectTimeout):
-        fail(f"cannot reach the subscriber at {args.host} (is cat2sub running?)")
-    except httpx.HTTPError as e:
-        fail(f"talking to the subscriber at {args.host}: {type(e).__name__}: {e}")
+        with cat2.Client(getattr(args, "host", None),
+                         conf=getattr(args, "conf", config.CONF_DEFAULT)) as client:
+            try:
+                args.func(client, args)
+            except cat2.ServerError as e:
+                fail(e.detail)
+            except cat2.ConnectionFailed as e:
+                fail(str(e))
+            except httpx.HTTPError as e:
+                fail(f"talking to the subscriber at {client.host}: {type(e).__name__}: {e}")
     except (ValueError, config.ConfigError, OSError) as e:
         fail(str(e))
     except KeyboardInterrupt:

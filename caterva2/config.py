@@ -2,13 +2,17 @@
 
 Command-line options override the file; the file overrides the defaults.  A program may
 read other programs' sections (a subscriber finds its broker in ``[broker] http``).
+Clients (the library and ``cat2cli``) find their subscriber with :func:`subscriber_address`:
+an explicit address, else ``CATERVA2_SUBSCRIBER``, else the file, else the default.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 import urllib.parse
+from collections.abc import Mapping
 from typing import Any
 
 if sys.version_info >= (3, 11):
@@ -20,6 +24,7 @@ BROKER_DEFAULT = "localhost:8000"
 PUBLISHER_DEFAULT = "localhost:8001"
 SUBSCRIBER_DEFAULT = "localhost:8002"
 CONF_DEFAULT = "caterva2.toml"
+SUBSCRIBER_ENV = "CATERVA2_SUBSCRIBER"
 
 
 class ConfigError(Exception):
@@ -114,10 +119,43 @@ def check_client_host(host: str) -> None:
         parse_host(host)
 
 
-def client_host(conf_path: str | None = CONF_DEFAULT) -> str:
-    """The subscriber a client talks to: ``[subscriber] url`` or ``http``, else the default."""
+def subscriber_in_conf(conf_path: str | os.PathLike[str] | None = CONF_DEFAULT) -> str | None:
+    """The subscriber named by a configuration file (``[subscriber] url``, else ``http``),
+    or None if the file (which may be missing) names none."""
     sub = section(load(conf_path), "subscriber")
     url = sub.get("url")
     if url:
         return str(url).rstrip("/")
-    return str(sub.get("http", SUBSCRIBER_DEFAULT))
+    return str(sub["http"]) if "http" in sub else None
+
+
+def client_host(conf_path: str | None = CONF_DEFAULT) -> str:
+    """The subscriber a client talks to: ``[subscriber] url`` or ``http``, else the default."""
+    return subscriber_in_conf(conf_path) or SUBSCRIBER_DEFAULT
+
+
+def subscriber_address(explicit: str | None = None,
+                       conf_path: str | os.PathLike[str] | None = CONF_DEFAULT,
+                       environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """Where a client finds its subscriber, and where that address came from.
+
+    In order: ``explicit`` (source ``"argument"``), the environment variable
+    ``CATERVA2_SUBSCRIBER`` if set and not empty, ``[subscriber] url`` or ``http`` of the
+    configuration file ``conf_path`` (source: the file's name), ``localhost:8002`` (source
+    ``"the default"``).  ``environ`` defaults to ``os.environ``.  The address is not
+    checked here (see :func:`check_client_host`); ConfigError if the file cannot be read.
+
+    >>> subscriber_address("example.org:8002")
+    ('example.org:8002', 'argument')
+    >>> subscriber_address(environ={"CATERVA2_SUBSCRIBER": "localhost:9000"})
+    ('localhost:9000', 'CATERVA2_SUBSCRIBER')
+    """
+    if explicit is not None:
+        return explicit, "argument"
+    value = (os.environ if environ is None else environ).get(SUBSCRIBER_ENV)
+    if value:
+        return value, SUBSCRIBER_ENV
+    from_conf = subscriber_in_conf(conf_path)
+    if from_conf is not None:
+        return from_conf, str(conf_path)
+    return SUBSCRIBER_DEFAULT, "the default"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import caterva2 as cat2
-from caterva2 import bulk
+from caterva2 import http_data
 from caterva2.tests.harness import wait_until
 
 ROWS, COLS, CHUNK_ROWS = 192 * 128, 1024, 128  # float64: 192 chunks of 1 MiB, 192 MiB
@@ -39,9 +39,10 @@ def test_a_stalled_client_does_not_make_the_subscriber_hold_the_data(stack, tmp_
         assert np.array_equal(buffer.reshape(CHUNK_ROWS, COLS), a[rows]), n
         seen.append(n)
 
-    with bulk.get(url, {"slice_": ":", "chunks": "true"}) as r:
+    with http_data.ConnectionPool() as pool, \
+            pool.get(url, {"slice_": ":", "chunks": "true"}) as r:
         assert r.status == 200, f"the subscriber answered {r.status}"
-        records = bulk.records(r, CHUNK_ROWS * COLS * 8 + blosc2.MAX_OVERHEAD)
+        records = http_data.records(r, CHUNK_ROWS * COLS * 8 + blosc2.MAX_OVERHEAD)
         check(*next(records))
         httpx.get(f"http://{sub.address}/api/download/data/a.b2nd",
                   timeout=120).raise_for_status()

@@ -7,7 +7,7 @@ import httpx
 import numpy as np
 import pytest
 
-from caterva2 import b2, bulk, cli, slicing
+from caterva2 import b2, cli, http_data, slicing, wire
 
 
 @pytest.mark.parametrize("text, key", [
@@ -166,7 +166,7 @@ def record(nchunk: int, chunk: bytes) -> bytes:
 
 def test_chunk_stream_records_are_rebuilt_from_any_pieces():
     data = record(3, b"abc") + record(9, b"") + record(4, b"x" * 100)
-    got = [(n, bytes(c)) for n, c in bulk.records(Trickle(data), max_length=100)]
+    got = [(n, bytes(c)) for n, c in http_data.records(Trickle(data), max_length=100)]
     assert got == [(3, b"abc"), (9, b""), (4, b"x" * 100)]
 
 
@@ -174,24 +174,24 @@ def test_chunk_stream_records_are_rebuilt_from_any_pieces():
 def test_a_chunk_stream_cut_short_is_an_error(cut):
     data = record(3, b"abc") + record(4, b"x" * 100)
     with pytest.raises(httpx.RemoteProtocolError, match="cut short"):
-        list(bulk.records(Trickle(data[:len(record(3, b"abc")) + cut]), max_length=100))
+        list(http_data.records(Trickle(data[:len(record(3, b"abc")) + cut]), max_length=100))
 
 
 def test_a_chunk_stream_ended_by_an_error_record_raises_its_reason():
     data = record(3, b"abc") + b2.error_record("the publisher of 'x' is unreachable")
     got = []
-    with pytest.raises(b2.AnswerCut, match="^the publisher of 'x' is unreachable$"):
-        for n, chunk in bulk.records(Trickle(data), max_length=100):
+    with pytest.raises(wire.AnswerCut, match="^the publisher of 'x' is unreachable$"):
+        for n, chunk in http_data.records(Trickle(data), max_length=100):
             got.append((n, bytes(chunk)))
     assert got == [(3, b"abc")]
     assert len(b2.error_record("é" * 10_000)) == b2.RECORD_HEADER_SIZE + b2.MAX_REASON
     with pytest.raises(httpx.RemoteProtocolError, match="at most"):  # (no huge reasons)
-        list(bulk.records(Trickle(b2.record_header(b2.STREAM_ERROR, 1 << 40)), 100))
+        list(http_data.records(Trickle(b2.record_header(b2.STREAM_ERROR, 1 << 40)), 100))
 
 
 def test_an_oversized_chunk_record_is_refused_before_any_allocation():
     with pytest.raises(httpx.RemoteProtocolError, match="at most"):
-        list(bulk.records(Trickle(b2.record_header(0, 1 << 60)), max_length=1000))
+        list(http_data.records(Trickle(b2.record_header(0, 1 << 60)), max_length=1000))
 
 
 def test_chunk_assembler_refuses_a_chunk_larger_than_the_layout_it_was_given():
