@@ -31,7 +31,7 @@ class ConfigError(Exception):
     """A configuration file that cannot be read, or an option with a bad value."""
 
 
-def load(path: str | pathlib.Path | None = CONF_DEFAULT) -> dict[str, Any]:
+def load(path: str | os.PathLike[str] | None = CONF_DEFAULT) -> dict[str, Any]:
     """Read a configuration file; a missing file is an empty configuration."""
     if path is None:
         return {}

@@ -145,9 +145,11 @@ class ConnectionPool:
             return httpx.Request("GET", url, params=params)
 
         for attempt in range(2):
-            conn = self._take(key) if attempt == 0 else None  # a retry opens a new one
-            reused = conn is not None
-            if conn is None:
+            taken = self._take(key) if attempt == 0 else None  # a retry opens a new one
+            reused = taken is not None
+            if taken is not None:
+                conn = taken
+            else:
                 try:
                     conn = _connect(key, timeout)
                 except TimeoutError:

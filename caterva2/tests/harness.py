@@ -35,7 +35,7 @@ class Service:
                  http: str = "127.0.0.1:0", broker: str | None = None, cwd=None):
         self.kind, self.args, self.statedir = kind, list(args), pathlib.Path(statedir)
         self.http, self.broker, self.cwd = http, broker, cwd
-        self.address: str | None = None
+        self.address = ""  # host:port, once started
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -87,6 +87,7 @@ class Service:
     def peak_memory_mb(self) -> float:
         """The process's peak resident memory so far (Linux's VmHWM), in MiB; NaN if the
         system does not say."""
+        assert self.proc is not None, "the service was never started"
         with contextlib.suppress(OSError):
             for line in pathlib.Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):

@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import blosc2
 import numpy as np
@@ -41,7 +42,7 @@ def normalise(value):
     return value
 
 
-def objects(h5file: h5py.File) -> dict[str, h5py.HLObject]:
+def objects(h5file: Any) -> dict[str, Any]:  # (h5py objects)
     found = {"/": h5file}
 
     def add(name: str, obj) -> None:  # returning a value would stop visititems

@@ -7,7 +7,9 @@ import httpx
 import numpy as np
 import pytest
 
-from caterva2 import b2, cli, http_data, slicing, wire
+from caterva2 import chunks as geometry
+from caterva2 import cli, http_data, slicing, wire
+from caterva2.assembly import ChunkAssembler
 
 
 @pytest.mark.parametrize("text, key", [
@@ -90,10 +92,10 @@ def test_plan_rejects_selections_that_do_not_fit(key, message):
 
 def test_chunks_in_region_lists_exactly_the_touched_chunks():
     shape, chunks = (10, 20), (5, 5)  # a 2 x 4 grid of chunks
-    assert b2.chunks_in_region(shape, chunks, (slice(0, 10), slice(0, 20))) == list(range(8))
-    assert b2.chunks_in_region(shape, chunks, (slice(4, 6), slice(9, 11))) == [1, 2, 5, 6]
-    assert b2.chunks_in_region(shape, chunks, (slice(3, 3), slice(0, 20))) == []
-    assert b2.chunks_in_region((), (), ()) == [0]
+    assert geometry.chunks_in_region(shape, chunks, (slice(0, 10), slice(0, 20))) == list(range(8))
+    assert geometry.chunks_in_region(shape, chunks, (slice(4, 6), slice(9, 11))) == [1, 2, 5, 6]
+    assert geometry.chunks_in_region(shape, chunks, (slice(3, 3), slice(0, 20))) == []
+    assert geometry.chunks_in_region((), (), ()) == [0]
 
 
 @pytest.mark.parametrize("key", [
@@ -105,10 +107,10 @@ def test_chunks_of_a_stepped_selection_are_only_those_holding_selected_elements(
     shape, chunks = (2000, 1999), (500, 400)
     plan = slicing.plan(key, shape)
     rows, cols = np.indices(shape)
-    grid = b2.chunk_grid(shape, chunks)
+    grid = geometry.chunk_grid(shape, chunks)
     holding = np.ravel_multi_index((rows // 500, cols // 400), grid)[key]
     want = sorted(set(np.ravel(holding).tolist()))
-    assert sorted(b2.chunks_in_region(shape, chunks, plan.region, plan.within)) == want
+    assert sorted(geometry.chunks_in_region(shape, chunks, plan.region, plan.within)) == want
 
 
 @pytest.mark.parametrize("shape, chunks, blocks, dtype", [
@@ -122,8 +124,8 @@ def test_chunk_assembler_rebuilds_any_region_from_stored_chunks(shape, chunks, b
     a = (rng.integers(0, 100, size=shape)).astype(dtype)
     arr = blosc2.asarray(a, chunks=chunks, blocks=blocks)
     region = tuple(slice(1, max(2, s - 1)) for s in shape)
-    asm = b2.ChunkAssembler(shape, chunks, blocks, np.dtype(dtype), region)
-    for n in b2.chunks_in_region(shape, chunks, region):
+    asm = ChunkAssembler(shape, chunks, blocks, np.dtype(dtype), region)
+    for n in geometry.chunks_in_region(shape, chunks, region):
         asm.add(n, arr.schunk.get_chunk(n))
     np.testing.assert_array_equal(asm.out, a[region])
 
@@ -141,12 +143,12 @@ def test_chunk_assembler_copies_whole_blocks_and_parts_of_blocks_alike():
         regions.append(tuple(slice(lo, rng.integers(lo + 1, s + 1))
                              for s in shape for lo in [int(rng.integers(0, s))]))
     for region in regions:
-        asm = b2.ChunkAssembler(shape, chunks, blocks, a.dtype, region)
-        for n in b2.chunks_in_region(shape, chunks, region):
+        asm = ChunkAssembler(shape, chunks, blocks, a.dtype, region)
+        for n in geometry.chunks_in_region(shape, chunks, region):
             asm.add(n, arr.schunk.get_chunk(n))
         np.testing.assert_array_equal(asm.out, a[region])
     scalar = blosc2.asarray(np.array(5.5))
-    asm = b2.ChunkAssembler((), (), (), np.dtype("f8"), ())
+    asm = ChunkAssembler((), (), (), np.dtype("f8"), ())
     asm.add(0, scalar.schunk.get_chunk(0))
     assert asm.out.shape == () and asm.out == 5.5
 
@@ -161,7 +163,7 @@ class Trickle(io.RawIOBase):
 
 
 def record(nchunk: int, chunk: bytes) -> bytes:
-    return b2.record_header(nchunk, len(chunk)) + chunk
+    return wire.record_header(nchunk, len(chunk)) + chunk
 
 
 def test_chunk_stream_records_are_rebuilt_from_any_pieces():
@@ -178,26 +180,26 @@ def test_a_chunk_stream_cut_short_is_an_error(cut):
 
 
 def test_a_chunk_stream_ended_by_an_error_record_raises_its_reason():
-    data = record(3, b"abc") + b2.error_record("the publisher of 'x' is unreachable")
+    data = record(3, b"abc") + wire.error_record("the publisher of 'x' is unreachable")
     got = []
     with pytest.raises(wire.AnswerCut, match="^the publisher of 'x' is unreachable$"):
         for n, chunk in http_data.records(Trickle(data), max_length=100):
             got.append((n, bytes(chunk)))
     assert got == [(3, b"abc")]
-    assert len(b2.error_record("é" * 10_000)) == b2.RECORD_HEADER_SIZE + b2.MAX_REASON
+    assert len(wire.error_record("é" * 10_000)) == wire.RECORD_HEADER_SIZE + wire.MAX_REASON
     with pytest.raises(httpx.RemoteProtocolError, match="at most"):  # (no huge reasons)
-        list(http_data.records(Trickle(b2.record_header(b2.STREAM_ERROR, 1 << 40)), 100))
+        list(http_data.records(Trickle(wire.record_header(wire.STREAM_ERROR, 1 << 40)), 100))
 
 
 def test_an_oversized_chunk_record_is_refused_before_any_allocation():
     with pytest.raises(httpx.RemoteProtocolError, match="at most"):
-        list(http_data.records(Trickle(b2.record_header(0, 1 << 60)), max_length=1000))
+        list(http_data.records(Trickle(wire.record_header(0, 1 << 60)), max_length=1000))
 
 
 def test_chunk_assembler_refuses_a_chunk_larger_than_the_layout_it_was_given():
     # A chunk of a dataset that changed chunking since the client's metadata (or from a
     # misbehaving server) must be an error, never a decompression past the buffer.
     big = blosc2.asarray(np.arange(10_000, dtype="f8"), chunks=(1000,), blocks=(100,))
-    asm = b2.ChunkAssembler((10_000,), (100,), (10,), np.dtype("f8"), (slice(0, 10_000),))
+    asm = ChunkAssembler((10_000,), (100,), (10,), np.dtype("f8"), (slice(0, 10_000),))
     with pytest.raises(ValueError, match="it changed; read again"):
         asm.add(0, big.schunk.get_chunk(0))

@@ -21,7 +21,7 @@ from collections import Counter
 import blosc2
 import httpx
 
-from caterva2 import bulk, wire
+from caterva2 import http_data, wire
 from caterva2.models import DatasetEntry
 from caterva2.replica import ReplicaGone, SparseReplica
 from caterva2.services.subscriber.cache import Cache
@@ -137,6 +137,12 @@ class ChunkFetcher:
         self.checking: dict[tuple[str, str, str], list[set[int]]] = {}  # see request_chunks
         self.claims: Counter[ChunkKey] = Counter()  # forwarding answers waiting per chunk
         self.tasks: set[asyncio.Task] = set()
+        # Kept-alive connections to publishers, for the worker threads reading chunk streams.
+        self.connections = http_data.ConnectionPool(timeout=UPSTREAM_TIMEOUT)
+
+    def close(self) -> None:
+        """Close the connections to publishers (streams under way finish first)."""
+        self.connections.close()
 
     async def request_chunks(self, root: str, path: str, entry: DatasetEntry,
                              nchunks: list[int], forward: bool = False
@@ -252,7 +258,7 @@ class ChunkFetcher:
             return False
 
         asked = set(group)
-        with bulk.get(url, params, timeout=UPSTREAM_TIMEOUT) as r:
+        with self.connections.get(url, params) as r:
             if r.status in (412, 503):  # changed, or being rewritten: not our version
                 raise Stale(path)
             if r.status == 404:

@@ -56,6 +56,7 @@ class Subscriber:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            self.fetcher.close()
 
     async def _caught_up(self) -> None:
         """After a gap in the events: bring every subscribed root up to date."""
