@@ -91,7 +91,7 @@ class FileMeta(BaseModel):
     mtime: float
 
 
-DatasetMeta = Annotated[Union[ArrayMeta, FrameMeta, FileMeta], Field(discriminator="kind")]
+DatasetMeta = Annotated[ArrayMeta | FrameMeta | FileMeta, Field(discriminator="kind")]
 AnyMeta = Union[ArrayMeta, FrameMeta, FileMeta]
 
 
@@ -138,7 +138,7 @@ class ChangeEvent(BaseModel):
     deleted: list[str] = []
 
 
-Event = Annotated[Union[RootEvent, ChangeEvent], Field(discriminator="kind")]
+Event = Annotated[RootEvent | ChangeEvent, Field(discriminator="kind")]
 
 
 def user_info(meta: AnyMeta) -> dict[str, Any]:

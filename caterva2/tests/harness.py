@@ -20,7 +20,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import httpx
 

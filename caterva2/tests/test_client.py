@@ -154,7 +154,7 @@ class ShortKeepAlive(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     timeout = 0.2
 
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+    def do_GET(self) -> None:
         self.send_response(200)
         self.send_header("Content-Length", "2")
         self.end_headers()

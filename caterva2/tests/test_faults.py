@@ -16,8 +16,13 @@ import pytest
 import caterva2 as cat2
 from caterva2 import wire
 from caterva2.assembly import ChunkAssembler
-from caterva2.tests.harness import (CountingProxy, PublishedRoot, Service, closed_port_address,
-                                    wait_until)
+from caterva2.tests.harness import (
+    CountingProxy,
+    PublishedRoot,
+    Service,
+    closed_port_address,
+    wait_until,
+)
 
 
 @pytest.fixture

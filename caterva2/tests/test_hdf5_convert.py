@@ -25,6 +25,7 @@ from caterva2.tools import make_root_example
 from caterva2.tools.h5export import export_root
 from caterva2.tools.h5import import import_hdf5
 
+
 def normalise(value):
     """Attribute values compared as plain values (HDF5 widths and string kinds aside)."""
     if isinstance(value, h5py.Empty) or value is None:

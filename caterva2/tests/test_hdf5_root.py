@@ -9,7 +9,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
