@@ -61,8 +61,9 @@ class Forwarded:
     def release(self) -> None:
         if self._holders > 0:
             self._holders -= 1
-            if self._holders == 0:
+            if self._holders == 0:  # nobody will send it: its memory goes now
                 self._budget.held -= len(self.chunk)
+                self.chunk = memoryview(b"")
 
 
 class Arrivals:

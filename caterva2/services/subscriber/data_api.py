@@ -174,6 +174,7 @@ async def stream_chunks(sub: Subscriber, found: Found, replica: SparseReplica,
                     yield forwarded.chunk
                     arrivals.sent(n)
             stored = [n for n, forwarded in arrived.items() if forwarded is None]
+            del arrived  # (chunks sent are let go before more are read)
             async for piece in wire.write_records(replica.read_chunks,
                                                   wire.batched(stored, STREAM_BATCH)):
                 yield piece
