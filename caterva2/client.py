@@ -44,6 +44,7 @@ import os
 import pathlib
 from typing import Any
 
+import httpx
 import numpy as np
 
 from caterva2 import http_data, paths, slicing, wire
@@ -270,8 +271,11 @@ class File:
             cached = r.getheader("Content-Length") is not None
             assembler = ChunkAssembler(shape, chunks, tuple(meta["blocks"]), dtype,
                                        plan.region, threads=1 if cached else None)
-            for n, chunk in http_data.records(r, assembler.max_chunk_bytes):
-                assembler.add(n, chunk)
+            try:
+                for n, chunk in http_data.records(r, assembler.max_chunk_bytes):
+                    assembler.add(n, chunk)
+            except httpx.RemoteProtocolError as e:  # (cut short, or a chunk damaged on the way)
+                raise IncompleteAnswer(f"the answer was cut short ({e}); read again") from None
         assembler.check_complete(nchunks)
         return assembler.out[plan.within]
 

@@ -8,8 +8,13 @@ touches are held.
 A replica is one contiguous Blosc2 frame: storing a chunk appends it and rewrites the
 frame's small trailer, never other chunks.  Once every chunk is held the file is itself a
 complete, valid Blosc2 file (downloads are served from it with no copy).  A file that fails
-to open (after a crash mid-write) is replaced by an empty one, and a damaged chunk counts
-as not held, so both are fetched again.
+to open (after a crash mid-write) is replaced by an empty one.
+
+Beside the frame, ``FILE.digests`` holds each chunk's digest (:func:`caterva2.wire.
+chunk_digest`, 8 bytes a chunk, 0 for none), written once the chunk is stored.  A chunk
+counts as held only with its digest, and every chunk read to be served is checked against
+it: a chunk damaged in the file (a bit flip, a crash mid-write) is never served, but
+counts as not held from then on and is fetched again.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ from typing import Any
 import blosc2
 import numpy as np
 
-from caterva2 import chunks, metadata
+from caterva2 import chunks, metadata, wire
 from caterva2.models import AnyMeta, ArrayMeta
 
 log = logging.getLogger("caterva2.replica")
@@ -33,6 +38,14 @@ log = logging.getLogger("caterva2.replica")
 
 class ReplicaGone(Exception):
     """The replica's file was removed (a newer version replaced it) while in use."""
+
+
+class ChunkDamaged(ValueError):
+    """A cached chunk that does not match its digest: it now counts as not held."""
+
+    def __init__(self, nchunk: int, file: pathlib.Path):
+        super().__init__(f"chunk {nchunk} of {file.name} does not match its digest")
+        self.nchunk = nchunk
 
 
 class SparseReplica:
@@ -51,6 +64,7 @@ class SparseReplica:
         self.write_error: OSError | None = None  # the disk's reason a store failed
         self.damaged = False  # a store failed for another reason
         self.container = self._open_or_create()
+        self.digests = self._open_digests()
 
     # -- creation ---------------------------------------------------------------------
     def _open_or_create(self) -> Any:
@@ -88,6 +102,23 @@ class SparseReplica:
         for key, value in sc.vlmeta.items():
             schunk.vlmeta[key] = value
 
+    def _open_digests(self) -> np.ndarray:
+        """The digests beside the frame; new (all unknown) if missing or of the wrong size,
+        so that chunks stored without one are fetched again."""
+        file = self.file.with_name(self.file.name + ".digests")
+        nchunks = int(self.schunk.nchunks)
+        if not file.exists() or file.stat().st_size != 8 * nchunks:
+            tmp = file.with_name(f".new-{uuid.uuid4().hex}")
+            try:
+                with open(tmp, "wb") as f:
+                    f.truncate(8 * nchunks)  # (a hole: zeros, no space taken)
+                os.replace(tmp, file)
+            finally:
+                tmp.unlink(missing_ok=True)
+        if nchunks == 0:
+            return np.zeros(0, dtype="<u8")  # (an empty file cannot be mapped)
+        return np.memmap(file, dtype="<u8", mode="r+", shape=(nchunks,))
+
     @property
     def schunk(self) -> blosc2.SChunk:
         return self.container.schunk if self.is_array else self.container
@@ -99,11 +130,29 @@ class SparseReplica:
             return [n for n in nchunks if not self._holds(n)]
 
     def _holds(self, nchunk: int) -> bool:
+        if not self.digests[nchunk]:
+            return False
         try:
             return not chunks.is_uninit_chunk(self.schunk.get_lazychunk(nchunk))
         except RuntimeError:  # unreadable (truncated by a crash, a full disk...): refetch
             log.warning("chunk %d of %s is damaged; fetching it again", nchunk, self.file)
             return False
+
+    def damaged_chunks(self, nchunks: list[int]) -> list[int]:
+        """Which of ``nchunks`` (held ones) do not match their digests: they are marked as
+        not held, to be fetched again.  Reads the chunks: call before serving from them."""
+        with self.lock:
+            found = [n for n in nchunks if not self._verified(n, self.schunk.get_chunk(n))]
+        return found
+
+    def _verified(self, nchunk: int, chunk: bytes) -> bool:
+        """Whether ``chunk`` matches the digest of chunk ``nchunk``; if not, forget it."""
+        if wire.chunk_digest(chunk) == self.digests[nchunk]:
+            return True
+        log.warning("chunk %d of %s does not match its digest; fetching it again", nchunk,
+                    self.file)
+        self.digests[nchunk] = 0
+        return False
 
     def store(self, nchunk: int, chunk: chunks.Buffer) -> None:
         """Store a chunk exactly as received from the source.
@@ -126,11 +175,14 @@ class SparseReplica:
                 raise self.write_error
             if self.damaged:
                 raise RuntimeError(f"replica {self.file.name} is damaged")
+            self.digests[nchunk] = 0  # (until the new chunk is whole)
             try:
                 write(self.container)
             except RuntimeError:  # (Blosc2 does not say why)
                 self._failed(nbytes)
                 raise
+            stored = chunk if chunk is not None else self.schunk.get_chunk(nchunk)
+            self.digests[nchunk] = wire.chunk_digest(stored)
 
     def _failed(self, nbytes: int) -> None:
         """Find out why a write failed: raises the reason, or leaves it to the caller."""
@@ -149,11 +201,13 @@ class SparseReplica:
             return chunks.stored_sizes(self.schunk, nchunks)
 
     def read_chunks(self, nchunks: list[int]) -> list[bytes]:
-        """Chunks exactly as stored; ValueError if one is damaged."""
+        """Chunks exactly as stored, each checked against its digest; ChunkDamaged for
+        one that does not match (it then counts as not held)."""
         with self.lock:
             found = [self.schunk.get_chunk(n) for n in nchunks]
-        for chunk in found:
-            chunks.check_chunk(chunk)
+            for n, chunk in zip(nchunks, found):
+                if not self._verified(n, chunk):
+                    raise ChunkDamaged(n, self.file)
         return found
 
     # -- reads ------------------------------------------------------------------------

@@ -343,7 +343,7 @@ def test_a_chunk_stream_never_sends_more_than_its_announced_length():
             sent.append(piece)
 
     def record(n):
-        return wire.record_header(n, len(chunks[n])) + chunks[n]
+        return wire.record(n, chunks[n])
 
     sent = []
     asyncio.run(send({0: 10, 1: 12, 2: 7}, sent))

@@ -106,7 +106,9 @@ async def test_it_registers_and_announces_every_dataset(client, fake_broker, tmp
     assert where_event == "/api/events"
     change = ChangeEvent.model_validate(event)
     assert change.root == "foo" and sorted(change.changed) == EXAMPLE and not change.deleted
-    announced = json.loads((tmp_path / "pub" / "announced.json").read_text())
+    state = tmp_path / "pub" / "announced.json"  # (written once the broker took the event)
+    await wait_for(state.exists, "announced.json")
+    announced = json.loads(state.read_text())
     assert announced == change.changed
 
 

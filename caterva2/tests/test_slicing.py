@@ -163,7 +163,7 @@ class Trickle(io.RawIOBase):
 
 
 def record(nchunk: int, chunk: bytes) -> bytes:
-    return wire.record_header(nchunk, len(chunk)) + chunk
+    return wire.record(nchunk, chunk)
 
 
 def test_chunk_stream_records_are_rebuilt_from_any_pieces():
@@ -188,12 +188,12 @@ def test_a_chunk_stream_ended_by_an_error_record_raises_its_reason():
     assert got == [(3, b"abc")]
     assert len(wire.error_record("é" * 10_000)) == wire.RECORD_HEADER_SIZE + wire.MAX_REASON
     with pytest.raises(httpx.RemoteProtocolError, match="at most"):  # (no huge reasons)
-        list(http_data.records(Trickle(wire.record_header(wire.STREAM_ERROR, 1 << 40)), 100))
+        list(http_data.records(Trickle(wire.record_header(wire.STREAM_ERROR, 1 << 40, 0)), 100))
 
 
 def test_an_oversized_chunk_record_is_refused_before_any_allocation():
     with pytest.raises(httpx.RemoteProtocolError, match="at most"):
-        list(http_data.records(Trickle(wire.record_header(0, 1 << 60)), max_length=1000))
+        list(http_data.records(Trickle(wire.record_header(0, 1 << 60, 0)), max_length=1000))
 
 
 def test_chunk_assembler_refuses_a_chunk_larger_than_the_layout_it_was_given():
@@ -203,3 +203,12 @@ def test_chunk_assembler_refuses_a_chunk_larger_than_the_layout_it_was_given():
     asm = ChunkAssembler((10_000,), (100,), (10,), np.dtype("f8"), (slice(0, 10_000),))
     with pytest.raises(ValueError, match="it changed; read again"):
         asm.add(0, big.schunk.get_chunk(0))
+
+
+def test_a_chunk_that_does_not_match_its_digest_is_refused():
+    good = wire.record(3, b"abc")
+    flipped = good[:-1] + bytes([good[-1] ^ 1])  # one bit of the chunk, on the way
+    with pytest.raises(wire.DigestMismatch, match="chunk 3 does not match its digest"):
+        list(wire.read_records(Trickle(flipped), max_length=100))
+    with pytest.raises(httpx.RemoteProtocolError, match="does not match its digest"):
+        list(http_data.records(Trickle(flipped), max_length=100))

@@ -33,6 +33,7 @@ PARALLEL_STREAMS = 4  # chunk requests in flight per fetch
 MIN_CHUNKS_PER_STREAM = 2
 UPSTREAM_TIMEOUT = (3, 30)  # seconds to connect to a publisher, and to wait for its data
 FORWARD_LIMIT = 32 << 20  # bytes of fetched chunks held for answers yet to send them
+DIGEST_ATTEMPTS = 2  # streams tried for chunks that arrive not matching their digests
 
 ChunkKey = tuple[str, str, str, int]  # root, path, version, chunk number
 
@@ -216,16 +217,27 @@ class ChunkFetcher:
                 self._settle((root, path, version, n), pending.pop(n), chunk)
 
         try:
-            try:
-                await asyncio.to_thread(self._fetch_group, pub, root, path, entry, replica,
-                                        group, lambda n, chunk: loop.call_soon_threadsafe(
-                                            stored, n, chunk))
-            except (httpx.ReadError, httpx.RemoteProtocolError, wire.StreamCut,
-                    wire.AnswerCut):
-                if len(pending) == len(group):
-                    raise  # nothing came: the publisher is unreachable (below)
-                # Cut short after some chunks: what a publisher does when the file changes
-                # (if it died instead, the retry that Stale brings finds that out).
+            for attempt in range(1, DIGEST_ATTEMPTS + 1):
+                try:
+                    await asyncio.to_thread(
+                        self._fetch_group, pub, root, path, entry, replica,
+                        [n for n in group if n in pending],
+                        lambda n, chunk: loop.call_soon_threadsafe(stored, n, chunk))
+                except wire.DigestMismatch as e:  # (what came before it is stored)
+                    log.warning("%s/%s from %s: %s (attempt %d of %d)", root, path, pub, e,
+                                attempt, DIGEST_ATTEMPTS)
+                    if attempt < DIGEST_ATTEMPTS:
+                        continue
+                    raise Unavailable(f"chunks of {root}/{path} from its publisher at {pub} "
+                                      f"did not match their digests {attempt} times: the "
+                                      "publisher's copy or the link damages them") from None
+                except (httpx.ReadError, httpx.RemoteProtocolError, wire.StreamCut,
+                        wire.AnswerCut):
+                    if len(pending) == len(group):
+                        raise  # nothing came: the publisher is unreachable (below)
+                    # Cut short after some chunks: what a publisher does when the file
+                    # changes (if it died instead, the retry that Stale brings finds out).
+                break
             if pending:
                 raise Stale(path)  # the publisher cut the stream: the file changed
         except httpx.TimeoutException:

@@ -27,7 +27,7 @@ from fastapi import APIRouter, HTTPException, Response
 from caterva2 import paths, slicing, wire
 from caterva2.chunks import Buffer, chunks_in_items, chunks_in_region
 from caterva2.models import AnyMeta, ArrayMeta
-from caterva2.replica import SparseReplica
+from caterva2.replica import ChunkDamaged, SparseReplica
 from caterva2.services import responses
 from caterva2.services.errors import disk_error_text
 from caterva2.services.subscriber.cache import Index
@@ -121,7 +121,9 @@ async def whole_answer(sub: Subscriber, found: Found, nchunks: list[int],
 
     def cached_answer() -> bytes | None:  # a cached read costs one thread hop
         replica = cache.replica(found.root, found.path, found.entry)
-        return None if replica.missing(nchunks) else answer(replica)
+        if replica.missing(nchunks) or replica.damaged_chunks(nchunks):
+            return None  # (damaged chunks now count as missing: they are fetched again)
+        return answer(replica)
 
     try:
         body = await asyncio.to_thread(cached_answer)
@@ -170,8 +172,9 @@ async def stream_chunks(sub: Subscriber, found: Found, replica: SparseReplica,
             arrived = await arrivals.next_stored()
             for n, forwarded in arrived.items():
                 if forwarded is not None:  # sent as fetched, not read back
-                    yield wire.record_header(n, len(forwarded.chunk))
-                    yield forwarded.chunk
+                    chunk = forwarded.chunk
+                    yield wire.record_header(n, len(chunk), wire.chunk_digest(chunk))
+                    yield chunk
                     arrivals.sent(n)
             stored = [n for n, forwarded in arrived.items() if forwarded is None]
             del arrived  # (chunks sent are let go before more are read)
@@ -187,6 +190,8 @@ async def stream_chunks(sub: Subscriber, found: Found, replica: SparseReplica,
         reason = disk_error_text(e, SERVICE) if isinstance(e, OSError) else str(e)
         log.warning("answer for %s cut short: %s", name, reason)
         yield wire.error_record(reason)
+    except ChunkDamaged as e:  # (now missing: the client's next try gets it fetched again)
+        log.warning("answer for %s cut short: %s", name, e)
     except (ValueError, RuntimeError) as e:  # a damaged replica: the next read rebuilds it
         log.warning("cached copy of %s damaged (%s); dropped", name, e)
         await asyncio.to_thread(sub.cache.discard, found.root, found.path, found.entry)
