@@ -32,7 +32,7 @@ class Cached:
     chunks: list[bytes]
 
     @property
-    def dataset(self) -> cat2.Dataset:
+    def dataset(self) -> cat2.File:
         return cat2.Root("counted", host=self.subscriber.address)["a.b2nd"]
 
 
