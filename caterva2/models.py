@@ -141,6 +141,16 @@ class ChangeEvent(BaseModel):
 Event = Annotated[RootEvent | ChangeEvent, Field(discriminator="kind")]
 
 
+def chunk_layout(meta: AnyMeta) -> tuple:
+    """What decides which chunks a selection needs and how they decode: two versions of a
+    dataset with the same layout can share chunks."""
+    sc = meta.schunk
+    if isinstance(meta, ArrayMeta):
+        return (meta.kind, tuple(meta.shape), meta.dtype, tuple(meta.chunks),
+                tuple(meta.blocks), sc.chunkshape, sc.typesize, sc.nbytes)
+    return (meta.kind, sc.chunkshape, sc.typesize, sc.nbytes)
+
+
 def user_info(meta: AnyMeta) -> dict[str, Any]:
     """The metadata as shown to users (``info``): without internal bookkeeping keys."""
     return meta.model_dump(exclude={"kind", "dtype_descr"})

@@ -85,6 +85,10 @@ class PublishedRoot(abc.ABC):
     def changes(self) -> AsyncIterator[None]:
         """Yield each time datasets of the root may have changed (then call versions())."""
 
+    #: Whether chunk digests of a whole version can be had cheaply (by reading its stored
+    #: chunks once): they let subscribers keep unchanged chunks when a dataset changes.
+    offers_digests = True
+
     def stored_file(self, path: str) -> pathlib.Path | None:
         """A file holding the whole dataset as stored, if the root has one (for downloads)."""
         return None

@@ -54,6 +54,8 @@ DIRTY_MARK = "in-use"  # present while a publisher uses the cache; left behind b
 class HDF5Root(PublishedRoot):
     """The datasets of one HDF5 file, converted to Blosc2 chunk by chunk on demand."""
 
+    offers_digests = False  # (digesting a version would convert every chunk of it)
+
     def __init__(self, path: str | os.PathLike, statedir: str | os.PathLike):
         if h5py is None:
             raise ValueError(f"publishing an HDF5 file needs the 'hdf5' extra "

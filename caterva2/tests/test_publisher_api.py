@@ -12,6 +12,7 @@ import io
 import json
 
 import blosc2
+import numpy as np
 import httpx
 import pytest
 
@@ -158,6 +159,18 @@ async def test_chunks_come_as_stored_in_records(client, example):
     records = [(n, bytes(chunk))
                for n, chunk in wire.read_records(io.BytesIO(r.content), 1 << 20)]
     assert records == [(n, stored_chunk(example, "dir1/ds-2d.b2nd", n)) for n in (0, 1, 2, 5)]
+
+
+@pytest.mark.anyio
+async def test_digests_are_those_of_the_stored_chunks(client, example):
+    version = (await client.get("/api/info/dir1/ds-2d.b2nd")).json()["version"]
+    r = await client.get("/api/digests/dir1/ds-2d.b2nd", params={"version": version})
+    assert r.status_code == 200 and r.headers["etag"] == version, r.text
+    digests = np.frombuffer(r.content, dtype="<u8").tolist()
+    assert digests == [wire.chunk_digest(stored_chunk(example, "dir1/ds-2d.b2nd", n))
+                       for n in range(8)]
+    stale = await client.get("/api/digests/dir1/ds-2d.b2nd", params={"version": "old"})
+    assert stale.status_code == 412 and "not current" in stale.json()["detail"]
 
 
 @pytest.mark.anyio

@@ -10,6 +10,9 @@ Endpoints (paths relative to the root):
   and an ``error`` (see :class:`caterva2.models.DatasetEntry`);
 - ``GET /api/chunks/{path}?nchunks=0-3,7&version=V``: stored chunks, exactly as stored,
   as a stream of records (see :mod:`caterva2.wire`); 412 if the version is not current;
+- ``GET /api/digests/{path}?version=V``: every stored chunk's digest, 8 bytes each
+  (:func:`caterva2.wire.chunk_digest`), for subscribers to keep unchanged chunks when the
+  dataset changes; 404 where a root does not offer them (HDF5 files);
 - ``GET /api/download/{path}``: the stored file (ordinary files as their ``.b2`` SChunk).
 
 Its parts: :mod:`.api` (the endpoints), :mod:`.catalog` (the root's entries and index as

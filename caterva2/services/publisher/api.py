@@ -106,6 +106,19 @@ async def _stream_chunks(catalog: Catalog, path: str, wanted: list[int],
     return chunk_stream(records(), {"ETag": version}, sizes)
 
 
+@router.get("/api/digests/{path:path}")
+async def get_digests(path: str, catalog: CatalogDep,
+                      version: str | None = None) -> Response:
+    """The digests of every stored chunk of the dataset (8 bytes each, little-endian)."""
+    try:
+        current, digests = await asyncio.to_thread(catalog.digests, safe_relpath(path), version)
+    except DatasetNotFound:
+        raise catalog.not_found(path) from None
+    except DatasetUnavailable as e:
+        raise HTTPException(503, str(e)) from None
+    return Response(digests, media_type="application/octet-stream", headers={"ETag": current})
+
+
 @router.get("/api/download/{path:path}")
 async def download(path: str, catalog: CatalogDep) -> Response:
     await asyncio.to_thread(catalog.readable, safe_relpath(path))

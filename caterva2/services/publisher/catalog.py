@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections import OrderedDict
+
+import numpy as np
 
 from fastapi import HTTPException
 
+from caterva2 import wire
 from caterva2.models import AnyMeta, DatasetEntry, RootIndex
-from caterva2.roots import DatasetNotFound, DatasetUnavailable, PublishedRoot
+from caterva2.roots import DatasetNotFound, DatasetUnavailable, PublishedRoot, VersionMismatch
+
+DIGEST_BATCH = 16  # chunks read at once to digest a version
+KEPT_DIGESTS = 256  # dataset versions whose digests are kept in memory
 
 
 def entry_json(entry: DatasetEntry) -> bytes:
@@ -26,6 +34,8 @@ class Catalog:
     def __init__(self, name: str, root: PublishedRoot):
         self.name, self.root = name, root
         self._index: tuple[str, bytes] | None = None  # the last complete index and its ETag
+        self._digests: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._digests_lock = threading.Lock()  # (endpoints call in from several threads)
 
     def not_found(self, path: str) -> HTTPException:
         return HTTPException(404, f"no dataset {path!r} in root {self.name!r}")
@@ -78,3 +88,29 @@ class Catalog:
             return hashlib.sha1(body).hexdigest(), body  # not kept: read them again next time
         self._index = etag, body
         return self._index
+
+    def digests(self, path: str, version: str | None = None) -> tuple[str, bytes]:
+        """The current version of a dataset and its chunks' digests (little-endian u8 each,
+        see :func:`caterva2.wire.chunk_digest`), read once per version; 404 if the root
+        does not offer them, 412/503 as :meth:`readable`."""
+        if not self.root.offers_digests:
+            raise HTTPException(404, f"root {self.name!r} does not offer chunk digests")
+        current, meta = self.readable(path, version)
+        key = (path, current)
+        with self._digests_lock:
+            found = self._digests.get(key)
+            if found is not None:
+                self._digests.move_to_end(key)
+                return current, found
+        digests = np.zeros(meta.schunk.nchunks, dtype="<u8")
+        for batch in wire.batched(list(range(len(digests))), DIGEST_BATCH):
+            try:
+                chunks = self.root.read_chunks(path, batch, current)
+            except VersionMismatch:
+                raise self.not_current(path, current) from None
+            digests[batch] = [wire.chunk_digest(chunk) for chunk in chunks]
+        with self._digests_lock:
+            self._digests[key] = found = digests.tobytes()
+            while len(self._digests) > KEPT_DIGESTS:
+                self._digests.popitem(last=False)
+        return current, found

@@ -4,11 +4,16 @@ Layout under ``STATEDIR/cache``::
 
     roots/ROOT/index.json                       every dataset of the root: version + metadata
     roots/ROOT/data/PATH/VTAG/replica.b2        sparse replica, chunks filled on demand
+    roots/ROOT/data/PATH/VTAG/replica.b2.digests   the digests of the chunks it holds
+    roots/ROOT/data/PATH/VTAG/entry.json        the version and metadata it replicates
+    roots/ROOT/data/PATH/.previous/...          the version before, until the next is read
 
 Each version of a dataset has its own directory (VTAG is a short hash of its version tag),
-so a chunk of an old version can never land in a new one; a change drops the old
-directory.  Replicas are :class:`caterva2.replica.SparseReplica`: see there how a replica
-is filled, and what happens to one damaged by a crash.
+so a chunk of an old version can never land in a new one.  A change moves the old version's
+directory to ``.previous``: when the new version is first read, the chunks whose digests
+did not change are copied from it (only changed chunks cross the network), and it goes.
+Replicas are :class:`caterva2.replica.SparseReplica`: see there how a replica is filled,
+checked, and what happens to one damaged by a crash.
 """
 from __future__ import annotations
 
@@ -22,15 +27,17 @@ import uuid
 import weakref
 from collections import OrderedDict
 
+import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from caterva2 import paths
-from caterva2.models import DatasetEntry
+from caterva2.models import DatasetEntry, chunk_layout
 from caterva2.replica import SparseReplica
 from caterva2.statefiles import atomic_write
 
 log = logging.getLogger("caterva2.cache")
 MAX_OPEN_REPLICAS = 256
+PREVIOUS = ".previous"  # the directory of the version before the current one
 Index = dict[str, DatasetEntry]
 _INDEX = TypeAdapter(Index)
 ReplicaKey = tuple[str, str, str]  # root, path, version
@@ -92,7 +99,7 @@ class Cache:
             for path, entry in old.items():
                 new = datasets.get(path)
                 if new is None or new.version != entry.version:
-                    self._drop(root, path, keep=new)
+                    self._drop(root, path, keep=new, replaced=entry.version)
 
     def update(self, root: str, changed: Index, deleted: list[str]) -> None:
         """Apply a change to a root's index."""
@@ -103,17 +110,60 @@ class Cache:
                 datasets.pop(path, None)
             self.set_index(root, datasets)
 
-    def _drop(self, root: str, path: str, keep: DatasetEntry | None) -> None:
-        """Forget every version of a dataset but ``keep``'s."""
+    def _drop(self, root: str, path: str, keep: DatasetEntry | None,
+              replaced: str | None = None) -> None:
+        """Forget every version of a dataset but ``keep``'s; the ``replaced`` version's
+        replica, if any, becomes the previous one (unless the dataset is gone)."""
         for key in [k for k in self.in_use if k[:2] == (root, path)]:
             if keep is None or key[2] != keep.version:
                 self._forget(key)
-        keep_tag = version_tag(keep.version) if keep else None
         data_dir = self._data_dir(root, path)
-        if data_dir.is_dir():
-            for child in data_dir.iterdir():
-                if child.name != keep_tag:
-                    _trash(child, self.directory)
+        if not data_dir.is_dir():
+            return
+        if keep is not None and replaced is not None:
+            replaced_dir = data_dir / version_tag(replaced)
+            if (replaced_dir / "replica.b2").exists():
+                _trash(data_dir / PREVIOUS, self.directory)
+                os.replace(replaced_dir, data_dir / PREVIOUS)
+        spared = {version_tag(keep.version), PREVIOUS} if keep else set()
+        for child in data_dir.iterdir():
+            if child.name not in spared:
+                _trash(child, self.directory)
+
+    # -- the version before -------------------------------------------------------------
+    def has_previous(self, root: str, path: str) -> bool:
+        """Whether a replica of the dataset's version before the current one is kept."""
+        return (self._data_dir(root, path) / PREVIOUS / "replica.b2").exists()
+
+    def drop_previous(self, root: str, path: str) -> None:
+        with self.lock:
+            _trash(self._data_dir(root, path) / PREVIOUS, self.directory)
+
+    def take_previous(self, root: str, path: str, replica: SparseReplica,
+                      digests: np.ndarray) -> int:
+        """Copy into ``replica`` the chunks of the previous version whose digests are
+        ``digests`` (the new version's), then drop the previous version.  Nothing is copied
+        unless both versions have the same layout.  Returns how many chunks were copied."""
+        previous_dir = self._data_dir(root, path) / PREVIOUS
+        copied = 0
+        with self.lock:
+            try:
+                old = DatasetEntry.model_validate_json(
+                    (previous_dir / "entry.json").read_bytes())
+                if old.meta is None or chunk_layout(old.meta) != chunk_layout(replica.meta):
+                    return 0
+                before = SparseReplica(previous_dir / "replica.b2", old.meta)
+                same = np.flatnonzero((before.digests == digests) & (digests != 0))
+                for n in replica.missing([int(n) for n in same]):
+                    [chunk] = before.read_chunks([n])  # (checked against its digest)
+                    replica.store(n, chunk)
+                    copied += 1
+                del before
+            except (OSError, ValueError, RuntimeError) as e:  # a damaged or odd old replica
+                log.warning("previous version of %s/%s not reused: %s", root, path, e)
+            finally:
+                _trash(previous_dir, self.directory)
+        return copied
 
     # -- replicas ---------------------------------------------------------------------
     def replica(self, root: str, path: str, entry: DatasetEntry) -> SparseReplica:
@@ -126,6 +176,8 @@ class Cache:
             if replica is None:
                 directory = self._data_dir(root, path) / version_tag(entry.version)
                 replica = SparseReplica(directory / "replica.b2", entry.meta)
+                if not (directory / "entry.json").exists():  # (for reuse by the next version)
+                    atomic_write(directory / "entry.json", entry.model_dump_json())
                 self.in_use[key] = replica
             self.recent[key] = replica
             self.recent.move_to_end(key)

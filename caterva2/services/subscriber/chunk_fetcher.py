@@ -17,9 +17,11 @@ import asyncio
 import logging
 import urllib.parse
 from collections import Counter
+from collections.abc import Awaitable, Callable
 
 import blosc2
 import httpx
+import numpy as np
 
 from caterva2 import http_data, wire
 from caterva2.models import DatasetEntry
@@ -139,6 +141,7 @@ class ChunkFetcher:
         self.checking: dict[tuple[str, str, str], list[set[int]]] = {}  # see request_chunks
         self.claims: Counter[ChunkKey] = Counter()  # forwarding answers waiting per chunk
         self.tasks: set[asyncio.Task] = set()
+        self.running: dict[tuple, asyncio.Future] = {}  # see _once
         # Kept-alive connections to publishers, for the worker threads reading chunk streams.
         self.connections = http_data.ConnectionPool(timeout=UPSTREAM_TIMEOUT)
 
@@ -151,7 +154,14 @@ class ChunkFetcher:
                              ) -> tuple[SparseReplica, Arrivals]:
         """The replica of ``entry``'s version, and the Arrivals of those of ``nchunks`` it
         does not hold yet.  Missing chunks are fetched in the background, none twice."""
-        replica = await asyncio.to_thread(self.cache.replica, root, path, entry)
+        def replica_and_previous() -> tuple[SparseReplica, bool]:
+            return (self.cache.replica(root, path, entry),
+                    self.cache.has_previous(root, path))
+
+        replica, has_previous = await asyncio.to_thread(replica_and_previous)
+        if has_previous:
+            await self._once(("previous", root, path, entry.version),
+                             lambda: self._reuse_previous(root, path, entry, replica))
         version_key = (root, path, entry.version)
         missing = await self._missing(replica, version_key, nchunks)
         loop = asyncio.get_running_loop()
@@ -190,6 +200,40 @@ class ChunkFetcher:
             if not checks:
                 del self.checking[version_key]
         return [n for n in missing if n not in stored_meanwhile]
+
+    async def _once(self, key: tuple, make: Callable[[], Awaitable[None]]) -> None:
+        """Run ``make()`` once for concurrent callers with the same ``key``."""
+        task = self.running.get(key)
+        if task is None:
+            task = self.running[key] = asyncio.ensure_future(make())
+            task.add_done_callback(lambda _: self.running.pop(key, None))
+        await asyncio.shield(task)
+
+    async def _reuse_previous(self, root: str, path: str, entry: DatasetEntry,
+                              replica: SparseReplica) -> None:
+        """Copy the chunks of the previous version that did not change (their digests, asked
+        of the publisher, say so) into the new version's replica."""
+        assert entry.meta is not None
+        nchunks = entry.meta.schunk.nchunks
+        url = f"http://{self.registry.publisher(root)}/api/digests/{urllib.parse.quote(path)}"
+
+        def fetch_digests() -> np.ndarray | None:  # (in a worker thread)
+            with self.connections.get(url, {"version": entry.version}) as r:
+                body = r.read(8 * nchunks + 1)  # (never more than the dataset's digests)
+                if r.status != 200 or len(body) != 8 * nchunks:
+                    return None
+                return np.frombuffer(body, dtype="<u8")
+
+        try:
+            digests = await asyncio.to_thread(fetch_digests)
+        except httpx.HTTPError:
+            return  # the publisher is out of reach: maybe on the next read
+        if digests is None:  # (a root that offers no digests, or the data changed again)
+            await asyncio.to_thread(self.cache.drop_previous, root, path)
+            return
+        kept = await asyncio.to_thread(self.cache.take_previous, root, path, replica, digests)
+        log.info("%s/%s: %d of %d chunks kept from the previous version", root, path, kept,
+                 nchunks)
 
     def unclaim(self, key: ChunkKey) -> None:
         """A forwarding answer no longer waits for this chunk."""

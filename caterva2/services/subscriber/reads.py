@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from fastapi import HTTPException
 
 from caterva2 import paths
-from caterva2.models import AnyMeta, ArrayMeta, DatasetEntry
+from caterva2.models import AnyMeta, DatasetEntry, chunk_layout
 from caterva2.replica import SparseReplica
 from caterva2.services.errors import safe_relpath
 from caterva2.services.subscriber.chunk_fetcher import Arrivals
@@ -34,15 +34,6 @@ class Found:
     def meta(self) -> AnyMeta:
         assert self.entry.meta is not None  # (lookup never returns an entry without)
         return self.entry.meta
-
-
-def chunk_layout(meta: AnyMeta) -> tuple:
-    """What decides which chunks a selection needs, and how they decode."""
-    sc = meta.schunk
-    if isinstance(meta, ArrayMeta):
-        return (meta.kind, tuple(meta.shape), meta.dtype, tuple(meta.chunks),
-                tuple(meta.blocks), sc.chunkshape, sc.typesize, sc.nbytes)
-    return (meta.kind, sc.chunkshape, sc.typesize, sc.nbytes)
 
 
 def subscribed_root(sub: Subscriber, root: str) -> None:

@@ -1,0 +1,36 @@
+"""Delta re-sync: when a dataset changes at its source, only its changed chunks cross the
+publisher link again; the rest are kept from the version before (by their digests)."""
+import blosc2
+import numpy as np
+
+import caterva2 as cat2
+from caterva2.tests.harness import wait_until
+
+CHUNK_ROWS, COLS, NCHUNKS = 100, 100, 64  # 64 chunks of 80 kB (random: incompressible)
+
+
+def test_one_changed_chunk_is_all_that_moves_again(stack, tmp_path):
+    src = tmp_path / "data"
+    src.mkdir()
+    rng = np.random.default_rng(5)
+    data = rng.normal(size=(CHUNK_ROWS * NCHUNKS, COLS))
+    blosc2.asarray(data, urlpath=str(src / "a.b2nd"), mode="w", chunks=(CHUNK_ROWS, COLS),
+                   blocks=(10, COLS))
+    stack.publisher("data", src)
+    sub = stack.subscriber()
+    wait_until(lambda: "data" in cat2.get_roots(sub.address), what="root data")
+    assert cat2.subscribe("data", sub.address) == "Ok"
+    ds = cat2.Root("data", host=sub.address)["a.b2nd"]
+    np.testing.assert_array_equal(ds[:], data)  # all cached
+
+    # One chunk (rows 300:400, chunk 3) changes at the source.
+    changed = rng.normal(size=(CHUNK_ROWS, COLS))
+    source = blosc2.open(str(src / "a.b2nd"), mode="a")
+    source[3 * CHUNK_ROWS:4 * CHUNK_ROWS] = changed
+    del source
+    data[3 * CHUNK_ROWS:4 * CHUNK_ROWS] = changed
+    wait_until(lambda: np.array_equal(ds[3 * CHUNK_ROWS, :5], changed[0, :5]),
+               what="the change at the subscriber")
+    np.testing.assert_array_equal(ds[:], data)
+    log = (sub.statedir / "service.log").read_text()
+    assert f"63 of {NCHUNKS} chunks kept from the previous version" in log
