@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import pathlib
@@ -30,6 +31,7 @@ from caterva2.models import AnyMeta, ArrayMeta
 from caterva2.replica import SparseReplica
 from caterva2.services import responses
 from caterva2.services.errors import disk_error_text
+from caterva2.services.metrics import counted
 from caterva2.services.subscriber.cache import Index
 from caterva2.services.subscriber.chunk_fetcher import Arrivals
 from caterva2.services.subscriber.deps import Sub
@@ -111,6 +113,7 @@ async def fetch(root: str, path: str, sub: Sub, slice_: str | None = None,
                                  f"{wire.MAX_BUFFER_BYTES} bytes; use chunks=true")
     body = await whole_answer(sub, found, selection.nchunks,
                               encoder(meta, selection.plan, buffer))
+    sub.metrics.bytes_out(root, len(body))
     return Response(body, media_type="application/octet-stream", headers=headers)
 
 
@@ -121,7 +124,10 @@ async def whole_answer(sub: Subscriber, found: Found, nchunks: list[int],
 
     def cached_answer() -> bytes | None:  # a cached read costs one thread hop
         replica = cache.replica(found.root, found.path, found.entry)
-        return None if replica.missing(nchunks) else answer(replica)
+        if replica.missing(nchunks):
+            return None
+        sub.metrics.hit(found.root, len(nchunks))
+        return answer(replica)
 
     try:
         body = await asyncio.to_thread(cached_answer)
@@ -142,7 +148,8 @@ async def chunk_stream_answer(sub: Subscriber, found: Found, nchunks: list[int],
     sizes = None
     if arrivals is None:  # all cached: a known length spares uvicorn a copy of each chunk
         sizes = await asyncio.to_thread(replica.chunk_sizes, nchunks)
-    body = stream_chunks(sub, found, replica, nchunks, arrivals, sizes)
+    body = counted(stream_chunks(sub, found, replica, nchunks, arrivals, sizes),
+                   functools.partial(sub.metrics.bytes_out, found.root))
     return responses.chunk_stream(body, headers, sizes)
 
 
@@ -221,5 +228,7 @@ async def files(root: str, path: str, sub: Sub) -> Response:
         raise HTTPException(404, f"ordinary files are served as {root}/{path}.b2")
     _, complete = await complete_file(sub, root, path)
     name = pathlib.PurePosixPath(files_path(root, path)).name
+    with contextlib.suppress(OSError):  # (gone meanwhile: the response says so)
+        sub.metrics.bytes_out(root, complete.stat().st_size)
     return responses.LargeFileResponse(complete, filename=name,
                                        media_type="application/octet-stream")
