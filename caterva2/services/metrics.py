@@ -80,8 +80,8 @@ def mount_observability(app: FastAPI, registry: CollectorRegistry, service: str,
 
 
 class _CountRequests:
-    """ASGI middleware counting HTTP requests by method, route template and status (route
-    ``other`` for paths no route matched, so that scans cannot grow the label set)."""
+    """ASGI middleware counting HTTP requests by method, route and status (see
+    :func:`_route`: never the path asked for, so that scans cannot grow the label set)."""
 
     def __init__(self, app: ASGIApp, counter: Counter):
         self.app, self.counter = app, counter
@@ -101,8 +101,16 @@ class _CountRequests:
         try:
             await self.app(scope, receive, send_noting_status)
         finally:
-            route = getattr(scope.get("route"), "path", "other")
-            self.counter.labels(scope["method"], route, str(status)).inc()
+            self.counter.labels(scope["method"], _route(scope), str(status)).inc()
+
+
+def _route(scope: Scope) -> str:
+    """The template of the route that answered (``/api/info/{root}/{path:path}``), the path
+    of a plain Starlette route (``/docs``), or ``other`` if none matched."""
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    return scope["path"] if "endpoint" in scope else "other"
 
 
 async def counted(pieces: AsyncIterator[Any], count: Callable[[int], None]
