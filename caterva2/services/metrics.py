@@ -224,9 +224,13 @@ class SubscriberMetrics:
                                   registry=r)
 
     def measure_cache(self, directory: pathlib.Path, limit: Any = None) -> None:
-        """Measure usage under ``directory``; ``limit`` in bytes (None or 0: unlimited)."""
+        """Measure usage under ``directory``; ``limit`` in bytes (None or 0: unlimited;
+        anything not a number of bytes is shown as no limit)."""
         self.cache_dir = pathlib.Path(directory)
-        self.cache_limit = int(limit) if limit else None
+        try:
+            self.cache_limit = int(limit) or None if limit else None
+        except (TypeError, ValueError):
+            self.cache_limit = None
 
     # -- events ----------------------------------------------------------------------
     def hit(self, root: str, n: int = 1) -> None:
