@@ -8,6 +8,7 @@ Examples::
     cat2cli info foo/dir2/ds-4d.b2nd
     cat2cli show 'foo/dir1/ds-2d.b2nd[1:3, ::5]'
     cat2cli download foo/dir2/ds-4d.b2nd
+    cat2cli cache
 
 The subscriber is ``--host HOST:PORT``, else the environment variable
 ``CATERVA2_SUBSCRIBER``, else ``[subscriber] url`` or ``http`` from ``caterva2.toml`` (or
@@ -112,6 +113,40 @@ def cmd_download(client: cat2.Client, args: argparse.Namespace) -> None:
     print(json.dumps({"path": str(saved)}) if args.json else f"Dataset saved to {saved}")
 
 
+def human_bytes(n: float) -> str:
+    """``1234567`` → ``"1.2 MB"`` (decimal units, as ``--cache-size`` takes them)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def cmd_cache(client: cat2.Client, args: argparse.Namespace) -> None:
+    figures = client.cache()
+    if args.json:
+        return print(json.dumps(figures))
+    usage, limit = figures["usage"], figures["limit"]
+    bound = f"of {human_bytes(limit)} ({usage / limit:.0%})" if limit else "(no limit)"
+    reads = figures["hits"] + figures["misses"]
+    ratio = f" ({figures['hits'] / reads:.0%} hits)" if reads else ""
+    print(f"cache: {human_bytes(usage)} used {bound}")
+    print(f"chunks read: {figures['hits']} hits, {figures['misses']} misses{ratio}")
+    print(f"evictions: {figures['evictions']} ({human_bytes(figures['evicted_bytes'])})")
+    print(f"digest mismatches: {figures['digest_mismatches']}")
+    print(f"bytes in from publishers: {human_bytes(figures['bytes_in'])}; "
+          f"out to clients: {human_bytes(figures['bytes_out'])}")
+    roots = figures.get("roots") or {}
+    if roots:
+        width = max(4, *(len(name) for name in roots))
+        print(f"\n{'root':<{width}}  {'hits':>8}  {'misses':>8}  {'mismatches':>10}  "
+              f"{'bytes in':>10}  {'bytes out':>10}")
+        for name, r in roots.items():
+            print(f"{name:<{width}}  {r['hits']:>8}  {r['misses']:>8}  "
+                  f"{r['digest_mismatches']:>10}  {human_bytes(r['bytes_in']):>10}  "
+                  f"{human_bytes(r['bytes_out']):>10}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--host", default=argparse.SUPPRESS,
@@ -146,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("download", cmd_download, "save a complete copy of a dataset locally",
             ("dataset", "ROOT/PATH, e.g. foo/dir2/ds-4d.b2nd"),
             ("output_dir", "directory to save under (default: the current one)"))
+    command("cache", cmd_cache, "the subscriber's cache: usage, limit, hits, misses, "
+            "evictions, digest mismatches, bytes in and out per root")
     return parser
 
 

@@ -65,6 +65,41 @@ def parse_host(text: str) -> tuple[str, int]:
     return host or "localhost", int(port)
 
 
+def announced_address(url: str) -> str:
+    """The ``HOST:PORT`` a publisher announces to its broker, from ``http://HOST:PORT`` or
+    ``HOST:PORT`` (``cat2pub --url``): where subscribers reach it (a proxy, a NAT).
+
+    The broker's registry holds ``HOST:PORT`` and subscribers speak plain HTTP to it, so
+    other schemes, paths, queries and a missing or zero port are refused (ConfigError).
+
+    >>> announced_address("http://gateway.example.org:8080/")
+    'gateway.example.org:8080'
+    """
+    text = str(url).strip()
+    bad = f"bad publisher URL {url!r}: expected http://HOST:PORT or HOST:PORT"
+    if "://" in text:
+        try:
+            parts = urllib.parse.urlsplit(text)
+            port = parts.port
+        except ValueError as e:
+            raise ConfigError(f"{bad} ({e})") from None
+        if parts.scheme != "http":
+            raise ConfigError(f"{bad} (subscribers reach publishers over plain http)")
+        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+            raise ConfigError(f"{bad} (no path: subscribers add their own)")
+        if not parts.hostname or not port:
+            raise ConfigError(f"{bad} (host and port needed)")
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return f"{host}:{port}"
+    try:
+        host, port = parse_host(text)
+    except ConfigError:
+        raise ConfigError(bad) from None
+    if "/" in host or not port or not text.rpartition(":")[0]:
+        raise ConfigError(f"{bad} (host and port needed)")
+    return f"{host}:{port}"
+
+
 PROGRAMS = {"broker": "cat2bro", "publisher": "cat2pub", "subscriber": "cat2sub"}
 
 

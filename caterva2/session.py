@@ -186,6 +186,13 @@ class Client:
         url = self._get(f"api/download/{dataset}")
         return self._download_url(url, pathlib.Path(directory or "") / dataset)
 
+    def cache(self) -> dict[str, Any]:
+        """The subscriber's cache figures since it started: ``usage`` and ``limit`` in
+        bytes (``limit`` None: unlimited), chunk ``hits`` and ``misses``, ``evictions``
+        (``evicted_bytes``), ``digest_mismatches``, ``bytes_in`` from publishers,
+        ``bytes_out`` to clients, and the same per root in ``roots``."""
+        return self._get("api/cache")
+
     def get_root(self, name: str) -> Root:
         """The root ``name``, subscribed to (see :class:`caterva2.Root`)."""
         from caterva2.client import Root  # (those objects are made of sessions)

@@ -11,6 +11,8 @@ refused (409) while the first still serves it, and takes the name over once it d
 
 Its parts: :class:`Registry` (the roots and the name rule), :class:`EventHub` (fan-out to
 subscribers), ``router`` (the endpoints); :func:`build_app` puts them on ``app.state``.
+``GET /metrics`` and ``GET /health`` tell an operator how it goes
+(:mod:`caterva2.services.metrics`).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from fastapi import (
 from caterva2 import config
 from caterva2.models import ChangeEvent, RootEvent, RootInfo, valid_roots
 from caterva2.services.errors import install_error_handlers
+from caterva2.services.metrics import BrokerMetrics, mount_observability
 from caterva2.services.service import run_service
 from caterva2.statefiles import atomic_write, read_json
 
@@ -143,13 +146,15 @@ async def register_root(root: RootInfo, request: Request, registry: RegistryDep,
     except NameTaken as e:
         raise HTTPException(409, str(e)) from None
     hub.publish(RootEvent(root=root).model_dump_json())
+    request.app.state.metrics.registrations.inc()
     return "Ok"
 
 
 @router.post("/api/events")
-async def post_event(event: ChangeEvent, hub: HubDep) -> str:
+async def post_event(event: ChangeEvent, request: Request, hub: HubDep) -> str:
     """Forward a publisher's change event to every subscriber."""
     hub.publish(event.model_dump_json())
+    request.app.state.metrics.events.inc()
     return "Ok"
 
 
@@ -205,9 +210,13 @@ def build_app(statedir: pathlib.Path,
 
     app = FastAPI(title="Caterva2 broker", lifespan=lifespan)
     app.state.registry = Registry(statedir)
-    app.state.hub = EventHub()
+    app.state.hub = hub = EventHub()
+    app.state.metrics = metrics = BrokerMetrics(lambda: len(app.state.registry.roots),
+                                                lambda: len(hub.queues))
     install_error_handlers(app)
     app.include_router(router)
+    mount_observability(app, metrics.registry, "broker", lambda: {
+        "roots": len(app.state.registry.roots), "listeners": len(hub.queues)})
     return app
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import httpx
@@ -156,9 +156,12 @@ class Stack:
         self.services.append(service)
         return service
 
-    def publisher(self, name: str, source, id_: str | None = None) -> Service:
-        return self._add(Service("publisher", [name, source],
-                                 self.statedir / f"pub.{id_ or name}",
+    def publisher(self, name: str, source, id_: str | None = None, args: Sequence[str] = (),
+                  http: str = "127.0.0.1:0") -> Service:
+        """A publisher of ``source`` as root ``name`` (``args``: more options, such as
+        ``["--url", ADDRESS]``; ``http``: where it listens)."""
+        return self._add(Service("publisher", [name, source, *args],
+                                 self.statedir / f"pub.{id_ or name}", http=http,
                                  broker=self.broker.address))
 
     def subscriber(self, id_: str = "sub") -> Service:

@@ -90,6 +90,9 @@ def test_bit_flips_in_cached_chunks_are_never_served(cached):
     log = (cached.subscriber.statedir / "service.log").read_text()
     detected = log.count("does not match its digest")
     assert detected >= FLIPS, f"only {detected} of {FLIPS} damaged chunks were reported"
+    with cat2.Client(cached.subscriber.address) as client:
+        counted = client.cache()["digest_mismatches"]
+    assert counted >= FLIPS, f"only {counted} of {FLIPS} damaged chunks were counted"
 
 
 def test_a_damaged_chunk_is_fetched_again_and_only_it(cached):

@@ -13,7 +13,11 @@ Endpoints (paths relative to the root):
 - ``GET /api/digests/{path}?version=V``: every stored chunk's digest, 8 bytes each
   (:func:`caterva2.wire.chunk_digest`), for subscribers to keep unchanged chunks when the
   dataset changes; 404 where a root does not offer them (HDF5 files);
-- ``GET /api/download/{path}``: the stored file (ordinary files as their ``.b2`` SChunk).
+- ``GET /api/download/{path}``: the stored file (ordinary files as their ``.b2`` SChunk);
+- ``GET /metrics``, ``GET /health``: for operators (:mod:`caterva2.services.metrics`).
+
+It announces itself to the broker at its ``--http`` address, or at ``--url`` (``url`` in
+``[publisher]``) when subscribers reach it through a proxy or NAT.
 
 Its parts: :mod:`.api` (the endpoints), :mod:`.catalog` (the root's entries and index as
 the endpoints serve them), :mod:`.announcer` (registration and change announcements at the
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import pathlib
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +39,7 @@ from fastapi import FastAPI
 from caterva2 import config, paths
 from caterva2.roots import PublishedRoot, open_root
 from caterva2.services.errors import install_error_handlers
+from caterva2.services.metrics import PublisherMetrics, mount_observability
 from caterva2.services.service import run_service
 
 from .announcer import Announcer
@@ -42,18 +48,26 @@ from .catalog import Catalog
 
 __all__ = ["PublisherSettings", "build_app", "main"]
 
+log = logging.getLogger("caterva2.publisher")
 BROKER_TIMEOUT = httpx.Timeout(10, connect=3)
 
 
 @dataclass(frozen=True)
 class PublisherSettings:
-    """What a publisher is told at start: the root's name, the address it serves at (and
-    announces), its broker's address and its state directory."""
+    """What a publisher is told at start: the root's name, the address it serves at, its
+    broker's address, its state directory and, behind a proxy or NAT, the address
+    subscribers reach it at (``url``: ``http://HOST:PORT`` or ``HOST:PORT``)."""
 
     name: str
     address: str
     broker: str
     statedir: pathlib.Path
+    url: str | None = None
+
+    @property
+    def announced(self) -> str:
+        """The ``HOST:PORT`` announced to the broker (ConfigError for a bad ``url``)."""
+        return config.announced_address(self.url) if self.url else self.address
 
 
 def build_app(settings: PublisherSettings, root: PublishedRoot,
@@ -69,7 +83,7 @@ def build_app(settings: PublisherSettings, root: PublishedRoot,
     async def lifespan(app: FastAPI):
         async with httpx.AsyncClient(timeout=BROKER_TIMEOUT,
                                      transport=broker_transport) as client:
-            announcer = Announcer(settings.name, root, settings.address, settings.broker,
+            announcer = Announcer(settings.name, root, settings.announced, settings.broker,
                                   settings.statedir, client)
             app.state.announcer = announcer
             task = asyncio.create_task(announcer.run())
@@ -81,8 +95,13 @@ def build_app(settings: PublisherSettings, root: PublishedRoot,
 
     app = FastAPI(title=f"Caterva2 publisher of {settings.name}", lifespan=lifespan)
     app.state.catalog = Catalog(settings.name, root)
+    app.state.metrics = metrics = PublisherMetrics()
     install_error_handlers(app)
     app.include_router(router)
+    mount_observability(app, metrics.registry, "publisher", lambda: {
+        "root": settings.name, "announced_as": settings.announced, "broker": settings.broker,
+        "registered": getattr(app.state, "announcer", None) is not None
+        and app.state.announcer.registered})
     return app
 
 
@@ -92,15 +111,21 @@ def main() -> None:
         parser.add_argument("name", nargs="?", help="name of the root, e.g. foo")
         parser.add_argument("root", nargs="?",
                             help="directory (or HDF5 file) to publish, e.g. root-example")
+        parser.add_argument("--url", help="http://HOST:PORT (or HOST:PORT) announced to the "
+                                          "broker: where subscribers reach this publisher "
+                                          "(behind a proxy or NAT; default: --http)")
 
     def make_app(settings: dict[str, Any]) -> FastAPI:
         if not settings.get("name") or not settings.get("root"):
             raise config.ConfigError("give NAME and ROOT (or 'name' and 'root' in the "
                                      "[publisher] section of the configuration file)")
         paths.check_root_name(str(settings["name"]))  # ValueError: a clear error at start
+        publisher = PublisherSettings(str(settings["name"]), settings["address"],
+                                      settings["broker"], settings["statedir"],
+                                      settings.get("url"))
+        log.info("announcing %s at %s", publisher.name, publisher.announced)  # (checks url)
         root = open_root(settings["root"], settings["statedir"])
-        return build_app(PublisherSettings(str(settings["name"]), settings["address"],
-                                           settings["broker"], settings["statedir"]), root)
+        return build_app(publisher, root)
 
     run_service("publisher", "Caterva2 publisher: serves one root of datasets.",
                 {"http": config.PUBLISHER_DEFAULT, "statedir": "_caterva2/pub",

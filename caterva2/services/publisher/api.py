@@ -5,6 +5,7 @@ Handlers reach the root through the :class:`~.catalog.Catalog` at ``app.state.ca
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Annotated
 
@@ -13,6 +14,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from caterva2 import wire
 from caterva2.roots import DatasetNotFound, DatasetUnavailable, VersionMismatch
 from caterva2.services.errors import safe_relpath
+from caterva2.services.metrics import PublisherMetrics
 from caterva2.services.responses import LargeFileResponse, chunk_stream
 
 from .catalog import Catalog, entry_json
@@ -61,25 +63,27 @@ async def get_info(path: str, request: Request, catalog: CatalogDep) -> Response
 
 
 @router.get("/api/chunks/{path:path}")
-async def get_chunks(path: str, nchunks: str, catalog: CatalogDep,
+async def get_chunks(path: str, nchunks: str, catalog: CatalogDep, request: Request,
                      version: str | None = None) -> Response:
     current, meta = await asyncio.to_thread(catalog.readable, safe_relpath(path), version)
     try:
         wanted = wire.parse_chunk_list(nchunks, meta.schunk.nchunks)
     except ValueError as e:
         raise HTTPException(400, str(e)) from None
-    return await _stream_chunks(catalog, path, wanted, current)
+    return await _stream_chunks(catalog, path, wanted, current, request.app.state.metrics)
 
 
 async def _stream_chunks(catalog: Catalog, path: str, wanted: list[int],
-                         version: str) -> Response:
+                         version: str, metrics: PublisherMetrics) -> Response:
     """A chunk stream of chunks ``wanted`` of ``version`` of the dataset, as stored."""
     root = catalog.root
     # The first chunk alone, so that it leaves at once; then batches (fewer thread hops).
     batches = wire.batched(wanted[:1], 1) + wire.batched(wanted[1:], READ_BATCH)
 
     def read(batch: list[int]) -> list[bytes]:
-        return root.read_chunks(path, batch, version)
+        chunks = root.read_chunks(path, batch, version)
+        metrics.chunks_served(catalog.name, chunks)
+        return chunks
 
     def read_first() -> tuple[list[bytes], list[int] | None]:
         return read(batches[0]) if batches else [], root.chunk_sizes(path, wanted, version)
@@ -120,9 +124,11 @@ async def get_digests(path: str, catalog: CatalogDep,
 
 
 @router.get("/api/download/{path:path}")
-async def download(path: str, catalog: CatalogDep) -> Response:
+async def download(path: str, catalog: CatalogDep, request: Request) -> Response:
     await asyncio.to_thread(catalog.readable, safe_relpath(path))
     stored = await asyncio.to_thread(catalog.root.stored_file, path)
     if stored is None:
         raise HTTPException(404, f"{path!r} has no stored file to download")
+    with contextlib.suppress(OSError):  # (gone meanwhile: the response says so)
+        request.app.state.metrics.file_served(catalog.name, stored.stat().st_size)
     return LargeFileResponse(stored)

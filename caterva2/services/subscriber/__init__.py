@@ -6,7 +6,9 @@ REST API (dataset paths always include the root):
   ``GET /api/url/{root}[/{path}]``, ``GET /api/info/{root}/{path}`` (:mod:`.api`);
 - ``GET /api/fetch/{root}/{path}?slice_=...``, ``GET /api/download/{root}/{path}``,
   ``GET /files/{root}/{path}`` (:mod:`.data_api`);
-- ``GET /``: a page for browsers (:mod:`.page`).
+- ``GET /api/cache``: the cache's figures as JSON (:mod:`.api`, ``cat2cli cache``);
+- ``GET /``: a page for browsers (:mod:`.page`);
+- ``GET /metrics``, ``GET /health``: for operators (:mod:`caterva2.services.metrics`).
 
 Its parts (:class:`.node.Subscriber`): the roots it knows and follows (:mod:`.registry`),
 its link to the broker (:mod:`.broker_link`), the indexes of subscribed roots
@@ -25,6 +27,7 @@ from fastapi import FastAPI
 from caterva2 import config
 from caterva2.services import service
 from caterva2.services.errors import install_error_handlers
+from caterva2.services.metrics import SubscriberMetrics, mount_observability
 from caterva2.services.subscriber import api, data_api, page
 from caterva2.services.subscriber.node import Subscriber, SubscriberSettings
 
@@ -41,14 +44,21 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async with httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, limits=UPSTREAM_LIMITS) as client:
-            async with Subscriber(settings, client).running() as subscriber:
+            async with Subscriber(settings, client, metrics).running() as subscriber:
                 app.state.subscriber = subscriber
                 yield
 
+    def health() -> dict[str, Any]:
+        subscriber: Subscriber | None = getattr(app.state, "subscriber", None)
+        return {"broker": settings.broker, "broker_connected":
+                subscriber is not None and subscriber.broker.connected.is_set()}
+
+    metrics = SubscriberMetrics()
     app = FastAPI(title="Caterva2 subscriber", lifespan=lifespan)
     install_error_handlers(app)
     for module in (api, data_api, page):
         app.include_router(module.router)
+    mount_observability(app, metrics.registry, "subscriber", health)
     return app
 
 

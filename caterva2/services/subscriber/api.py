@@ -1,4 +1,5 @@
-"""The subscriber's metadata endpoints: roots, subscriptions, listings, URLs, info."""
+"""The subscriber's metadata endpoints: roots, subscriptions, listings, URLs, info; the
+cache's figures."""
 from __future__ import annotations
 
 import asyncio
@@ -74,3 +75,12 @@ async def get_info(root: str, path: str, sub: Sub) -> dict[str, Any]:
     """The dataset's metadata (sizes at its source)."""
     found = await lookup(sub, root, path)
     return user_info(found.meta)
+
+
+@router.get("/api/cache")
+async def get_cache(sub: Sub) -> dict[str, Any]:
+    """The cache's figures since the subscriber started: ``usage`` and ``limit`` in bytes
+    (``limit`` null: unlimited), chunk ``hits`` and ``misses``, ``evictions`` and
+    ``evicted_bytes``, ``digest_mismatches``, ``bytes_in`` (from publishers) and
+    ``bytes_out`` (to clients), and the same per root in ``roots``."""
+    return await asyncio.to_thread(sub.metrics.summary)

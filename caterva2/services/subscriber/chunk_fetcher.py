@@ -26,6 +26,7 @@ import numpy as np
 from caterva2 import http_data, wire
 from caterva2.models import DatasetEntry
 from caterva2.replica import ReplicaGone, SparseReplica
+from caterva2.services.metrics import SubscriberMetrics
 from caterva2.services.subscriber.cache import Cache
 from caterva2.services.subscriber.errors import Gone, Stale, Unavailable
 from caterva2.services.subscriber.registry import RootRegistry
@@ -134,8 +135,10 @@ class Arrivals:
 class ChunkFetcher:
     """Moves chunks from publishers into replicas; never the same chunk twice at once."""
 
-    def __init__(self, registry: RootRegistry, cache: Cache):
+    def __init__(self, registry: RootRegistry, cache: Cache,
+                 metrics: SubscriberMetrics | None = None):
         self.registry, self.cache = registry, cache
+        self.metrics = metrics or SubscriberMetrics()
         self.budget = ForwardBudget()
         self.inflight: dict[ChunkKey, asyncio.Future] = {}
         self.checking: dict[tuple[str, str, str], list[set[int]]] = {}  # see request_chunks
@@ -164,6 +167,8 @@ class ChunkFetcher:
                              lambda: self._reuse_previous(root, path, entry, replica))
         version_key = (root, path, entry.version)
         missing = await self._missing(replica, version_key, nchunks)
+        self.metrics.hit(root, len(nchunks) - len(missing))
+        self.metrics.miss(root, len(missing))
         loop = asyncio.get_running_loop()
         own, futures = [], {}
         for n in missing:
@@ -268,6 +273,7 @@ class ChunkFetcher:
                         [n for n in group if n in pending],
                         lambda n, chunk: loop.call_soon_threadsafe(stored, n, chunk))
                 except wire.DigestMismatch as e:  # (what came before it is stored)
+                    self.metrics.digest_mismatch(root)
                     log.warning("%s/%s from %s: %s (attempt %d of %d)", root, path, pub, e,
                                 attempt, DIGEST_ATTEMPTS)
                     if attempt < DIGEST_ATTEMPTS:
@@ -327,6 +333,7 @@ class ChunkFetcher:
                 if n not in asked:
                     raise Unavailable(f"publisher sent chunk {n}, not asked for")
                 asked.discard(n)
+                self.metrics.bytes_in(root, len(chunk))
                 self._store(root, path, entry, replica, n, chunk)
                 stored(n, chunk if n in kept else None)
 

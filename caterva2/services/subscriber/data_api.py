@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import pathlib
@@ -30,6 +31,7 @@ from caterva2.models import AnyMeta, ArrayMeta
 from caterva2.replica import ChunkDamaged, SparseReplica
 from caterva2.services import responses
 from caterva2.services.errors import disk_error_text
+from caterva2.services.metrics import counted
 from caterva2.services.subscriber.cache import Index
 from caterva2.services.subscriber.chunk_fetcher import Arrivals
 from caterva2.services.subscriber.deps import Sub
@@ -111,6 +113,7 @@ async def fetch(root: str, path: str, sub: Sub, slice_: str | None = None,
                                  f"{wire.MAX_BUFFER_BYTES} bytes; use chunks=true")
     body = await whole_answer(sub, found, selection.nchunks,
                               encoder(meta, selection.plan, buffer))
+    sub.metrics.bytes_out(root, len(body))
     return Response(body, media_type="application/octet-stream", headers=headers)
 
 
@@ -121,8 +124,14 @@ async def whole_answer(sub: Subscriber, found: Found, nchunks: list[int],
 
     def cached_answer() -> bytes | None:  # a cached read costs one thread hop
         replica = cache.replica(found.root, found.path, found.entry)
-        if replica.missing(nchunks) or replica.damaged_chunks(nchunks):
-            return None  # (damaged chunks now count as missing: they are fetched again)
+        if replica.missing(nchunks):
+            return None
+        damaged = replica.damaged_chunks(nchunks)
+        for _ in damaged:
+            sub.metrics.digest_mismatch(found.root)
+        if damaged:
+            return None  # (they count as missing now: they are fetched again)
+        sub.metrics.hit(found.root, len(nchunks))
         return answer(replica)
 
     try:
@@ -144,7 +153,8 @@ async def chunk_stream_answer(sub: Subscriber, found: Found, nchunks: list[int],
     sizes = None
     if arrivals is None:  # all cached: a known length spares uvicorn a copy of each chunk
         sizes = await asyncio.to_thread(replica.chunk_sizes, nchunks)
-    body = stream_chunks(sub, found, replica, nchunks, arrivals, sizes)
+    body = counted(stream_chunks(sub, found, replica, nchunks, arrivals, sizes),
+                   functools.partial(sub.metrics.bytes_out, found.root))
     return responses.chunk_stream(body, headers, sizes)
 
 
@@ -191,6 +201,7 @@ async def stream_chunks(sub: Subscriber, found: Found, replica: SparseReplica,
         log.warning("answer for %s cut short: %s", name, reason)
         yield wire.error_record(reason)
     except ChunkDamaged as e:  # (now missing: the client's next try gets it fetched again)
+        sub.metrics.digest_mismatch(found.root)
         log.warning("answer for %s cut short: %s", name, e)
     except (ValueError, RuntimeError) as e:  # a damaged replica: the next read rebuilds it
         log.warning("cached copy of %s damaged (%s); dropped", name, e)
@@ -226,5 +237,7 @@ async def files(root: str, path: str, sub: Sub) -> Response:
         raise HTTPException(404, f"ordinary files are served as {root}/{path}.b2")
     _, complete = await complete_file(sub, root, path)
     name = pathlib.PurePosixPath(files_path(root, path)).name
+    with contextlib.suppress(OSError):  # (gone meanwhile: the response says so)
+        sub.metrics.bytes_out(root, complete.stat().st_size)
     return responses.LargeFileResponse(complete, filename=name,
                                        media_type="application/octet-stream")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import httpx
 
 from caterva2.models import ChangeEvent, RootEvent
+from caterva2.services.metrics import SubscriberMetrics
 from caterva2.services.subscriber.broker_link import BrokerLink
 from caterva2.services.subscriber.cache import Cache
 from caterva2.services.subscriber.chunk_fetcher import ChunkFetcher
@@ -34,15 +35,19 @@ class SubscriberSettings:
 
 
 class Subscriber:
-    """Roots, cache, broker link, index sync and chunk fetcher of one subscriber."""
+    """Roots, cache, broker link, index sync and chunk fetcher of one subscriber, and its
+    figures (``metrics``, see :mod:`caterva2.services.metrics`)."""
 
-    def __init__(self, settings: SubscriberSettings, client: httpx.AsyncClient):
+    def __init__(self, settings: SubscriberSettings, client: httpx.AsyncClient,
+                 metrics: SubscriberMetrics | None = None):
         self.settings = settings
         self.registry = RootRegistry(settings.statedir)
         self.cache = Cache(settings.statedir / "cache")
+        self.metrics = metrics or SubscriberMetrics()
+        self.metrics.measure_cache(self.cache.directory, getattr(settings, "cache_size", None))
         self.broker = BrokerLink(settings.broker, client, self.registry)
         self.indexes = IndexSync(client, self.registry, self.cache)
-        self.fetcher = ChunkFetcher(self.registry, self.cache)
+        self.fetcher = ChunkFetcher(self.registry, self.cache, self.metrics)
 
     @contextlib.asynccontextmanager
     async def running(self):
