@@ -13,6 +13,7 @@ from caterva2.services.subscriber.broker_link import BrokerLink
 from caterva2.services.subscriber.cache import Cache
 from caterva2.services.subscriber.chunk_fetcher import ChunkFetcher
 from caterva2.services.subscriber.errors import Unavailable
+from caterva2.services.subscriber.freshness import Freshness
 from caterva2.services.subscriber.index_sync import IndexSync
 from caterva2.services.subscriber.registry import RootRegistry
 
@@ -34,7 +35,8 @@ class SubscriberSettings:
 
 
 class Subscriber:
-    """Roots, cache, broker link, index sync and chunk fetcher of one subscriber."""
+    """Roots, cache, broker link, index sync, freshness checks (while the broker is away)
+    and chunk fetcher of one subscriber."""
 
     def __init__(self, settings: SubscriberSettings, client: httpx.AsyncClient):
         self.settings = settings
@@ -42,6 +44,7 @@ class Subscriber:
         self.cache = Cache(settings.statedir / "cache")
         self.broker = BrokerLink(settings.broker, client, self.registry)
         self.indexes = IndexSync(client, self.registry, self.cache)
+        self.freshness = Freshness(self.broker, self.indexes)
         self.fetcher = ChunkFetcher(self.registry, self.cache)
 
     @contextlib.asynccontextmanager
