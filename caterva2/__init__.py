@@ -10,6 +10,7 @@ from caterva2.client import (
     File,
     Root,
     ServerError,
+    UnverifiedWarning,
     bro_host_default,
     download,
     fetch,
@@ -25,5 +26,6 @@ from caterva2.wire import AnswerCut
 __version__ = "0.3.0.dev0"
 
 __all__ = ["AnswerCut", "Client", "ConnectionFailed", "Dataset", "File", "Root",
-           "ServerError", "__version__", "bro_host_default", "download", "fetch", "get_info",
-           "get_list", "get_roots", "pub_host_default", "sub_host_default", "subscribe"]
+           "ServerError", "UnverifiedWarning", "__version__", "bro_host_default", "download",
+           "fetch", "get_info", "get_list", "get_roots", "pub_host_default", "sub_host_default",
+           "subscribe"]

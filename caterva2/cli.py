@@ -13,13 +13,21 @@ Examples::
 The subscriber is ``--host HOST:PORT``, else the environment variable
 ``CATERVA2_SUBSCRIBER``, else ``[subscriber] url`` or ``http`` from ``caterva2.toml`` (or
 the ``--conf`` file), else ``localhost:8002``.  Every command takes ``--json``.
+
+Errors are one line on stderr (``cat2cli: error: ...``) and a non-zero exit status.  Data
+that the subscriber served from its cache without being able to check it with its source
+(its broker and the dataset's publisher unreachable) is printed as usual, and one line on
+stderr says so (``cat2cli: warning: ...``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
+import warnings
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -186,6 +194,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def unverified_as_lines() -> Iterator[None]:
+    """UnverifiedWarnings shown as one ``cat2cli: warning: ...`` line each on stderr (the
+    same one once), as they come; other warnings as usual."""
+    seen: set[str] = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", cat2.UnverifiedWarning)
+        show = warnings.showwarning
+
+        def show_line(message, category, filename, lineno, file=None, line=None):
+            if not issubclass(category, cat2.UnverifiedWarning):
+                return show(message, category, filename, lineno, file, line)
+            if str(message) not in seen:
+                seen.add(str(message))
+                print(f"cat2cli: warning: {message}", file=sys.stderr, flush=True)
+
+        warnings.showwarning = show_line
+        yield
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
@@ -193,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
         with cat2.Client(getattr(args, "host", None),
                          conf=getattr(args, "conf", config.CONF_DEFAULT)) as client:
             try:
-                args.func(client, args)
+                with unverified_as_lines():
+                    args.func(client, args)
             except cat2.ServerError as e:
                 fail(e.detail)
             except cat2.ConnectionFailed as e:

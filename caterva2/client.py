@@ -34,6 +34,10 @@ The module functions (:func:`get_roots`, :func:`fetch`...) and ``Root``/``File``
 ``Dataset`` made without ``client=`` use a client shared per subscriber address, made when
 first needed and closed at exit (or by :func:`close_default_clients`).  A client may be
 used from several threads at once.
+
+**Answers that may be out of date.**  A subscriber that can reach neither its broker nor a
+dataset's publisher serves what it has cached and says so: the data is returned as usual,
+with an :class:`UnverifiedWarning`.
 """
 from __future__ import annotations
 
@@ -55,14 +59,15 @@ from caterva2.session import (
     ConnectionFailed,
     ConnectionTimedOut,
     ServerError,
+    UnverifiedWarning,
     close_default_clients,
     default_client,
 )
 
 __all__ = ["Client", "ConnectionFailed", "ConnectionTimedOut", "Dataset", "File", "Root",
-           "ServerError", "bro_host_default", "close_default_clients", "default_client",
-           "download", "fetch", "get_info", "get_list", "get_roots", "pub_host_default",
-           "sub_host_default", "subscribe"]
+           "ServerError", "UnverifiedWarning", "bro_host_default", "close_default_clients",
+           "default_client", "download", "fetch", "get_info", "get_list", "get_roots",
+           "pub_host_default", "sub_host_default", "subscribe"]
 
 bro_host_default = "localhost:8000"
 """The default HTTP endpoint of the broker (host:port)."""
@@ -249,7 +254,7 @@ class File:
             return self.client.fetch(self._dataset, slicing.format_slice(key))
         url = self.client._url(f"api/fetch/{self._dataset}")
         with self.client._data(url, {"slice_": slicing.format_slice(key),
-                                     "buffer": "true"}) as r:
+                                     "buffer": "true"}, dataset=self._dataset) as r:
             self._check_layout(r)
             out = wire.decompress_items(r.read(), dtype, plan.result_shape)
         return out[()] if out.ndim == 0 else out
@@ -261,7 +266,7 @@ class File:
         shape, chunks = tuple(meta["shape"]), tuple(meta["chunks"])
         url = self.client._url(f"api/fetch/{self._dataset}")
         with self.client._data(url, {"slice_": slicing.format_slice(key),
-                                     "chunks": "true"}) as r:
+                                     "chunks": "true"}, dataset=self._dataset) as r:
             self._check_layout(r)
             # A stream of known length is all cached at the subscriber and comes as fast as
             # it is read: one decompressing thread keeps up, and leaves the other cores to

@@ -14,6 +14,11 @@ when done, or use it as a context manager.  The module functions of
 client shared per subscriber address (:func:`default_client`), made when first needed and
 closed at exit (or by :func:`close_default_clients`).  A client may be used from several
 threads at once.
+
+**Answers that may be out of date.**  A subscriber that can reach neither its broker nor a
+dataset's publisher still serves what it has cached, and says so in the answer; the client
+then warns with an :class:`UnverifiedWarning` (once per place in your code, as Python does
+by default), and returns the data as usual.
 """
 from __future__ import annotations
 
@@ -22,9 +27,11 @@ import contextlib
 import http.client
 import os
 import pathlib
+import sys
 import threading
 import urllib.parse
 import uuid
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +67,36 @@ class ConnectionFailed(httpx.ConnectError):
 
 class ConnectionTimedOut(ConnectionFailed, httpx.ConnectTimeout):
     """The subscriber did not accept a connection in time (also an httpx.ConnectTimeout)."""
+
+
+class UnverifiedWarning(UserWarning):
+    """Data or metadata served by the subscriber from its cache without being checked with
+    its source, because neither the broker nor the dataset's publisher could be reached: it
+    may be out of date.  The message names the dataset and the subscriber's reason.
+
+    ``warnings.simplefilter("error", caterva2.UnverifiedWarning)`` makes such an answer an
+    error; ``"ignore"`` silences it.
+    """
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_TESTS_DIR = os.path.join(_PACKAGE_DIR, "tests") + os.sep
+_CONTEXTLIB = contextlib.__file__
+
+
+def _warn_unverified(reason: str | None, dataset: str) -> None:
+    """Warn (UnverifiedWarning) if an answer about ``dataset`` carried the subscriber's
+    ``reason`` why it could not be checked with its source; the warning names the first
+    caller outside this package."""
+    if reason is None:
+        return
+    level, frame = 1, sys._getframe(0)
+    while frame.f_back is not None and (
+            frame.f_code.co_filename == _CONTEXTLIB or
+            (frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+             and not frame.f_code.co_filename.startswith(_TESTS_DIR))):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(UnverifiedWarning(f"{dataset}: {reason}"), stacklevel=level)
 
 
 def _checked(response: httpx.Response) -> httpx.Response:
@@ -161,7 +198,7 @@ class Client:
     def info(self, dataset: str) -> dict[str, Any]:
         """Metadata of ``dataset`` (``ROOT/PATH``), as a dict."""
         paths.split_dataset(dataset)
-        return self._get(f"api/info/{dataset}")
+        return self._get(f"api/info/{dataset}", dataset=dataset)
 
     def fetch(self, dataset: str, slice_: Any = None) -> Any:
         """A selection of ``dataset`` (``ROOT/PATH``), cut by the subscriber: a NumPy array
@@ -173,7 +210,8 @@ class Client:
         """
         paths.split_dataset(dataset)
         text = slice_ if isinstance(slice_, str) else slicing.format_slice(slice_)
-        with self._data(self._url(f"api/fetch/{dataset}"), {"slice_": text}) as r:
+        with self._data(self._url(f"api/fetch/{dataset}"), {"slice_": text},
+                        dataset=dataset) as r:
             content = r.read()
         return wire.decode_selection(content, paths.dataset_kind(str(dataset)) == "ndarray")
 
@@ -183,8 +221,8 @@ class Client:
         current one); returns that path.  Ordinary files are decompressed back to their
         original bytes."""
         paths.split_dataset(dataset)
-        url = self._get(f"api/download/{dataset}")
-        return self._download_url(url, pathlib.Path(directory or "") / dataset)
+        url = self._get(f"api/download/{dataset}", warn=False)  # (the file's answer does)
+        return self._download_url(url, pathlib.Path(directory or "") / dataset, dataset)
 
     def cache(self) -> dict[str, Any]:
         """The subscriber's cache figures since it started: ``usage`` and ``limit`` in
@@ -233,10 +271,16 @@ class Client:
         except httpx.ConnectError as e:
             raise ConnectionFailed(self._unreachable(), request=e.request) from e
 
-    def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+    def _get(self, path: str, params: dict[str, str] | None = None, *,
+             dataset: str | None = None, warn: bool = True) -> Any:
+        """The JSON answer to ``GET path``; an UnverifiedWarning (about ``dataset``) if the
+        subscriber could not check it with the source, unless not ``warn``."""
         with self._reaching():
             response = self.http.get(self._url(path), params=params)
-        return _json(response)
+        result = _json(response)
+        if warn:
+            _warn_unverified(response.headers.get(wire.UNVERIFIED_HEADER), dataset or path)
+        return result
 
     def _post(self, path: str) -> Any:
         with self._reaching():
@@ -244,9 +288,10 @@ class Client:
         return _json(response)
 
     @contextlib.contextmanager
-    def _data(self, url: str,
-              params: dict[str, str] | None = None) -> Iterator[http.client.HTTPResponse]:
-        """A data answer (read fast, see :mod:`caterva2.http_data`); ServerError if refused.
+    def _data(self, url: str, params: dict[str, str] | None = None, *,
+              dataset: str | None = None) -> Iterator[http.client.HTTPResponse]:
+        """A data answer (read fast, see :mod:`caterva2.http_data`); ServerError if refused,
+        an UnverifiedWarning (about ``dataset``) if not checked with the source.
 
         Only URLs at the subscriber say it cannot be reached: a download link may point
         elsewhere (a subscriber behind a proxy), and its errors name that place.
@@ -256,17 +301,20 @@ class Client:
         with reaching, self.pool.get(url, params) as r:
             if r.status >= 400:
                 raise ServerError(http_data.as_httpx(r, url))
+            _warn_unverified(r.getheader(wire.UNVERIFIED_HEADER),
+                             dataset or urllib.parse.urlsplit(url).path)
             yield r
 
-    def _download_url(self, url: str, local: pathlib.Path) -> pathlib.Path:
-        """Stream ``url`` to ``local`` (atomically); unpack ``.b2`` files to their original
-        bytes."""
+    def _download_url(self, url: str, local: pathlib.Path,
+                      dataset: str | None = None) -> pathlib.Path:
+        """Stream ``url`` (of ``dataset``) to ``local`` (atomically); unpack ``.b2`` files to
+        their original bytes."""
         local.parent.mkdir(parents=True, exist_ok=True)
         tmp = str(local.parent / f".{local.name}.{uuid.uuid4().hex[:12]}.part")
         # (not tempfile.mkstemp: its files are private, 0600; a download gets the usual mode)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
-            with os.fdopen(fd, "wb") as f, self._data(url) as r:
+            with os.fdopen(fd, "wb") as f, self._data(url, dataset=dataset) as r:
                 http_data.save(r, f)
             if url.endswith(".b2"):
                 packed, tmp = tmp, tmp + ".unpacked"

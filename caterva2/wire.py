@@ -16,6 +16,8 @@ This module is everything else both ends of a connection must agree on:
   :func:`parse_chunk_list`).
 - **The layout header** (:data:`LAYOUT_HEADER`) goes with every array answer, so that a
   client holding older metadata notices that the dataset changed instead of misreading it.
+- **The unverified header** (:data:`UNVERIFIED_HEADER`) goes with an answer that a
+  subscriber served from its cache without being able to check it with the source.
 - **Selections** travel as one compressed buffer of items (:func:`compress_items`; the
   receiver knows shape and dtype), or as an NDArray cframe (:func:`encode_array`).
 
@@ -246,6 +248,12 @@ def layout(shape: Sequence[int], dtype: str, chunks: Sequence[int],
     this line with its own first.
     """
     return json.dumps([list(shape), dtype, list(chunks), list(blocks)], separators=(",", ":"))
+
+
+# On an answer (metadata, data, a download) that a subscriber served from its cache while
+# neither its broker nor the dataset's publisher could be reached, so that it could not
+# check that the dataset is still current: the reason, in words (ASCII).
+UNVERIFIED_HEADER = "Caterva2-Unverified"
 
 
 # ---------------------------------------------------------------------------

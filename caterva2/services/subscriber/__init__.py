@@ -12,8 +12,9 @@ REST API (dataset paths always include the root):
 
 Its parts (:class:`.node.Subscriber`): the roots it knows and follows (:mod:`.registry`),
 its link to the broker (:mod:`.broker_link`), the indexes of subscribed roots
-(:mod:`.index_sync`), the cache (:mod:`.cache`), and the chunk fetcher
-(:mod:`.chunk_fetcher`); :mod:`.reads` finds datasets and chunks for the endpoints.
+(:mod:`.index_sync`), their revalidation while the broker is away (:mod:`.freshness`), the
+cache (:mod:`.cache`), and the chunk fetcher (:mod:`.chunk_fetcher`); :mod:`.reads` finds
+datasets and chunks for the endpoints.
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ import urllib.parse
 from typing import Any
 
 import httpx
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Response
 
 from caterva2 import paths
 from caterva2.models import user_info
@@ -71,9 +71,10 @@ async def get_dataset_url(root: str, path: str, sub: Sub) -> list[str]:
 
 
 @router.get("/api/info/{root}/{path:path}")
-async def get_info(root: str, path: str, sub: Sub) -> dict[str, Any]:
+async def get_info(root: str, path: str, sub: Sub, response: Response) -> dict[str, Any]:
     """The dataset's metadata (sizes at its source)."""
     found = await lookup(sub, root, path)
+    response.headers.update(found.headers)
     return user_info(found.meta)
 
 

@@ -15,6 +15,9 @@ from caterva2.services.subscriber.registry import RootRegistry
 log = logging.getLogger("caterva2.subscriber")
 _EVENTS: TypeAdapter[RootEvent | ChangeEvent] = TypeAdapter(Event)
 MAX_BACKOFF_S = 5
+# A broker gone without closing the connection (its host down, the network cut) is noticed
+# within PING_INTERVAL_S + PING_TIMEOUT_S: until then reads are not revalidated.
+PING_INTERVAL_S, PING_TIMEOUT_S = 2, 3
 
 
 class BrokerLink:
@@ -43,7 +46,9 @@ class BrokerLink:
         url = f"ws://{self.broker}/api/events"
         while True:
             try:
-                async with websockets.connect(url, open_timeout=5, max_size=None) as ws:
+                async with websockets.connect(url, open_timeout=5, max_size=None,
+                                              ping_interval=PING_INTERVAL_S,
+                                              ping_timeout=PING_TIMEOUT_S) as ws:
                     await self.refresh_roots()
                     await on_connect()
                     self.connected.set()

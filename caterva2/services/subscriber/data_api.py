@@ -9,6 +9,9 @@
 - ``GET /api/download/{root}/{path}``: the URL of the complete file;
 - ``GET /files/{root}/{path}``: the complete dataset as a Blosc2 file (``.b2`` added for
   ordinary files).
+
+An answer served from the cache without its dataset being checked with the source (see
+:mod:`.freshness`) carries :data:`caterva2.wire.UNVERIFIED_HEADER`, as info answers do.
 """
 from __future__ import annotations
 
@@ -100,7 +103,7 @@ async def fetch(root: str, path: str, sub: Sub, slice_: str | None = None,
     found = await lookup(sub, root, path)
     meta = found.meta
     selection = plan_selection(meta, slice_)
-    headers = {}
+    headers = found.headers
     if isinstance(meta, ArrayMeta):
         headers[wire.LAYOUT_HEADER] = wire.layout(meta.shape, meta.dtype, meta.chunks,
                                                   meta.blocks)
@@ -217,9 +220,10 @@ def files_path(root: str, path: str) -> str:
 
 
 @router.get("/api/download/{root}/{path:path}")
-async def download(root: str, path: str, sub: Sub) -> str:
+async def download(root: str, path: str, sub: Sub, response: Response) -> str:
     """Fetch whatever is missing of a dataset, and say where the complete file is."""
-    await complete_file(sub, root, path)
+    found, _ = await complete_file(sub, root, path)
+    response.headers.update(found.headers)
     return f"{sub.settings.base_url}/files/{urllib.parse.quote(files_path(root, path))}"
 
 
@@ -235,9 +239,9 @@ async def files(root: str, path: str, sub: Sub) -> Response:
         path = path[:-3]
     elif path in index and paths.dataset_kind(path) == "file":
         raise HTTPException(404, f"ordinary files are served as {root}/{path}.b2")
-    _, complete = await complete_file(sub, root, path)
+    found, complete = await complete_file(sub, root, path)
     name = pathlib.PurePosixPath(files_path(root, path)).name
     with contextlib.suppress(OSError):  # (gone meanwhile: the response says so)
         sub.metrics.bytes_out(root, complete.stat().st_size)
-    return responses.LargeFileResponse(complete, filename=name,
+    return responses.LargeFileResponse(complete, filename=name, headers=found.headers,
                                        media_type="application/octet-stream")

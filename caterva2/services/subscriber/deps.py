@@ -8,7 +8,8 @@ from fastapi import Depends, Request
 from caterva2.services.subscriber.node import Subscriber
 
 
-def get_subscriber(request: Request) -> Subscriber:
+async def get_subscriber(request: Request) -> Subscriber:
+    # (async: a plain function would cost every request a hop to a worker thread)
     return request.app.state.subscriber
 
 

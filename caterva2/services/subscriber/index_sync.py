@@ -67,7 +67,8 @@ class IndexSync:
         except Unavailable as e:
             return DatasetEntry.unreadable(version, str(e))
 
-    async def current_entry(self, root: str, path: str) -> DatasetEntry:
+    async def current_entry(self, root: str, path: str, known: DatasetEntry | None = None,
+                            timeout: httpx.Timeout | None = None) -> DatasetEntry:
         """:meth:`fetch_entry`, asked again for up to GONE_GRACE_S while the publisher says
         the dataset is gone: a file rewritten in place is missing for a moment (Blosc2's
         ``mode="w"`` removes it first), and publishers announce deletions only after that."""
@@ -75,19 +76,29 @@ class IndexSync:
         deadline = loop.time() + GONE_GRACE_S
         while True:
             try:
-                return await self.fetch_entry(root, path)
+                return await self.fetch_entry(root, path, known, timeout)
             except Gone:
                 if loop.time() >= deadline:
                     raise
                 await asyncio.sleep(GONE_GRACE_S / 10)
 
-    async def fetch_entry(self, root: str, path: str) -> DatasetEntry:
-        """The dataset's entry at its publisher now; Gone or Unavailable."""
+    async def fetch_entry(self, root: str, path: str, known: DatasetEntry | None = None,
+                          timeout: httpx.Timeout | None = None) -> DatasetEntry:
+        """The dataset's entry at its publisher now; Gone or Unavailable.
+
+        With ``known``, the publisher is asked whether that version is still current (its
+        ETag): if so, it answers 304 with no body, and ``known`` itself is returned.
+        ``timeout`` replaces the client's for this request.
+        """
         url = f"http://{self.registry.publisher(root)}/api/info/{urllib.parse.quote(path)}"
+        headers = {"If-None-Match": known.version} if known is not None else None
         try:
-            r = await self.client.get(url)
+            r = await self.client.get(url, headers=headers, timeout=timeout if timeout
+                                      is not None else httpx.USE_CLIENT_DEFAULT)
         except httpx.HTTPError as e:
             raise Unavailable(f"publisher of {root!r} unreachable: {type(e).__name__}") from None
+        if r.status_code == 304 and known is not None:
+            return known
         if r.status_code == 404:
             raise Gone(path)
         if r.status_code != 200:

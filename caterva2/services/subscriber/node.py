@@ -14,6 +14,7 @@ from caterva2.services.subscriber.broker_link import BrokerLink
 from caterva2.services.subscriber.cache import Cache
 from caterva2.services.subscriber.chunk_fetcher import ChunkFetcher
 from caterva2.services.subscriber.errors import Unavailable
+from caterva2.services.subscriber.freshness import Freshness
 from caterva2.services.subscriber.index_sync import IndexSync
 from caterva2.services.subscriber.registry import RootRegistry
 
@@ -35,8 +36,9 @@ class SubscriberSettings:
 
 
 class Subscriber:
-    """Roots, cache, broker link, index sync and chunk fetcher of one subscriber, and its
-    figures (``metrics``, see :mod:`caterva2.services.metrics`)."""
+    """Roots, cache, broker link, index sync, freshness checks (while the broker is away)
+    and chunk fetcher of one subscriber, and its figures (``metrics``, see
+    :mod:`caterva2.services.metrics`)."""
 
     def __init__(self, settings: SubscriberSettings, client: httpx.AsyncClient,
                  metrics: SubscriberMetrics | None = None):
@@ -47,6 +49,7 @@ class Subscriber:
         self.metrics.measure_cache(self.cache.directory, getattr(settings, "cache_size", None))
         self.broker = BrokerLink(settings.broker, client, self.registry)
         self.indexes = IndexSync(client, self.registry, self.cache)
+        self.freshness = Freshness(self.broker, self.indexes)
         self.fetcher = ChunkFetcher(self.registry, self.cache, self.metrics)
 
     @contextlib.asynccontextmanager

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException
 
-from caterva2 import paths
+from caterva2 import paths, wire
 from caterva2.models import AnyMeta, DatasetEntry, chunk_layout
 from caterva2.replica import SparseReplica
 from caterva2.services.errors import safe_relpath
@@ -24,11 +24,18 @@ READ_ATTEMPTS = 3  # versions a read tries before saying the dataset keeps chang
 
 @dataclass
 class Found:
-    """A dataset found for a read: its entry (with metadata) and where it lives."""
+    """A dataset found for a read: its entry (with metadata) and where it lives; and, if
+    it could not be checked with its source (see :mod:`.freshness`), why."""
 
     root: str
     path: str
     entry: DatasetEntry
+    unverified: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What an answer about this dataset says of its freshness, as headers."""
+        return {wire.UNVERIFIED_HEADER: self.unverified} if self.unverified else {}
 
     @property
     def meta(self) -> AnyMeta:
@@ -49,7 +56,12 @@ def subscribed_root(sub: Subscriber, root: str) -> None:
 
 
 async def lookup(sub: Subscriber, root: str, path: str) -> Found:
-    """The dataset ``root/path`` with its metadata, or the HTTP error saying why not."""
+    """The dataset ``root/path`` with its metadata, or the HTTP error saying why not.
+
+    While the broker is connected, its events keep the index current and this asks nobody;
+    while not, the dataset's version is first checked with its publisher (see
+    :mod:`.freshness`).
+    """
     subscribed_root(sub, root)
     safe_relpath(path)
     index = sub.cache.loaded_index(root)
@@ -58,9 +70,26 @@ async def lookup(sub: Subscriber, root: str, path: str) -> Found:
     entry = index.get(path)
     if entry is None:
         raise HTTPException(404, f"no dataset {path!r} in root {root!r}")
-    if entry.meta is None:
+    unverified = None
+    if entry.meta is not None and sub.freshness.needed:
+        try:
+            entry, unverified = await sub.freshness.revalidate(root, path, entry)
+        except Gone:
+            raise _gone(root, path) from None
+        if entry.meta is None:  # (just learnt from its publisher: no need to ask again)
+            raise _unreadable(root, path, entry.error or "unknown reason")
+    elif entry.meta is None:
         entry = await readable_now(sub, root, path, entry)
-    return Found(root, path, entry)
+    return Found(root, path, entry, unverified)
+
+
+def _gone(root: str, path: str) -> HTTPException:
+    return HTTPException(404, f"dataset {root}/{path} no longer exists")
+
+
+def _unreadable(root: str, path: str, error: str) -> HTTPException:
+    return HTTPException(503, f"{root}/{path} cannot be read at its source now ({error}); "
+                              "a file being written becomes readable when complete")
 
 
 async def current_or_404(sub: Subscriber, root: str, path: str) -> DatasetEntry:
@@ -69,7 +98,7 @@ async def current_or_404(sub: Subscriber, root: str, path: str) -> DatasetEntry:
     try:
         return await sub.indexes.current_entry(root, path)
     except Gone:
-        raise HTTPException(404, f"dataset {root}/{path} no longer exists") from None
+        raise _gone(root, path) from None
 
 
 async def readable_now(sub: Subscriber, root: str, path: str,
@@ -86,8 +115,7 @@ async def readable_now(sub: Subscriber, root: str, path: str,
         if new.meta is not None:
             return new
         error = new.error or "unknown reason"
-    raise HTTPException(503, f"{root}/{path} cannot be read at its source now ({error}); "
-                             "a file being written becomes readable when complete")
+    raise _unreadable(root, path, error)
 
 
 async def with_chunks(sub: Subscriber, found: Found, nchunks: list[int], wait: bool = True
