@@ -26,6 +26,7 @@ example: $(VENV)/.installed-all
 
 bench: $(VENV)/.installed-all
 	$(BIN)/python bench/scaling.py
+	$(BIN)/python bench/link_bytes.py
 
 clean:
 	rm -rf $(VENV) _caterva2 _caterva2_tests *.egg-info
