@@ -200,6 +200,10 @@ class SparseReplica:
         with self.lock:
             return chunks.stored_sizes(self.schunk, nchunks)
 
+    def digest(self, nchunk: int, chunk: chunks.Buffer) -> int:
+        """The digest of a held chunk, as checked when it was read (see read_chunks)."""
+        return int(self.digests[nchunk])
+
     def read_chunks(self, nchunks: list[int]) -> list[bytes]:
         """Chunks exactly as stored, each checked against its digest; ChunkDamaged for
         one that does not match (it then counts as not held)."""

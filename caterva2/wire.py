@@ -100,14 +100,19 @@ def batched(numbers: list[int], size: int) -> list[list[int]]:
 
 async def write_records(read: Callable[[list[int]], list[bytes]], batches: Iterable[list[int]],
                         first: list[bytes] | None = None,
-                        sizes: dict[int, int] | None = None) -> AsyncIterator[Buffer]:
+                        sizes: dict[int, int] | None = None,
+                        digest: Callable[[int, Buffer], int] | None = None
+                        ) -> AsyncIterator[Buffer]:
     """A chunk stream's body: each batch of chunk numbers is read with ``read(batch)`` in a
     thread, one batch ahead of the sender; ``first`` is the first batch's chunks if already
     read.  Headers and chunks are yielded separately: no copies.
 
     ``sizes`` are the chunk sizes a Content-Length was made of: a chunk of another size
     raises ChunkChanged before any of it is sent, so the body is never longer than said.
+    ``digest(n, chunk)`` gives a chunk's digest when the sender knows it already (a cache
+    that checked the chunk against it); by default it is computed.
     """
+    digest = digest or (lambda n, chunk: chunk_digest(chunk))
     batches = list(batches)
     if not batches:
         return
@@ -130,7 +135,7 @@ async def write_records(read: Callable[[list[int]], list[bytes]], batches: Itera
                 if sizes is not None and len(chunk) != sizes[n]:
                     raise ChunkChanged(f"chunk {n} is {len(chunk)} bytes, not the "
                                        f"{sizes[n]} announced")
-                yield record_header(n, len(chunk), chunk_digest(chunk))
+                yield record_header(n, len(chunk), digest(n, chunk))
                 yield chunk
     finally:
         if not pending.done():  # the receiver went away: drop the batch being read

@@ -179,7 +179,7 @@ async def stream_chunks(sub: Subscriber, found: Found, replica: SparseReplica,
     try:
         async for piece in wire.write_records(replica.read_chunks,
                                               wire.batched(held, STREAM_BATCH),
-                                              sizes=announced):
+                                              sizes=announced, digest=replica.digest):
             yield piece
         while arrivals is not None and arrivals.futures:
             arrived = await arrivals.next_stored()
@@ -192,7 +192,8 @@ async def stream_chunks(sub: Subscriber, found: Found, replica: SparseReplica,
             stored = [n for n, forwarded in arrived.items() if forwarded is None]
             del arrived  # (chunks sent are let go before more are read)
             async for piece in wire.write_records(replica.read_chunks,
-                                                  wire.batched(stored, STREAM_BATCH)):
+                                                  wire.batched(stored, STREAM_BATCH),
+                                                  digest=replica.digest):
                 yield piece
     except (Gone, Stale) as e:
         log.warning("answer for %s cut short: it changed at its source (%s)", name,
