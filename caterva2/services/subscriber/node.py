@@ -27,6 +27,7 @@ class SubscriberSettings:
     statedir: pathlib.Path
     address: str  # host:port it listens on
     url: str | None = None  # the base of the URLs it hands out (behind a proxy)
+    cache_size: int | None = None  # bytes the cache may take on disk (None: no bound)
 
     @property
     def base_url(self) -> str:
@@ -39,7 +40,7 @@ class Subscriber:
     def __init__(self, settings: SubscriberSettings, client: httpx.AsyncClient):
         self.settings = settings
         self.registry = RootRegistry(settings.statedir)
-        self.cache = Cache(settings.statedir / "cache")
+        self.cache = Cache(settings.statedir / "cache", limit=settings.cache_size)
         self.broker = BrokerLink(settings.broker, client, self.registry)
         self.indexes = IndexSync(client, self.registry, self.cache)
         self.fetcher = ChunkFetcher(self.registry, self.cache)
