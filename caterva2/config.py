@@ -140,19 +140,18 @@ def parse_size(value: Any, name: str = "size") -> int | None:
 
 
 def format_size(size: int | None) -> str:
-    """A size for people: ``500 MB``, ``512 MiB``, ``1.23 MB``; ``none`` for no limit.
+    """A size for people, in the largest unit that gives at least 1 (and an exact figure
+    with at most two decimals, if one does): ``none`` for no limit.
 
-    >>> format_size(500_000_000), format_size(2**29), format_size(1_500_000_000)
-    ('500 MB', '512 MiB', '1500 MB')
+    >>> format_size(500_000_000), format_size(2**29), format_size(3_500_000), format_size(999)
+    ('500 MB', '512 MiB', '3.5 MB', '999 bytes')
     """
     if size is None:
         return "none"
-    if size <= 0:
-        return f"{size} bytes"
     by_size = sorted(SIZE_UNITS.items(), key=lambda item: -item[1])
-    for unit, factor in by_size:  # an exact figure if there is one (likely the user's own)
-        if size % factor == 0:
-            return f"{size // factor} {unit}"
+    for unit, factor in by_size:
+        if size >= factor and (size * 100) % factor == 0:
+            return f"{size / factor:g} {unit}"
     for unit, factor in by_size:
         if size >= factor and "i" not in unit:
             return f"{size / factor:.3g} {unit}"

@@ -54,6 +54,25 @@ class Space(Protocol):
         replica's directory really holds counts from now on."""
 
 
+class _WithoutBlosc2Frames:
+    """Strips the traceback of an error raised inside the block.
+
+    Blosc2 keeps a replica's file open for as long as its Python objects live, and the
+    frames of a traceback hold them: an error kept somewhere (a future, ``write_error``)
+    would keep a closed replica's file open, and a removed file's room taken.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        if error is not None:  # (it goes on from here, without the frames it came through)
+            error.with_traceback(None)
+
+
+_without_blosc2_frames = _WithoutBlosc2Frames()
+
+
 def write_reserve(nbytes: int, nchunks: int) -> int:
     """Room to ask for before storing ``nbytes`` of a chunk in a frame of ``nchunks``: the
     chunk, the frame's trailer and the growth of its chunk index (measured: well under
@@ -177,12 +196,14 @@ class SparseReplica:
             self.space.reserve(self, reserved)
         try:
             with self.lock:
-                if self.write_error is not None:
-                    raise self.write_error
+                if self.write_error is not None:  # (a new error: one raised again and
+                    # again would keep every frame it went through, and their chunks)
+                    raise OSError(self.write_error.errno, self.write_error.strerror)
                 if self.damaged:
                     raise RuntimeError(f"replica {self.file.name} is damaged")
                 try:
-                    write(self._container())
+                    with _without_blosc2_frames:
+                        write(self._container())
                 except RuntimeError:  # (Blosc2 does not say why)
                     self._failed(nbytes)
                     raise
@@ -203,12 +224,12 @@ class SparseReplica:
 
     def chunk_sizes(self, nchunks: list[int]) -> list[int]:
         """Stored sizes of held chunks, from their headers."""
-        with self.lock:
+        with self.lock, _without_blosc2_frames:
             return chunks.stored_sizes(self.schunk, nchunks)
 
     def read_chunks(self, nchunks: list[int]) -> list[bytes]:
         """Chunks exactly as stored; ValueError if one is damaged."""
-        with self.lock:
+        with self.lock, _without_blosc2_frames:
             found = [self.schunk.get_chunk(n) for n in nchunks]
         for chunk in found:
             chunks.check_chunk(chunk)
@@ -217,14 +238,14 @@ class SparseReplica:
     # -- reads ------------------------------------------------------------------------
     def read_array(self, region: tuple[slice, ...]) -> np.ndarray:
         """The elements of ``region`` (every chunk it touches must be held)."""
-        with self.lock:
+        with self.lock, _without_blosc2_frames:
             if not region:
                 return self._container()[()]
             return self._container()[region]
 
     def read_items(self, start: int, stop: int) -> bytes:
         """Items ``start:stop`` of a SChunk, as bytes."""
-        with self.lock:
+        with self.lock, _without_blosc2_frames:
             return self._container()[start:stop] if stop > start else b""
 
     def complete_file(self) -> pathlib.Path:

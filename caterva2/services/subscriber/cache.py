@@ -129,6 +129,7 @@ class Cache:
         self._recent_chunks = 0
         self._users: dict[SparseReplica, int] = {}
         self._doomed: set[SparseReplica] = set()
+        self._closed_by_users = False
         self._lease_lock = threading.Lock()
         # Bytes on disk: replica directories, least recently used first; indexes; and room
         # reserved for writes under way.
@@ -172,7 +173,10 @@ class Cache:
         """Replace a root's index, dropping replicas of changed and deleted datasets."""
         datasets = {p: e for p, e in datasets.items() if _safe(p)}
         with self.lock:
-            old = self.index(root) or {}
+            old = self.index(root)
+            if old == datasets:  # (nothing to write: so a full disk does not fail a resync)
+                return
+            old = old or {}
             file = self._root_dir(root) / "index.json"
             atomic_write(file, _INDEX.dump_json(datasets))
             self._set_index_size(root, _blocks(file.stat().st_size))
@@ -253,8 +257,10 @@ class Cache:
             for old in unused:
                 self._doomed.add(old)
         self._close(unused)
-        for stale in [k for k, r in self.replicas.items() if r.closed]:
-            del self.replicas[stale]
+        if self._closed_by_users:  # (closed by release, which does not take self.lock)
+            self._closed_by_users = False
+            for stale in [k for k, r in self.replicas.items() if r.closed]:
+                del self.replicas[stale]
 
     def hold(self, replica: SparseReplica) -> None:
         """Keep ``replica`` from being evicted or closed until :meth:`release`."""
@@ -277,6 +283,7 @@ class Cache:
             if kept and replica not in self._doomed:
                 return
             self._doomed.add(replica)
+            self._closed_by_users = True
         self._close([replica])
 
     def _close(self, replicas: list[SparseReplica]) -> None:
@@ -294,9 +301,7 @@ class Cache:
             if kept is not None:
                 self._recent_chunks -= _nchunks(kept)
             if replica is None or replica in self._users:
-                if replica is not None:
-                    self._doomed.add(replica)
-                return
+                return  # (no longer kept: its last release closes it)
             self._doomed.add(replica)
         self._close([replica])
 
