@@ -24,6 +24,7 @@ import os
 import pathlib
 import shutil
 import threading
+import types
 import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -65,7 +66,8 @@ class _WithoutBlosc2Frames:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: types.TracebackType | None) -> None:
         if error is not None:  # (it goes on from here, without the frames it came through)
             error.with_traceback(None)
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
+import http.client
 import http.server
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import blosc2
 import httpx
@@ -36,11 +38,12 @@ from caterva2.models import MAX_CHUNKSIZE, MAX_NCHUNKS, DatasetEntry, RootIndex
 from caterva2.roots.directory import DirectoryRoot
 from caterva2.services.errors import CacheTooSmall
 from caterva2.services.subscriber import cache as cache_module
-from caterva2.tests.harness import Service, Stack, wait_until
+from caterva2.tests.harness import Service, wait_until
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads Linux's /proc")
 CHUNK = 256 * 1024  # bytes of float64 per chunk in the datasets below
+PACKAGE_HOME = str(pathlib.Path(cat2.__file__).resolve().parent.parent)  # (this caterva2)
 
 
 def make_datasets(directory: pathlib.Path, sizes_mb: dict[str, float],
@@ -113,7 +116,7 @@ def test_subscriber_refuses_a_bad_cache_size_at_start(tmp_path, args, conf, mess
     done = subprocess.run([sys.executable, "-m", "caterva2.services.subscriber", "--conf",
                            str(tmp_path / "c.toml"), "--http", "127.0.0.1:0", *args],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                          check=False, env={**os.environ, "PYTHONPATH": os.getcwd()})
+                          check=False, env={**os.environ, "PYTHONPATH": PACKAGE_HOME})
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
 
@@ -251,10 +254,9 @@ def test_a_leased_replica_is_never_evicted_and_a_read_that_cannot_fit_says_so(tm
         with cache_module.leasing():  # d1 makes room for d2, d0 stays
             fill(cache, root, names[2])
         assert replica_names(tmp_path / "cache") == {names[0], names[2]}
-        with cache_module.leasing(), pytest.raises(CacheTooSmall) as error:
-            with cache_module.leasing():  # (d2 in use too)
-                fill(cache, root, names[2])
-                fill(cache, root, names[3])
+        with cache_module.leasing(), pytest.raises(CacheTooSmall) as error:  # (d2 used too)
+            fill(cache, root, names[2])
+            fill(cache, root, names[3])
         assert "too small for this read" in error.value.strerror
         assert "answers in flight" in error.value.strerror
     # Once nobody uses them, any may go.
@@ -303,29 +305,32 @@ def cache_dir(sub: Service) -> pathlib.Path:
     return sub.statedir / "cache"
 
 
-class DiskSampler:
-    """Measures what a cache directory takes on disk, every few milliseconds, in a thread:
-    ``peak`` is the most seen while the ``with`` block ran."""
+class DiskPeak:
+    """The most a directory was seen to take on disk (see :func:`sampling_disk`)."""
 
-    def __init__(self, directory: pathlib.Path, interval: float = 0.005):
-        self.directory, self.interval, self.peak = directory, interval, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    peak = 0
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
+
+@contextlib.contextmanager
+def sampling_disk(directory: pathlib.Path, interval: float = 0.005) -> Iterator[DiskPeak]:
+    """Measure what ``directory`` takes on disk every few milliseconds, in a thread, while
+    the block runs; the result's ``peak`` is the most seen."""
+    result, stop = DiskPeak(), threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
             with contextlib.suppress(OSError):  # (a file removed while measured)
-                self.peak = max(self.peak, disk_use(self.directory))
-            time.sleep(self.interval)
+                result.peak = max(result.peak, disk_use(directory))
+            time.sleep(interval)
 
-    def __enter__(self) -> DiskSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self.peak = max(self.peak, disk_use(self.directory))
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        stop.set()
+        thread.join(10)
+        result.peak = max(result.peak, disk_use(directory))
 
 
 def refused(call, *words: str) -> str:
@@ -361,7 +366,7 @@ def test_subscriber_keeps_its_cache_under_cache_size(stack, tmp_path):
             np.testing.assert_array_equal(root[name][:], data[name])
             return proxy.counters().down - before
 
-        with DiskSampler(cache_dir(sub)) as disk:
+        with sampling_disk(cache_dir(sub)) as disk:
             for name in ("d0.b2nd", "d1.b2nd", "d2.b2nd"):
                 assert read(name) > 800_000
             assert read("d0.b2nd") == 0, "a cached dataset came from the publisher again"
@@ -380,6 +385,25 @@ def test_subscriber_keeps_its_cache_under_cache_size(stack, tmp_path):
         proxy.close()
 
 
+@contextlib.contextmanager
+def slow_reader(address_path: str, query: str):
+    """A GET of ``HOST:PORT/PATH?QUERY`` whose answer the caller reads when it likes; a
+    small receive buffer, so that a large answer is still being sent while it waits."""
+    address, _, path = address_path.partition("/")
+    host, port = address.rsplit(":", 1)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)  # (before connecting)
+    sock.settimeout(60)
+    sock.connect((host, int(port)))
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.sock = sock
+    try:
+        conn.request("GET", f"/{path}?{query}")
+        yield conn.getresponse()
+    finally:
+        conn.close()
+
+
 @linux_only
 def test_an_answer_in_flight_keeps_its_data(stack, tmp_path):
     """While a client is slowly reading a large answer, what that answer reads is never
@@ -393,7 +417,7 @@ def test_an_answer_in_flight_keeps_its_data(stack, tmp_path):
     wait_until(lambda: "data" in cat2.get_roots(sub.address), what="root data")
     root = cat2.Root("data", host=sub.address)
     rows = CHUNK // 8
-    url = f"http://{sub.address}/api/fetch/data/slow.b2nd"
+    url = f"{sub.address}/api/fetch/data/slow.b2nd"
     seen = []
 
     def check(n: int, chunk: memoryview) -> None:
@@ -401,8 +425,7 @@ def test_an_answer_in_flight_keeps_its_data(stack, tmp_path):
         np.testing.assert_array_equal(got, data["slow.b2nd"][n * rows:(n + 1) * rows])
         seen.append(n)
 
-    with DiskSampler(cache_dir(sub)) as disk, http_data.ConnectionPool() as pool, \
-            pool.get(url, {"slice_": ":", "chunks": "true"}) as r:
+    with sampling_disk(cache_dir(sub)) as disk, slow_reader(url, "slice_=:&chunks=true") as r:
         assert r.status == 200, f"the subscriber answered {r.status}"
         records = http_data.records(r, CHUNK + blosc2.MAX_OVERHEAD)
         check(*next(records))  # ... and the client stops reading for a while
@@ -467,10 +490,15 @@ def small_filesystem(where: pathlib.Path, size: str):
     """A tmpfs of ``size`` mounted at ``where`` for the block (the test is skipped where
     mounting is not permitted, e.g. without root)."""
     where.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small filesystem here: {done.stderr.strip()}")
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                               str(where)], capture_output=True, text=True, check=False,
+                              timeout=30)
+        error = done.stderr.strip() if done.returncode else ""
+    except OSError as e:  # (no mount command)
+        error = str(e)
+    if error:
+        pytest.skip(f"cannot mount a small filesystem here (needs root): {error}")
     try:
         yield where
     finally:
@@ -514,7 +542,7 @@ def test_a_full_small_disk_is_a_507_and_its_room_comes_back(stack, tmp_path):
         sub.args += ["--cache-size", "12MB"]
         sub.restart()  # (starts within its bound: evicts least recently written data)
         assert disk_use(cache) <= 12 * 10**6
-        with DiskSampler(cache) as disk:
+        with sampling_disk(cache) as disk:
             for _ in range(2):
                 for name in ("d0.b2nd", "d1.b2nd", "d2.b2nd", "d3.b2nd"):
                     np.testing.assert_array_equal(root[name][:], data[name])
@@ -533,7 +561,7 @@ class FakePublisher:
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the standard library's name
+            def do_GET(self) -> None:  # (the standard library's name)
                 if self.path == "/api/index":
                     self._json({"datasets": outer.entries})
                 elif self.path.startswith("/api/info/") and \
@@ -583,9 +611,9 @@ def test_a_publisher_announcing_absurd_metadata(stack, good_entry):
         assert cat2.get_info("absurd/fine.b2nd", sub.address)["shape"] == [10, 20]
         for path, reason in (("huge.b2nd", "100000000 chunks: more than the 4194304"),
                              ("twisted.b2nd", "makes 8 chunks, not 9")):
-            for call in (lambda: cat2.get_info(f"absurd/{path}", sub.address),
-                         lambda: cat2.fetch(f"absurd/{path}", sub.address, "0:10"),
-                         lambda: cat2.Root("absurd", host=sub.address)[path].download()):
+            for call in (lambda p=path: cat2.get_info(f"absurd/{p}", sub.address),
+                         lambda p=path: cat2.fetch(f"absurd/{p}", sub.address, "0:10"),
+                         lambda p=path: cat2.Root("absurd", host=sub.address)[p].download()):
                 with pytest.raises(cat2.ServerError) as error:
                     call()
                 assert error.value.status_code == 503, error.value
