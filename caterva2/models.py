@@ -99,12 +99,45 @@ class SChunkMeta(BaseModel):
         if self.nbytes > self.nchunks * self.chunksize:
             raise ValueError(f"{self.nbytes} bytes do not fit in {self.nchunks} chunks of "
                              f"{self.chunksize}")
+        _check_cparams(self.cparams)
+        return self
+
+
+def _check_cparams(cparams: dict[str, Any]) -> None:
+    """ValueError unless Blosc2 can use these compression parameters."""
+    try:
+        key = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in cparams.items())
+        hash(key)
+    except TypeError:  # (a value no parameter can have)
+        key = None
+    if key is None or key not in _GOOD_CPARAMS:
         from caterva2.metadata import cparams_from_dict  # (that module builds on this one)
         try:
-            cparams_from_dict(self.cparams)
+            cparams_from_dict(cparams)
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"compression parameters Blosc2 cannot use ({e!r})") from None
-        return self
+        if key is not None and len(_GOOD_CPARAMS) < 1024:  # (datasets mostly share a few)
+            _GOOD_CPARAMS.add(key)
+
+
+_GOOD_CPARAMS: set[tuple] = set()
+
+
+def _itemsize(descr: Any) -> int:
+    """The item size of a dtype description; ValueError if NumPy cannot use it."""
+    if isinstance(descr, str) and descr in _ITEMSIZES:
+        return _ITEMSIZES[descr]
+    from caterva2.metadata import dtype_from_descr  # (that module builds on this one)
+    try:
+        itemsize = dtype_from_descr(descr).itemsize
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"dtype description NumPy cannot use ({e})") from None
+    if isinstance(descr, str) and len(_ITEMSIZES) < 1024:
+        _ITEMSIZES[descr] = itemsize
+    return itemsize
+
+
+_ITEMSIZES: dict[str, int] = {}
 
 
 class ArrayMeta(BaseModel):
@@ -151,11 +184,7 @@ class ArrayMeta(BaseModel):
         if math.prod(ext_chunks) * sc.typesize != sc.chunksize:
             raise ValueError(f"chunksize {sc.chunksize} is not that of chunks {ext_chunks} of "
                              f"{sc.typesize} bytes")
-        from caterva2.metadata import dtype_from_descr  # (that module builds on this one)
-        try:
-            itemsize = dtype_from_descr(self.dtype_descr).itemsize
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"dtype description NumPy cannot use ({e})") from None
+        itemsize = _itemsize(self.dtype_descr)
         if itemsize != sc.typesize:
             raise ValueError(f"items of {itemsize} bytes, but typesize {sc.typesize}")
         return self
