@@ -8,8 +8,10 @@ an explicit address, else ``CATERVA2_SUBSCRIBER``, else the file, else the defau
 from __future__ import annotations
 
 import argparse
+import decimal
 import os
 import pathlib
+import re
 import sys
 import urllib.parse
 from collections.abc import Mapping
@@ -138,6 +140,57 @@ def resolve(args: argparse.Namespace, kind: str, defaults: dict[str, Any]) -> di
         if key in settings:
             parse_host(settings[key])
     return settings
+
+
+SIZE_UNITS = {"kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+              "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+_UNITS_LOWER = {"": 1, "b": 1, **{u.lower(): f for u, f in SIZE_UNITS.items()}}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*", re.IGNORECASE)
+
+
+def parse_size(value: Any, name: str = "size") -> int | None:
+    """A size in bytes from ``500MB``, ``20GB``, ``1.5GiB`` or a plain number of bytes.
+
+    Units: kB, MB, GB, TB are powers of 1000; KiB, MiB, GiB, TiB powers of 1024 (case does
+    not matter).  ``none`` or ``unlimited`` (or an absent value) mean no limit: None.
+    ConfigError for anything else, a size of zero included.
+
+    >>> parse_size("500MB"), parse_size("1 GiB"), parse_size(4096), parse_size("unlimited")
+    (500000000, 1073741824, 4096, None)
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("none",
+                                                                             "unlimited")):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"{name} must be a size such as 500MB or 20GB, got {value!r}")
+    match = _SIZE.fullmatch(str(value))
+    factor = _UNITS_LOWER.get(match[2].lower()) if match else None
+    if match is None or factor is None:
+        raise ConfigError(f"{name} must be a size such as 500MB, 20GB or 512MiB (units: B, "
+                          f"{', '.join(SIZE_UNITS)}), got {value!r}")
+    size = int(decimal.Decimal(match[1]) * factor)
+    if size <= 0:
+        raise ConfigError(f"{name} must be more than zero bytes, got {value!r}")
+    return size
+
+
+def format_size(size: int | None) -> str:
+    """A size for people, in the largest unit that gives at least 1 (and an exact figure
+    with at most two decimals, if one does): ``none`` for no limit.
+
+    >>> format_size(500_000_000), format_size(2**29), format_size(3_500_000), format_size(999)
+    ('500 MB', '512 MiB', '3.5 MB', '999 bytes')
+    """
+    if size is None:
+        return "none"
+    by_size = sorted(SIZE_UNITS.items(), key=lambda item: -item[1])
+    for unit, factor in by_size:
+        if size >= factor and (size * 100) % factor == 0:
+            return f"{size / factor:g} {unit}"
+    for unit, factor in by_size:
+        if size >= factor and "i" not in unit:
+            return f"{size / factor:.3g} {unit}"
+    return f"{size} bytes"
 
 
 def check_client_host(host: str) -> None:

@@ -15,6 +15,12 @@ chunk_digest`, 8 bytes a chunk, 0 for none), written once the chunk is stored.  
 counts as held only with its digest, and every chunk read to be served is checked against
 it: a chunk damaged in the file (a bit flip, a crash mid-write) is never served, but
 counts as not held from then on and is fetched again.
+
+A new replica is built in memory and written with one ordinary file write (under a
+temporary name, then renamed): a full disk is then the disk's own OSError, and a failure
+leaves no file behind.  An owner that bounds its disk use gives each replica a
+:class:`Space` to ask before every write; :meth:`SparseReplica.close` lets go of the file
+at once (Blosc2 keeps it open while the replica is).
 """
 from __future__ import annotations
 
@@ -23,9 +29,10 @@ import os
 import pathlib
 import shutil
 import threading
+import types
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import blosc2
 import numpy as np
@@ -37,7 +44,47 @@ log = logging.getLogger("caterva2.replica")
 
 
 class ReplicaGone(Exception):
-    """The replica's file was removed (a newer version replaced it) while in use."""
+    """The replica's file was removed (a newer version replaced it) while in use, or the
+    replica was closed."""
+
+
+class Space(Protocol):
+    """Where a replica asks for room before it writes (e.g. a bounded cache)."""
+
+    def reserve(self, replica: SparseReplica, nbytes: int) -> None:
+        """Make room for ``nbytes`` more in the replica's directory, or raise the OSError
+        saying why there is none."""
+
+    def settle(self, replica: SparseReplica, nbytes: int) -> None:
+        """The write ``nbytes`` were reserved for is over (done or failed): what the
+        replica's directory really holds counts from now on."""
+
+
+class _WithoutBlosc2Frames:
+    """Strips the traceback of an error raised inside the block.
+
+    Blosc2 keeps a replica's file open for as long as its Python objects live, and the
+    frames of a traceback hold them: an error kept somewhere (a future, ``write_error``)
+    would keep a closed replica's file open, and a removed file's room taken.
+    """
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: types.TracebackType | None) -> None:
+        if error is not None:  # (it goes on from here, without the frames it came through)
+            error.with_traceback(None)
+
+
+_without_blosc2_frames = _WithoutBlosc2Frames()
+
+
+def write_reserve(nbytes: int, nchunks: int) -> int:
+    """Room to ask for before storing ``nbytes`` of a chunk in a frame of ``nchunks``: the
+    chunk, the frame's trailer and the growth of its chunk index (measured: well under
+    one byte per chunk of the dataset)."""
+    return nbytes + 4096 + nchunks // 16
 
 
 class ChunkDamaged(ValueError):
@@ -56,14 +103,15 @@ class SparseReplica:
     discard it and start a new one.
     """
 
-    def __init__(self, file: pathlib.Path, meta: AnyMeta):
+    def __init__(self, file: pathlib.Path, meta: AnyMeta, space: Space | None = None):
         self.file = pathlib.Path(file)
         self.meta = meta
         self.is_array = isinstance(meta, ArrayMeta)
+        self.space = space
         self.lock = threading.Lock()
         self.write_error: OSError | None = None  # the disk's reason a store failed
         self.damaged = False  # a store failed for another reason
-        self.container = self._open_or_create()
+        self.container: Any = self._open_or_create()
         self.digests = self._open_digests()
 
     # -- creation ---------------------------------------------------------------------
@@ -76,31 +124,52 @@ class SparseReplica:
             except Exception as e:  # noqa: BLE001 - any failure means: rebuild it
                 log.warning("discarding unreadable replica %s: %s", self.file, e)
                 self.file.unlink(missing_ok=True)
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_name(f".new-{uuid.uuid4().hex}")
+        frame = self._empty_frame()
+        if self.space is not None:
+            self.space.reserve(self, len(frame))
         try:
-            self._create(tmp)
-            os.replace(tmp, self.file)  # a replica appears whole or not at all
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.file.with_name(f".new-{uuid.uuid4().hex}")
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(frame)
+                os.replace(tmp, self.file)  # a replica appears whole or not at all
+            finally:
+                tmp.unlink(missing_ok=True)
         finally:
-            tmp.unlink(missing_ok=True)
+            if self.space is not None:
+                self.space.settle(self, len(frame))
         return blosc2.open(str(self.file), mode="a")
 
-    def _create(self, urlpath: pathlib.Path) -> None:
+    def _empty_frame(self) -> bytes:
+        """The replica with no chunk held yet, as a Blosc2 frame (built in memory: small,
+        as chunks never written take no room)."""
         meta, sc = self.meta, self.meta.schunk
         cparams = metadata.cparams_from_dict(sc.cparams)
         if isinstance(meta, ArrayMeta):
             array = blosc2.uninit(tuple(meta.shape), metadata.dtype_from_descr(meta.dtype_descr),
                                   chunks=tuple(meta.chunks), blocks=tuple(meta.blocks),
-                                  cparams=cparams, urlpath=str(urlpath), contiguous=True,
-                                  mode="w")
+                                  cparams=cparams, contiguous=True)
             schunk = array.schunk
         else:
-            schunk = blosc2.SChunk(chunksize=sc.chunksize, urlpath=str(urlpath),
-                                   contiguous=True, mode="w", cparams=cparams)
+            schunk = blosc2.SChunk(chunksize=sc.chunksize, contiguous=True, cparams=cparams)
             if sc.nbytes:
                 schunk.fill_special(sc.nbytes // sc.typesize, blosc2.SpecialValue.UNINIT)
         for key, value in sc.vlmeta.items():
             schunk.vlmeta[key] = value
+        return bytes(array.to_cframe() if isinstance(meta, ArrayMeta) else schunk.to_cframe())
+
+    def close(self) -> None:
+        """Let go of the file (Blosc2 holds it open): further use raises ReplicaGone.  For
+        the owner, once nobody uses the replica (a removed file takes no room once closed)."""
+        with self.lock:
+            self.container = None
+            # (the digests' file is let go too; a closed replica holds nothing)
+            self.digests = np.broadcast_to(np.uint64(0), self.digests.shape)
+
+    @property
+    def closed(self) -> bool:
+        return self.container is None
 
     def _open_digests(self) -> np.ndarray:
         """The digests beside the frame; new (all unknown) if missing or of the wrong size,
@@ -121,7 +190,12 @@ class SparseReplica:
 
     @property
     def schunk(self) -> blosc2.SChunk:
-        return self.container.schunk if self.is_array else self.container
+        return self._container().schunk if self.is_array else self._container()
+
+    def _container(self) -> Any:
+        if self.container is None:
+            raise ReplicaGone(f"{self.file} was closed")
+        return self.container
 
     # -- chunks -----------------------------------------------------------------------
     def missing(self, nchunks: list[int]) -> list[int]:
@@ -170,19 +244,28 @@ class SparseReplica:
         data to the NDArray), with the failure handling of :meth:`store`."""
         if chunk is not None:
             chunks.check_chunk(chunk)
-        with self.lock:
-            if self.write_error is not None:
-                raise self.write_error
-            if self.damaged:
-                raise RuntimeError(f"replica {self.file.name} is damaged")
-            self.digests[nchunk] = 0  # (until the new chunk is whole)
-            try:
-                write(self.container)
-            except RuntimeError:  # (Blosc2 does not say why)
-                self._failed(nbytes)
-                raise
-            stored = chunk if chunk is not None else self.schunk.get_chunk(nchunk)
-            self.digests[nchunk] = wire.chunk_digest(stored)
+        reserved = write_reserve(nbytes, self.meta.schunk.nchunks)
+        if self.space is not None:
+            self.space.reserve(self, reserved)
+        try:
+            with self.lock:
+                if self.write_error is not None:  # (a new error: one raised again and
+                    # again would keep every frame it went through, and their chunks)
+                    raise OSError(self.write_error.errno, self.write_error.strerror)
+                if self.damaged:
+                    raise RuntimeError(f"replica {self.file.name} is damaged")
+                self.digests[nchunk] = 0  # (until the new chunk is whole)
+                try:
+                    with _without_blosc2_frames:
+                        write(self._container())
+                except RuntimeError:  # (Blosc2 does not say why)
+                    self._failed(nbytes)
+                    raise
+                stored = chunk if chunk is not None else self.schunk.get_chunk(nchunk)
+                self.digests[nchunk] = wire.chunk_digest(stored)
+        finally:
+            if self.space is not None:
+                self.space.settle(self, reserved)
 
     def _failed(self, nbytes: int) -> None:
         """Find out why a write failed: raises the reason, or leaves it to the caller."""
@@ -197,7 +280,7 @@ class SparseReplica:
 
     def chunk_sizes(self, nchunks: list[int]) -> list[int]:
         """Stored sizes of held chunks, from their headers."""
-        with self.lock:
+        with self.lock, _without_blosc2_frames:
             return chunks.stored_sizes(self.schunk, nchunks)
 
     def digest(self, nchunk: int, chunk: chunks.Buffer) -> int:
@@ -207,7 +290,7 @@ class SparseReplica:
     def read_chunks(self, nchunks: list[int]) -> list[bytes]:
         """Chunks exactly as stored, each checked against its digest; ChunkDamaged for
         one that does not match (it then counts as not held)."""
-        with self.lock:
+        with self.lock, _without_blosc2_frames:
             found = [self.schunk.get_chunk(n) for n in nchunks]
             for n, chunk in zip(nchunks, found):
                 if not self._verified(n, chunk):
@@ -217,15 +300,15 @@ class SparseReplica:
     # -- reads ------------------------------------------------------------------------
     def read_array(self, region: tuple[slice, ...]) -> np.ndarray:
         """The elements of ``region`` (every chunk it touches must be held)."""
-        with self.lock:
+        with self.lock, _without_blosc2_frames:
             if not region:
-                return self.container[()]
-            return self.container[region]
+                return self._container()[()]
+            return self._container()[region]
 
     def read_items(self, start: int, stop: int) -> bytes:
         """Items ``start:stop`` of a SChunk, as bytes."""
-        with self.lock:
-            return self.container[start:stop] if stop > start else b""
+        with self.lock, _without_blosc2_frames:
+            return self._container()[start:stop] if stop > start else b""
 
     def complete_file(self) -> pathlib.Path:
         """The replica file, which is the complete dataset once every chunk is held.

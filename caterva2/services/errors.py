@@ -50,8 +50,18 @@ NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 DISK_ERRORS = NO_SPACE | {errno.EROFS}
 
 
+class CacheTooSmall(OSError):
+    """A bounded cache cannot make room for a write, even after evicting all it may: what
+    is left is held by answers in flight, or the read alone needs more (→ 507, saying so)."""
+
+    def __init__(self, reason: str):
+        super().__init__(errno.ENOSPC, reason)
+
+
 def disk_error_text(error: OSError, service: str) -> str:
     """What a client is told of a failed write (the error's text, never a server path)."""
+    if isinstance(error, CacheTooSmall):
+        return f"{service}: {error.strerror}"
     advice = "; free space where its --statedir is, then try again" \
         if error.errno in NO_SPACE else ""
     return f"{service} cannot write to its disk ({error.strerror or 'write error'}){advice}"

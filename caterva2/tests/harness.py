@@ -164,8 +164,9 @@ class Stack:
                                  self.statedir / f"pub.{id_ or name}", http=http,
                                  broker=self.broker.address))
 
-    def subscriber(self, id_: str = "sub") -> Service:
-        return self._add(Service("subscriber", [], self.statedir / id_,
+    def subscriber(self, id_: str = "sub", args: Sequence[str] = ()) -> Service:
+        """A subscriber with state in ``STATEDIR/ID``, started with extra ``args``."""
+        return self._add(Service("subscriber", list(args), self.statedir / id_,
                                  broker=self.broker.address))
 
     def publish_root(self, name: str, source, subscriber_id: str = "sub") -> PublishedRoot:

@@ -68,10 +68,10 @@ def test_concurrent_cold_reads_fetch_each_chunk_once(stack, tmp_path):
 
 
 def test_a_replica_in_use_is_never_opened_twice(tmp_path, monkeypatch):
-    """However many other datasets are read meanwhile, a replica still in use (a long
-    download writing into it) is the one later reads get: two handles appending to one
-    file would corrupt it.  Unit test of the subscriber's cache, with room for one open
-    replica only."""
+    """However many other datasets are read meanwhile, a replica still in use (leased to an
+    answer in flight, e.g. a long download writing into it) is the one later reads get: two
+    handles appending to one file would corrupt it.  Unit test of the subscriber's cache,
+    with room for one open replica only."""
     src = tmp_path / "src"
     src.mkdir()
     names = [f"d{i}.b2nd" for i in range(3)]
@@ -83,14 +83,17 @@ def test_a_replica_in_use_is_never_opened_twice(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "MAX_OPEN_REPLICAS", 1)
     cache = cache_module.Cache(tmp_path / "cache")
     cache.set_index("r", entries)
-    in_use = cache.replica("r", names[0], entries[names[0]])
-    for name in names[1:]:  # the first leaves the cache's list of open replicas
-        cache.replica("r", name, entries[name])
-    assert cache.replica("r", names[0], entries[names[0]]) is in_use
-    # Once nobody holds it, it may be closed, and opened again when next needed.
-    in_use.store(0, source.read_chunk(names[0], 0))
-    del in_use
+    with cache_module.leasing():  # an answer in flight
+        in_use = cache.replica("r", names[0], entries[names[0]])
+        for name in names[1:]:  # the first leaves the cache's list of open replicas
+            with cache_module.leasing():  # (other answers, over meanwhile)
+                cache.replica("r", name, entries[name])
+        assert cache.replica("r", names[0], entries[names[0]]) is in_use
+        in_use.store(0, source.read_chunk(names[0], 0))
+    # Once nobody holds it, it is closed when it leaves the list, and opened again when
+    # next needed.
     for name in names[1:]:
         cache.replica("r", name, entries[name])
+    assert in_use.closed
     again = cache.replica("r", names[0], entries[names[0]])
-    assert again.missing([0, 1]) == [1]
+    assert again is not in_use and again.missing([0, 1]) == [1]

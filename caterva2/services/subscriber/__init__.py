@@ -19,17 +19,21 @@ datasets and chunks for the endpoints.
 from __future__ import annotations
 
 import contextlib
+import logging
 import pathlib
+import sys
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from caterva2 import config
 from caterva2.services import service
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.metrics import SubscriberMetrics, mount_observability
 from caterva2.services.subscriber import api, data_api, page
+from caterva2.services.subscriber.cache import leasing
 from caterva2.services.subscriber.node import Subscriber, SubscriberSettings
 
 __all__ = ["Subscriber", "SubscriberSettings", "build_app", "main"]
@@ -60,17 +64,42 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
     for module in (api, data_api, page):
         app.include_router(module.router)
     mount_observability(app, metrics.registry, "subscriber", health)
+    app.add_middleware(LeaseReplicas)
     return app
+
+
+class LeaseReplicas:
+    """Every replica an answer uses stays leased to it until its last byte is sent, so the
+    bounded cache never evicts data an answer in flight is reading or writing (see
+    :func:`caterva2.services.subscriber.cache.leasing`)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with leasing():
+            await self.app(scope, receive, send)
 
 
 def main() -> None:
     def add_arguments(parser) -> None:
         parser.add_argument("--url", help="base of the URLs handed out (when behind a proxy)")
+        parser.add_argument("--cache-size", metavar="SIZE",
+                            help="most room the cache may take on disk, e.g. 500MB, 20GB or "
+                                 "512MiB (least recently used data is evicted to stay "
+                                 "within it; default: no limit)")
 
     def make_app(settings: dict[str, Any]) -> FastAPI:
+        cache_size = config.parse_size(settings.get("cache_size"), "cache_size")
+        message = f"cache limit: {config.format_size(cache_size)}"
+        print(f"cat2sub: {message}", file=sys.stderr, flush=True)
+        logging.getLogger("caterva2.subscriber").info(message)
         return build_app(SubscriberSettings(
             broker=settings["broker"], statedir=pathlib.Path(settings["statedir"]),
-            address=settings["address"], url=settings.get("url")))
+            address=settings["address"], url=settings.get("url"), cache_size=cache_size))
 
     service.run_service("subscriber", "Caterva2 subscriber: follows roots and serves clients.",
                         {"http": config.SUBSCRIBER_DEFAULT, "statedir": "_caterva2/sub",

@@ -1,4 +1,4 @@
-"""The subscriber's cache: root indexes and on-demand replicas of datasets.
+"""The subscriber's cache: root indexes and on-demand replicas of datasets, within a bound.
 
 Layout under ``STATEDIR/cache``::
 
@@ -7,6 +7,7 @@ Layout under ``STATEDIR/cache``::
     roots/ROOT/data/PATH/VTAG/replica.b2.digests   the digests of the chunks it holds
     roots/ROOT/data/PATH/VTAG/entry.json        the version and metadata it replicates
     roots/ROOT/data/PATH/.previous/...          the version before, until the next is read
+    .trash/                                     directories being removed
 
 Each version of a dataset has its own directory (VTAG is a short hash of its version tag),
 so a chunk of an old version can never land in a new one.  A change moves the old version's
@@ -14,9 +15,27 @@ directory to ``.previous``: when the new version is first read, the chunks whose
 did not change are copied from it (only changed chunks cross the network), and it goes.
 Replicas are :class:`caterva2.replica.SparseReplica`: see there how a replica is filled,
 checked, and what happens to one damaged by a crash.
+
+**The bound** (``cat2sub --cache-size``): the cache keeps a running count of the bytes its
+files take (found by one scan at start, then updated by every write, creation and removal
+of a replica), and every write asks for room first (:meth:`Cache.reserve`).  Room is made by
+evicting whole replicas, least recently used (read or written) first: a Blosc2 frame cannot
+give back the room of one chunk.  A replica that an answer in flight uses is never evicted;
+when what is left cannot make room, the write fails with
+:class:`~caterva2.services.errors.CacheTooSmall` (a 507 that says so).  After a restart,
+least recently used means least recently written.
+
+**Leases.**  Every replica handed out while an HTTP answer is being made is leased to that
+answer until its last byte is sent (:func:`leasing`, around every request), and each chunk
+download leases the replica it writes into (:meth:`Cache.hold`, :meth:`Cache.release`).
+A leased replica is never evicted nor closed; once the cache stops handing a replica out
+(evicted, dropped for a new version, found damaged, or beyond the replicas kept open) it is
+closed as soon as its last lease ends, so a removed file never stays open to hold its room.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -24,19 +43,24 @@ import pathlib
 import shutil
 import threading
 import uuid
-import weakref
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from caterva2 import paths
+from caterva2.config import format_size
 from caterva2.models import DatasetEntry, chunk_layout
 from caterva2.replica import SparseReplica
+from caterva2.services.errors import CacheTooSmall
 from caterva2.statefiles import atomic_write
 
 log = logging.getLogger("caterva2.cache")
-MAX_OPEN_REPLICAS = 256
+MAX_OPEN_REPLICAS = 256  # replicas kept open while unused (for fast reads)...
+MAX_OPEN_CHUNKS = 2**24  # ...holding at most this many chunks (an open index: 8 B a chunk)
+BLOCK = 4096  # files are counted in whole blocks of this size, as a filesystem takes them
+REPLICA_FILE = "replica.b2"
 PREVIOUS = ".previous"  # the directory of the version before the current one
 Index = dict[str, DatasetEntry]
 _INDEX = TypeAdapter(Index)
@@ -48,27 +72,90 @@ def version_tag(version: str) -> str:
     return hashlib.sha1(version.encode()).hexdigest()[:16]
 
 
-class Cache:
-    """Indexes and replicas of every subscribed root.  Methods may block: call from a thread
-    (except :meth:`loaded_index`)."""
+class Leases:
+    """The replicas one answer was handed (each once), held until :meth:`release`."""
 
-    def __init__(self, directory: pathlib.Path):
+    def __init__(self) -> None:
+        self._held: dict[SparseReplica, Cache] = {}
+        self._lock = threading.Lock()  # (an answer's threads share it)
+
+    def add(self, cache: Cache, replica: SparseReplica) -> None:
+        with self._lock:
+            if replica in self._held:
+                return
+            self._held[replica] = cache
+        cache.hold(replica)
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held, {}
+        for replica, cache in held.items():
+            cache.release(replica)
+
+
+_LEASES: contextvars.ContextVar[Leases | None] = contextvars.ContextVar("caterva2_leases",
+                                                                         default=None)
+
+
+@contextlib.contextmanager
+def leasing() -> Iterator[Leases]:
+    """Lease every replica handed out inside the block (threads started from it included,
+    as :func:`asyncio.to_thread` copies the context) until the block ends."""
+    leases = Leases()
+    token = _LEASES.set(leases)
+    try:
+        yield leases
+    finally:
+        _LEASES.reset(token)
+        leases.release()
+
+
+class Cache:
+    """Indexes and replicas of every subscribed root, in at most ``limit`` bytes (None: no
+    bound).  ``on_evict(nbytes)`` is called for each replica evicted to make room.
+
+    Methods may block: call them from a thread, except :meth:`loaded_index`, :meth:`hold`,
+    :meth:`release` and :meth:`usage`, which never wait for the disk.
+    """
+
+    def __init__(self, directory: pathlib.Path, limit: int | None = None,
+                 on_evict: Callable[[int], None] | None = None):
         self.directory = pathlib.Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.limit = limit
+        self.on_evict = on_evict
         self.indexes: dict[str, Index] = {}
-        # Replicas kept open (the most recently used), and every replica still in use
-        # anywhere (a long download may outlive its place among the recent): one object
-        # per replica, never two handles appending to one file.
+        self.lock = threading.RLock()  # indexes, replicas, sizes (may be held while writing)
+        # Replicas handed out and still open: one object per replica, never two handles
+        # appending to one file.  Those used last are kept open while unused (``recent``);
+        # the others close when their last user lets go.  ``_users``, ``recent`` and
+        # ``_doomed`` (no longer handed out, closed at their last release) change under
+        # ``_lease_lock``, which is never held while waiting for the disk.
+        self.replicas: dict[ReplicaKey, SparseReplica] = {}
         self.recent: OrderedDict[ReplicaKey, SparseReplica] = OrderedDict()
-        self.in_use: weakref.WeakValueDictionary[ReplicaKey, SparseReplica] = \
-            weakref.WeakValueDictionary()
-        self.lock = threading.RLock()
+        self._recent_chunks = 0
+        self._users: dict[SparseReplica, int] = {}
+        self._doomed: set[SparseReplica] = set()
+        self._closed_by_users = False
+        self._lease_lock = threading.Lock()
+        # Bytes on disk: replica directories, least recently used first; indexes; and room
+        # reserved for writes under way.
+        self.sizes: OrderedDict[pathlib.Path, int] = OrderedDict()
+        self._data_bytes = 0
+        self.index_bytes: dict[str, int] = {}
+        self._index_total = 0
+        self.reserved = 0
+        with self.lock:
+            self._scan()
 
     def _root_dir(self, root: str) -> pathlib.Path:
         return self.directory / "roots" / paths.check_root_name(root)
 
     def _data_dir(self, root: str, path: str) -> pathlib.Path:
         return self._root_dir(root) / "data" / paths.check_relpath(path)
+
+    def _replica_dir(self, key: ReplicaKey) -> pathlib.Path:
+        return self._data_dir(key[0], key[1]) / version_tag(key[2])
 
     # -- indexes ----------------------------------------------------------------------
     def index(self, root: str) -> Index | None:
@@ -93,8 +180,13 @@ class Cache:
         """Replace a root's index, dropping replicas of changed and deleted datasets."""
         datasets = {p: e for p, e in datasets.items() if _safe(p)}
         with self.lock:
-            old = self.index(root) or {}
-            atomic_write(self._root_dir(root) / "index.json", _INDEX.dump_json(datasets))
+            old = self.index(root)
+            if old == datasets:  # (nothing to write: so a full disk does not fail a resync)
+                return
+            old = old or {}
+            file = self._root_dir(root) / "index.json"
+            atomic_write(file, _INDEX.dump_json(datasets))
+            self._set_index_size(root, _blocks(file.stat().st_size))
             self.indexes[root] = datasets
             for path, entry in old.items():
                 new = datasets.get(path)
@@ -114,30 +206,34 @@ class Cache:
               replaced: str | None = None) -> None:
         """Forget every version of a dataset but ``keep``'s; the ``replaced`` version's
         replica, if any, becomes the previous one (unless the dataset is gone)."""
-        for key in [k for k in self.in_use if k[:2] == (root, path)]:
+        for key in [k for k in self.replicas if k[:2] == (root, path)]:
             if keep is None or key[2] != keep.version:
-                self._forget(key)
+                self._retire(key)
         data_dir = self._data_dir(root, path)
         if not data_dir.is_dir():
             return
         if keep is not None and replaced is not None:
-            replaced_dir = data_dir / version_tag(replaced)
-            if (replaced_dir / "replica.b2").exists():
-                _trash(data_dir / PREVIOUS, self.directory)
-                os.replace(replaced_dir, data_dir / PREVIOUS)
+            replaced_dir, previous_dir = data_dir / version_tag(replaced), data_dir / PREVIOUS
+            if (replaced_dir / REPLICA_FILE).exists():
+                self._remove_dir(previous_dir)
+                os.replace(replaced_dir, previous_dir)
+                size = self.sizes.pop(replaced_dir, 0)  # (moved: the total stays)
+                if size:
+                    self.sizes[previous_dir] = size
+                    self.sizes.move_to_end(previous_dir, last=False)  # (evicted first)
         spared = {version_tag(keep.version), PREVIOUS} if keep else set()
         for child in data_dir.iterdir():
             if child.name not in spared:
-                _trash(child, self.directory)
+                self._remove_dir(child)
 
     # -- the version before -------------------------------------------------------------
     def has_previous(self, root: str, path: str) -> bool:
         """Whether a replica of the dataset's version before the current one is kept."""
-        return (self._data_dir(root, path) / PREVIOUS / "replica.b2").exists()
+        return (self._data_dir(root, path) / PREVIOUS / REPLICA_FILE).exists()
 
     def drop_previous(self, root: str, path: str) -> None:
         with self.lock:
-            _trash(self._data_dir(root, path) / PREVIOUS, self.directory)
+            self._remove_dir(self._data_dir(root, path) / PREVIOUS)
 
     def take_previous(self, root: str, path: str, replica: SparseReplica,
                       digests: np.ndarray) -> int:
@@ -147,54 +243,254 @@ class Cache:
         previous_dir = self._data_dir(root, path) / PREVIOUS
         copied = 0
         with self.lock:
+            size = self.sizes.pop(previous_dir, 0)  # (not evicted while read from)
             try:
                 old = DatasetEntry.model_validate_json(
                     (previous_dir / "entry.json").read_bytes())
                 if old.meta is None or chunk_layout(old.meta) != chunk_layout(replica.meta):
                     return 0
-                before = SparseReplica(previous_dir / "replica.b2", old.meta)
+                before = SparseReplica(previous_dir / REPLICA_FILE, old.meta)
                 same = np.flatnonzero((before.digests == digests) & (digests != 0))
                 for n in replica.missing([int(n) for n in same]):
                     [chunk] = before.read_chunks([n])  # (checked against its digest)
                     replica.store(n, chunk)
                     copied += 1
-                del before
+                before.close()
             except (OSError, ValueError, RuntimeError) as e:  # a damaged or odd old replica
                 log.warning("previous version of %s/%s not reused: %s", root, path, e)
             finally:
-                _trash(previous_dir, self.directory)
+                if size:
+                    self.sizes[previous_dir] = size
+                self._remove_dir(previous_dir)
         return copied
 
     # -- replicas ---------------------------------------------------------------------
     def replica(self, root: str, path: str, entry: DatasetEntry) -> SparseReplica:
-        """The replica of this version of a dataset, created (empty) if needed."""
+        """The replica of this version of a dataset, created (empty) if needed, and leased
+        to the answer in flight (see :func:`leasing`).
+
+        Raises the disk's OSError if it cannot be created (CacheTooSmall if the bound
+        leaves no room for it).
+        """
         if entry.meta is None:
             raise ValueError(f"{root}/{path} has no metadata: it cannot be cached")
         key = (root, path, entry.version)
         with self.lock:
-            replica = self.in_use.get(key)
+            with self._lease_lock:
+                replica = self.replicas.get(key)
+                if replica is not None and (replica in self._doomed or replica.closed):
+                    replica = None  # (being closed by its last user: open it anew)
             if replica is None:
-                directory = self._data_dir(root, path) / version_tag(entry.version)
-                replica = SparseReplica(directory / "replica.b2", entry.meta)
+                directory = self._replica_dir(key)
+                replica = SparseReplica(directory / REPLICA_FILE, entry.meta, space=self)
                 if not (directory / "entry.json").exists():  # (for reuse by the next version)
                     atomic_write(directory / "entry.json", entry.model_dump_json())
-                self.in_use[key] = replica
-            self.recent[key] = replica
-            self.recent.move_to_end(key)
-            while len(self.recent) > MAX_OPEN_REPLICAS:
-                self.recent.popitem(last=False)
+                self.replicas[key] = replica
+            leases = _LEASES.get()
+            if leases is not None:
+                leases.add(self, replica)
+            self._keep_open(key, replica)
+            directory = replica.file.parent
+            if directory in self.sizes:
+                self.sizes.move_to_end(directory)
             return replica
 
-    def _forget(self, key: ReplicaKey) -> None:
-        """Stop handing out this replica (its readers and writers keep their object)."""
-        self.recent.pop(key, None)
-        self.in_use.pop(key, None)
+    def _keep_open(self, key: ReplicaKey, replica: SparseReplica) -> None:
+        """Count ``replica`` as just used; close those used longest ago beyond the number
+        kept open (or, if still in use, once their users let go)."""
+        unused = []
+        with self._lease_lock:
+            previous = self.recent.pop(key, None)
+            if previous is not None:
+                self._recent_chunks -= _nchunks(previous)
+                if previous is not replica and previous not in self._users:
+                    unused.append(previous)
+            self.recent[key] = replica
+            self._recent_chunks += _nchunks(replica)
+            while len(self.recent) > 1 and (len(self.recent) > MAX_OPEN_REPLICAS or
+                                            self._recent_chunks > MAX_OPEN_CHUNKS):
+                _, oldest = self.recent.popitem(last=False)
+                self._recent_chunks -= _nchunks(oldest)
+                if oldest not in self._users:
+                    unused.append(oldest)
+            for old in unused:
+                self._doomed.add(old)
+        self._close(unused)
+        if self._closed_by_users:  # (closed by release, which does not take self.lock)
+            self._closed_by_users = False
+            for stale in [k for k, r in self.replicas.items() if r.closed]:
+                del self.replicas[stale]
+
+    def hold(self, replica: SparseReplica) -> None:
+        """Keep ``replica`` from being evicted or closed until :meth:`release`."""
+        with self._lease_lock:
+            self._users[replica] = self._users.get(replica, 0) + 1
+
+    def release(self, replica: SparseReplica) -> None:
+        """End one :meth:`hold`; a replica the cache no longer keeps is closed with its
+        last one (quick: nobody is using it)."""
+        with self._lease_lock:
+            if replica not in self._users:
+                log.error("released %s more often than held", replica.file)
+                return
+            users = self._users[replica] - 1
+            if users > 0:
+                self._users[replica] = users
+                return
+            self._users.pop(replica, None)
+            kept = any(r is replica for r in self.recent.values())
+            if kept and replica not in self._doomed:
+                return
+            self._doomed.add(replica)
+            self._closed_by_users = True
+        self._close([replica])
+
+    def _close(self, replicas: list[SparseReplica]) -> None:
+        for replica in replicas:
+            replica.close()
+            with self._lease_lock:
+                self._doomed.discard(replica)
+
+    def _retire(self, key: ReplicaKey) -> None:
+        """Stop handing out this replica; it closes now, or when its last user lets go
+        (its readers and writers keep their object meanwhile)."""
+        replica = self.replicas.pop(key, None)
+        with self._lease_lock:
+            kept = self.recent.pop(key, None)
+            if kept is not None:
+                self._recent_chunks -= _nchunks(kept)
+            if replica is None or replica in self._users:
+                return  # (no longer kept: its last release closes it)
+            self._doomed.add(replica)
+        self._close([replica])
 
     def discard(self, root: str, path: str, entry: DatasetEntry) -> None:
         """Throw away a replica found to be damaged; the next read rebuilds it."""
+        key = (root, path, entry.version)
         with self.lock:
-            self._forget((root, path, entry.version))
-            _trash(self._data_dir(root, path) / version_tag(entry.version), self.directory)
+            self._retire(key)
+            self._remove_dir(self._replica_dir(key))
+
+    # -- the bound --------------------------------------------------------------------
+    def usage(self) -> int:
+        """Bytes the cache takes on disk now (with room reserved for writes under way)."""
+        return self._data_bytes + self._index_total + self.reserved
+
+    def reserve(self, replica: SparseReplica, nbytes: int) -> None:
+        """Room for ``replica`` to grow by ``nbytes`` (see :class:`caterva2.replica.Space`),
+        evicting least recently used replicas if needed; CacheTooSmall if even that is not
+        enough."""
+        with self.lock:
+            if self.limit is not None and self.usage() + nbytes > self.limit:
+                self._evict(self.usage() + nbytes - self.limit, keep=replica.file.parent)
+                if self.usage() + nbytes > self.limit:
+                    raise CacheTooSmall(self._too_small(nbytes))
+            self.reserved += nbytes
+
+    def settle(self, replica: SparseReplica, nbytes: int) -> None:
+        """A write is over: its reservation ends, and its directory counts what it holds."""
+        directory = replica.file.parent
+        with self.lock:
+            self.reserved -= nbytes
+            self._set_size(directory, _dir_bytes(directory))
+            if directory in self.sizes:
+                self.sizes.move_to_end(directory)
+            if self.limit is not None and self.usage() > self.limit:
+                # (a chunk index grew more than foreseen, or the bound was lowered)
+                self._evict(self.usage() - self.limit, keep=directory)
+
+    def _evict(self, nbytes: int, keep: pathlib.Path) -> int:
+        """Remove replicas nobody uses, least recently used first, until ``nbytes`` are
+        freed (or none is left); returns the bytes freed."""
+        by_dir = {self._replica_dir(k): (k, r) for k, r in self.replicas.items()}
+        freed = 0
+        for directory in list(self.sizes):
+            if freed >= nbytes:
+                break
+            if directory == keep:
+                continue
+            key, replica = by_dir.get(directory, (None, None))
+            if replica is not None:
+                with self._lease_lock:
+                    if replica in self._users:
+                        continue  # an answer in flight uses it
+                self._retire(key)  # type: ignore[arg-type]
+            size = self.sizes.get(directory, 0)
+            self._remove_dir(directory)
+            freed += size
+            log.info("evicted %s (%s) to keep the cache within %s",
+                     directory.relative_to(self.directory), format_size(size),
+                     format_size(self.limit))
+            if self.on_evict is not None:
+                self.on_evict(size)
+        return freed
+
+    def _too_small(self, nbytes: int) -> str:
+        assert self.limit is not None
+        with self._lease_lock:
+            in_use = sum(self.sizes.get(r.file.parent, 0) for r in self._users)
+        return (f"its cache is too small for this read: it needs {format_size(nbytes)} "
+                f"more, and of its limit of {format_size(self.limit)} (cat2sub "
+                f"--cache-size), {format_size(in_use)} hold data that this and other answers "
+                "in flight are using; read a smaller selection, or give the cache more room")
+
+    def _set_index_size(self, root: str, size: int) -> None:
+        self._index_total += size - self.index_bytes.get(root, 0)
+        self.index_bytes[root] = size
+
+    def _set_size(self, directory: pathlib.Path, size: int) -> None:
+        self._data_bytes += size - self.sizes.pop(directory, 0)
+        if size:
+            self.sizes[directory] = size
+
+    def _remove_dir(self, directory: pathlib.Path) -> None:
+        _trash(directory, self.directory)
+        self._set_size(directory, 0)
+
+    def _scan(self) -> None:
+        """Find what the cache holds (at start): replicas, least recently written first,
+        and indexes; clear what a crash left behind, and keep within the bound."""
+        shutil.rmtree(self.directory / ".trash", ignore_errors=True)
+        found = []
+        for root_dir in sorted((self.directory / "roots").glob("*")):
+            with contextlib.suppress(OSError):
+                self._set_index_size(root_dir.name,
+                                     _blocks((root_dir / "index.json").stat().st_size))
+            for parent, _, files in os.walk(root_dir / "data"):
+                for name in files:
+                    if name.startswith((".new-", ".probe-")):  # (a crash mid-write)
+                        (pathlib.Path(parent) / name).unlink(missing_ok=True)
+                if REPLICA_FILE in files:
+                    directory = pathlib.Path(parent)
+                    with contextlib.suppress(OSError):
+                        mtime = (directory / REPLICA_FILE).stat().st_mtime
+                        found.append((mtime, str(directory), directory))
+        for _, _, directory in sorted(found):
+            self._set_size(directory, _dir_bytes(directory))
+        log.info("cache: %d replicas, %s, limit %s", len(self.sizes),
+                 format_size(self.usage()), format_size(self.limit))
+        if self.limit is not None and self.usage() > self.limit:
+            self._evict(self.usage() - self.limit, keep=self.directory)
+
+
+def _nchunks(replica: SparseReplica) -> int:
+    return replica.meta.schunk.nchunks
+
+
+def _blocks(size: int) -> int:
+    """``size`` in whole blocks, as a filesystem takes it."""
+    return -(-size // BLOCK) * BLOCK
+
+
+def _dir_bytes(directory: pathlib.Path) -> int:
+    """What the files of a replica directory take (the replica and what lies beside it)."""
+    total = 0
+    with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file(follow_symlinks=False):
+                    total += _blocks(entry.stat(follow_symlinks=False).st_size)
+    return total
 
 
 def _safe(path: str) -> bool:

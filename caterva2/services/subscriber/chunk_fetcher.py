@@ -26,6 +26,7 @@ import numpy as np
 from caterva2 import http_data, wire
 from caterva2.models import DatasetEntry
 from caterva2.replica import ReplicaGone, SparseReplica
+from caterva2.services.errors import CacheTooSmall
 from caterva2.services.metrics import SubscriberMetrics
 from caterva2.services.subscriber.cache import Cache
 from caterva2.services.subscriber.errors import Gone, Stale, Unavailable
@@ -185,6 +186,8 @@ class ChunkFetcher:
                 task = asyncio.create_task(
                     self._download(root, path, entry, replica, own[i:i + size]))
                 self.tasks.add(task)  # (failures reach the chunks' futures)
+                self.cache.hold(replica)  # never evicted while being written into
+                task.add_done_callback(lambda _task: self.cache.release(replica))
                 task.add_done_callback(self._task_done)
         return replica, Arrivals(self, version_key, futures, forward)
 
@@ -346,6 +349,8 @@ class ChunkFetcher:
             replica.store(n, chunk)
         except ReplicaGone:  # dropped meanwhile: a newer version came
             raise Stale(path) from None
+        except CacheTooSmall:  # (refused before writing: the replica is whole)
+            raise
         except OSError:
             self.cache.discard(root, path, entry)
             raise

@@ -29,6 +29,7 @@ class SubscriberSettings:
     statedir: pathlib.Path
     address: str  # host:port it listens on
     url: str | None = None  # the base of the URLs it hands out (behind a proxy)
+    cache_size: int | None = None  # bytes the cache may take on disk (None: no bound)
 
     @property
     def base_url(self) -> str:
@@ -44,9 +45,10 @@ class Subscriber:
                  metrics: SubscriberMetrics | None = None):
         self.settings = settings
         self.registry = RootRegistry(settings.statedir)
-        self.cache = Cache(settings.statedir / "cache")
         self.metrics = metrics or SubscriberMetrics()
-        self.metrics.measure_cache(self.cache.directory, getattr(settings, "cache_size", None))
+        self.cache = Cache(settings.statedir / "cache", limit=settings.cache_size,
+                           on_evict=self.metrics.evicted)
+        self.metrics.measure_cache(self.cache.directory, settings.cache_size)
         self.broker = BrokerLink(settings.broker, client, self.registry)
         self.indexes = IndexSync(client, self.registry, self.cache)
         self.freshness = Freshness(self.broker, self.indexes)
