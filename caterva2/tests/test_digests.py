@@ -7,6 +7,7 @@ by their bytes (chunks are cached exactly as stored at the source).
 import dataclasses
 import pathlib
 import random
+import re
 from collections.abc import Iterator
 
 import blosc2
@@ -103,3 +104,11 @@ def test_a_damaged_chunk_is_fetched_again_and_only_it(cached):
     moved = cached.link.counters().down - before
     assert len(damaged) <= moved < len(damaged) + 20_000, \
         f"{moved} bytes came from the publisher to repair one chunk of {len(damaged)}"
+
+
+def test_a_download_never_carries_a_damaged_chunk(cached, tmp_path):
+    flip_a_bit_in_chunk(replica_file(cached.subscriber), cached.chunks[2], random.Random(2))
+    saved = cached.dataset.download(tmp_path / "out")
+    np.testing.assert_array_equal(blosc2.open(str(saved))[:], cached.data)
+    log = (cached.subscriber.statedir / "service.log").read_text()
+    assert re.search(r"chunk 2 of \S+replica.b2 does not match its digest", log), log[-1000:]

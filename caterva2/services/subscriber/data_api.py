@@ -240,7 +240,7 @@ async def files(root: str, path: str, sub: Sub) -> Response:
         path = path[:-3]
     elif path in index and paths.dataset_kind(path) == "file":
         raise HTTPException(404, f"ordinary files are served as {root}/{path}.b2")
-    found, complete = await complete_file(sub, root, path)
+    found, complete = await complete_file(sub, root, path, verify=True)
     name = pathlib.PurePosixPath(files_path(root, path)).name
     with contextlib.suppress(OSError):  # (gone meanwhile: the response says so)
         sub.metrics.bytes_out(root, complete.stat().st_size)

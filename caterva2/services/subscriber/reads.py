@@ -165,9 +165,19 @@ async def with_chunks(sub: Subscriber, found: Found, nchunks: list[int], wait: b
                              "try later")
 
 
-async def complete_file(sub: Subscriber, root: str, path: str) -> tuple[Found, pathlib.Path]:
-    """The dataset and its replica file, every chunk held (fetched if needed)."""
+async def complete_file(sub: Subscriber, root: str, path: str,
+                        verify: bool = False) -> tuple[Found, pathlib.Path]:
+    """The dataset and its replica file, every chunk held (fetched if needed).  With
+    ``verify`` (to serve the file), every chunk is checked against its digest first, and
+    damaged ones are fetched again."""
     found = await lookup(sub, root, path)
     nchunks = list(range(found.meta.schunk.nchunks))
-    found, replica, _ = await with_chunks(sub, found, nchunks)
-    return found, await asyncio.to_thread(replica.complete_file)
+    for _ in range(READ_ATTEMPTS):
+        found, replica, _ = await with_chunks(sub, found, nchunks)
+        damaged = await asyncio.to_thread(replica.damaged_chunks, nchunks) if verify else []
+        for _ in damaged:
+            sub.metrics.digest_mismatch(root)
+        if not damaged:
+            return found, await asyncio.to_thread(replica.complete_file)
+    raise HTTPException(503, f"the cached copy of {root}/{path} keeps failing its digest "
+                             "checks (a failing disk?); it is not served")
