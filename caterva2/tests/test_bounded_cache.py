@@ -39,6 +39,7 @@ from caterva2.models import MAX_CHUNKSIZE, MAX_NCHUNKS, DatasetEntry, RootIndex
 from caterva2.roots.directory import DirectoryRoot
 from caterva2.services.errors import CacheTooSmall
 from caterva2.services.subscriber import cache as cache_module
+from caterva2.services.subscriber.leases import leasing
 from caterva2.tests.harness import Service, wait_until
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
@@ -255,14 +256,14 @@ def test_a_leased_replica_is_never_evicted_and_a_read_that_cannot_fit_says_so(tm
     names = sorted(data)
     cache = cache_module.Cache(tmp_path / "cache", limit=2_500_000)  # two replicas
     cache.set_index("r", {name: root.entry(name) for name in names})
-    with cache_module.leasing():  # an answer in flight reading d0
+    with leasing():  # an answer in flight reading d0
         fill(cache, root, names[0])
-        with cache_module.leasing():
+        with leasing():
             fill(cache, root, names[1])
-        with cache_module.leasing():  # d1 makes room for d2, d0 stays
+        with leasing():  # d1 makes room for d2, d0 stays
             fill(cache, root, names[2])
         assert replica_names(tmp_path / "cache") == {names[0], names[2]}
-        with cache_module.leasing(), pytest.raises(CacheTooSmall) as error:  # (d2 used too)
+        with leasing(), pytest.raises(CacheTooSmall) as error:  # (d2 used too)
             fill(cache, root, names[2])
             fill(cache, root, names[3])
         assert "too small for this read" in error.value.strerror
@@ -279,7 +280,7 @@ def test_a_dropped_replica_is_closed_once_its_last_user_lets_go(tmp_path, source
     cache = cache_module.Cache(tmp_path / "cache", limit=10**7)
     entry = root.entry("d0.b2nd")
     cache.set_index("r", {"d0.b2nd": entry})
-    with cache_module.leasing():
+    with leasing():
         replica = cache.replica("r", "d0.b2nd", entry)
         replica.store(0, root.read_chunk("d0.b2nd", 0))
         cache.discard("r", "d0.b2nd", entry)  # (found damaged, say)

@@ -11,6 +11,7 @@ import caterva2 as cat2
 from caterva2 import wire
 from caterva2.roots.directory import DirectoryRoot
 from caterva2.services.subscriber import cache as cache_module
+from caterva2.services.subscriber.leases import leasing
 from caterva2.tests.harness import wait_until
 
 
@@ -83,10 +84,10 @@ def test_a_replica_in_use_is_never_opened_twice(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "MAX_OPEN_REPLICAS", 1)
     cache = cache_module.Cache(tmp_path / "cache")
     cache.set_index("r", entries)
-    with cache_module.leasing():  # an answer in flight
+    with leasing():  # an answer in flight
         in_use = cache.replica("r", names[0], entries[names[0]])
         for name in names[1:]:  # the first leaves the cache's list of open replicas
-            with cache_module.leasing():  # (other answers, over meanwhile)
+            with leasing():  # (other answers, over meanwhile)
                 cache.replica("r", name, entries[name])
         assert cache.replica("r", names[0], entries[names[0]]) is in_use
         in_use.store(0, source.read_chunk(names[0], 0))

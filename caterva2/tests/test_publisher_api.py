@@ -12,8 +12,8 @@ import io
 import json
 
 import blosc2
-import numpy as np
 import httpx
+import numpy as np
 import pytest
 
 from caterva2 import wire

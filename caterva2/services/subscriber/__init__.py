@@ -33,7 +33,7 @@ from caterva2.services import service
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.metrics import SubscriberMetrics, mount_observability
 from caterva2.services.subscriber import api, data_api, page
-from caterva2.services.subscriber.cache import leasing
+from caterva2.services.subscriber.leases import leasing
 from caterva2.services.subscriber.node import Subscriber, SubscriberSettings
 
 __all__ = ["Subscriber", "SubscriberSettings", "build_app", "main"]
@@ -71,7 +71,7 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
 class LeaseReplicas:
     """Every replica an answer uses stays leased to it until its last byte is sent, so the
     bounded cache never evicts data an answer in flight is reading or writing (see
-    :func:`caterva2.services.subscriber.cache.leasing`)."""
+    :func:`caterva2.services.subscriber.leases.leasing`)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app

@@ -26,7 +26,7 @@ when what is left cannot make room, the write fails with
 least recently used means least recently written.
 
 **Leases.**  Every replica handed out while an HTTP answer is being made is leased to that
-answer until its last byte is sent (:func:`leasing`, around every request), and each chunk
+answer until its last byte is sent (:func:`~caterva2.services.subscriber.leases.leasing`, around every request), and each chunk
 download leases the replica it writes into (:meth:`Cache.hold`, :meth:`Cache.release`).
 A leased replica is never evicted nor closed; once the cache stops handing a replica out
 (evicted, dropped for a new version, found damaged, or beyond the replicas kept open) it is
@@ -35,7 +35,6 @@ closed as soon as its last lease ends, so a removed file never stays open to hol
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import hashlib
 import logging
 import os
@@ -44,7 +43,7 @@ import shutil
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
@@ -54,6 +53,7 @@ from caterva2.config import format_size
 from caterva2.models import DatasetEntry, chunk_layout
 from caterva2.replica import SparseReplica
 from caterva2.services.errors import CacheTooSmall
+from caterva2.services.subscriber.leases import current_leases
 from caterva2.statefiles import atomic_write
 
 log = logging.getLogger("caterva2.cache")
@@ -70,44 +70,6 @@ ReplicaKey = tuple[str, str, str]  # root, path, version
 def version_tag(version: str) -> str:
     """A short, filesystem-safe name for a version tag."""
     return hashlib.sha1(version.encode()).hexdigest()[:16]
-
-
-class Leases:
-    """The replicas one answer was handed (each once), held until :meth:`release`."""
-
-    def __init__(self) -> None:
-        self._held: dict[SparseReplica, Cache] = {}
-        self._lock = threading.Lock()  # (an answer's threads share it)
-
-    def add(self, cache: Cache, replica: SparseReplica) -> None:
-        with self._lock:
-            if replica in self._held:
-                return
-            self._held[replica] = cache
-        cache.hold(replica)
-
-    def release(self) -> None:
-        with self._lock:
-            held, self._held = self._held, {}
-        for replica, cache in held.items():
-            cache.release(replica)
-
-
-_LEASES: contextvars.ContextVar[Leases | None] = contextvars.ContextVar("caterva2_leases",
-                                                                         default=None)
-
-
-@contextlib.contextmanager
-def leasing() -> Iterator[Leases]:
-    """Lease every replica handed out inside the block (threads started from it included,
-    as :func:`asyncio.to_thread` copies the context) until the block ends."""
-    leases = Leases()
-    token = _LEASES.set(leases)
-    try:
-        yield leases
-    finally:
-        _LEASES.reset(token)
-        leases.release()
 
 
 class Cache:
@@ -267,7 +229,7 @@ class Cache:
     # -- replicas ---------------------------------------------------------------------
     def replica(self, root: str, path: str, entry: DatasetEntry) -> SparseReplica:
         """The replica of this version of a dataset, created (empty) if needed, and leased
-        to the answer in flight (see :func:`leasing`).
+        to the answer in flight (see :func:`~caterva2.services.subscriber.leases.leasing`).
 
         Raises the disk's OSError if it cannot be created (CacheTooSmall if the bound
         leaves no room for it).
@@ -286,7 +248,7 @@ class Cache:
                 if not (directory / "entry.json").exists():  # (for reuse by the next version)
                     atomic_write(directory / "entry.json", entry.model_dump_json())
                 self.replicas[key] = replica
-            leases = _LEASES.get()
+            leases = current_leases()
             if leases is not None:
                 leases.add(self, replica)
             self._keep_open(key, replica)
