@@ -11,8 +11,11 @@ from typing import Any
 log = logging.getLogger("caterva2")
 
 
-def atomic_write(path: pathlib.Path | str, data: str | bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
+def atomic_write(path: pathlib.Path | str, data: str | bytes, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` so that readers see the old or the new file, never half.
+
+    ``durable`` waits until the data is on the disk (so a power cut cannot lose it); a file
+    that is only a help (its loss costs a refetch) goes without, which is much faster."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -20,7 +23,8 @@ def atomic_write(path: pathlib.Path | str, data: str | bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)

@@ -246,7 +246,8 @@ class Cache:
                 directory = self._replica_dir(key)
                 replica = SparseReplica(directory / REPLICA_FILE, entry.meta, space=self)
                 if not (directory / "entry.json").exists():  # (for reuse by the next version)
-                    atomic_write(directory / "entry.json", entry.model_dump_json())
+                    atomic_write(directory / "entry.json", entry.model_dump_json(),
+                                 durable=False)
                 self.replicas[key] = replica
             leases = current_leases()
             if leases is not None:
