@@ -228,18 +228,19 @@ class SparseReplica:
         self.digests[nchunk] = 0
         return False
 
-    def store(self, nchunk: int, chunk: chunks.Buffer) -> None:
+    def store(self, nchunk: int, chunk: chunks.Buffer, digest: int | None = None) -> None:
         """Store a chunk exactly as received from the source.
 
         Raises the disk's OSError (full, over quota, read-only...) if that is why a write
         fails, ReplicaGone if the file was removed meanwhile, else RuntimeError; after any
-        of these the replica is damaged (see the class).
+        of these the replica is damaged (see the class).  ``digest`` is the chunk's, if
+        already checked (else it is computed).
         """
         self.fill(nchunk, lambda container: self.schunk.update_chunk(nchunk, chunk),
-                  len(chunk), chunk)
+                  len(chunk), chunk, digest)
 
     def fill(self, nchunk: int, write: Callable[[Any], None], nbytes: int = 0,
-             chunk: chunks.Buffer | None = None) -> None:
+             chunk: chunks.Buffer | None = None, digest: int | None = None) -> None:
         """Run ``write(container)`` to fill chunk ``nchunk`` (e.g. by assigning decompressed
         data to the NDArray), with the failure handling of :meth:`store`."""
         if chunk is not None:
@@ -261,8 +262,10 @@ class SparseReplica:
                 except RuntimeError:  # (Blosc2 does not say why)
                     self._failed(nbytes)
                     raise
-                stored = chunk if chunk is not None else self.schunk.get_chunk(nchunk)
-                self.digests[nchunk] = wire.chunk_digest(stored)
+                if digest is None:
+                    stored = chunk if chunk is not None else self.schunk.get_chunk(nchunk)
+                    digest = wire.chunk_digest(stored)
+                self.digests[nchunk] = digest
         finally:
             if self.space is not None:
                 self.space.settle(self, reserved)

@@ -160,7 +160,16 @@ def read_exactly(body: Readable, buffer: Any) -> int:
 
 def read_records(body: Readable, max_length: int,
                  keep: Callable[[int], bool] | None = None) -> Iterator[tuple[int, memoryview]]:
-    """The ``(nchunk, chunk)`` records of a chunk stream read from ``body``.
+    """The ``(nchunk, chunk)`` records of a chunk stream: see :func:`read_digested_records`."""
+    for nchunk, chunk, _ in read_digested_records(body, max_length, keep):
+        yield nchunk, chunk
+
+
+def read_digested_records(body: Readable, max_length: int,
+                          keep: Callable[[int], bool] | None = None
+                          ) -> Iterator[tuple[int, memoryview, int]]:
+    """The ``(nchunk, chunk, digest)`` records of a chunk stream read from ``body``, each
+    chunk checked against its digest.
 
     Each chunk is a view of one buffer that the next record overwrites: use it (decompress
     or store it) before asking for the next.  Reusing the buffer spares a fresh allocation,
@@ -199,7 +208,7 @@ def read_records(body: Readable, max_length: int,
         if chunk_digest(chunk) != digest:
             raise DigestMismatch(f"chunk {nchunk} does not match its digest: it was damaged "
                                  "on the way or at its sender")
-        yield nchunk, chunk
+        yield nchunk, chunk, digest
 
 
 # ---------------------------------------------------------------------------

@@ -332,21 +332,21 @@ class ChunkFetcher:
             if r.status != 200:
                 raise Unavailable(f"publisher of {root!r} answered {r.status}: "
                                   f"{r.read()[:200].decode(errors='replace')}")
-            for n, chunk in wire.read_records(r, max_length, keep):
+            for n, chunk, digest in wire.read_digested_records(r, max_length, keep):
                 if n not in asked:
                     raise Unavailable(f"publisher sent chunk {n}, not asked for")
                 asked.discard(n)
                 self.metrics.bytes_in(root, len(chunk))
-                self._store(root, path, entry, replica, n, chunk)
+                self._store(root, path, entry, replica, n, chunk, digest)
                 stored(n, chunk if n in kept else None)
 
     def _store(self, root: str, path: str, entry: DatasetEntry, replica: SparseReplica,
-               n: int, chunk: memoryview) -> None:
+               n: int, chunk: memoryview, digest: int) -> None:
         """Store one chunk (before the stream reader reuses its buffer).  A replica that a
         write failed to grow is dropped (a failed write damages it): the disk's error goes
         to the client; any other failure starts a new replica (Stale)."""
         try:
-            replica.store(n, chunk)
+            replica.store(n, chunk, digest)
         except ReplicaGone:  # dropped meanwhile: a newer version came
             raise Stale(path) from None
         except CacheTooSmall:  # (refused before writing: the replica is whole)

@@ -185,8 +185,8 @@ async def stream_chunks(sub: Subscriber, found: Found, replica: SparseReplica,
             arrived = await arrivals.next_stored()
             for n, forwarded in arrived.items():
                 if forwarded is not None:  # sent as fetched, not read back
-                    chunk = forwarded.chunk
-                    yield wire.record_header(n, len(chunk), wire.chunk_digest(chunk))
+                    chunk = forwarded.chunk  # (checked against this digest on arrival)
+                    yield wire.record_header(n, len(chunk), replica.digest(n, chunk))
                     yield chunk
                     arrivals.sent(n)
             stored = [n for n, forwarded in arrived.items() if forwarded is None]
