@@ -327,10 +327,16 @@ class Cache:
             self._doomed.add(replica)
         self._close([replica])
 
-    def discard(self, root: str, path: str, entry: DatasetEntry) -> None:
-        """Throw away a replica found to be damaged; the next read rebuilds it."""
+    def discard(self, root: str, path: str, entry: DatasetEntry,
+                replica: SparseReplica | None = None) -> None:
+        """Throw away a replica found to be damaged; the next read rebuilds it.  Given the
+        ``replica`` found damaged, nothing is done if it was already replaced (a late
+        writer of the old one must not throw away the new one)."""
         key = (root, path, entry.version)
         with self.lock:
+            current = self.replicas.get(key)
+            if replica is not None and current is not None and current is not replica:
+                return
             self._retire(key)
             self._remove_dir(self._replica_dir(key))
 

@@ -352,10 +352,10 @@ class ChunkFetcher:
         except CacheTooSmall:  # (refused before writing: the replica is whole)
             raise
         except OSError:
-            self.cache.discard(root, path, entry)
+            self.cache.discard(root, path, entry, replica)
             raise
         except RuntimeError:
-            self.cache.discard(root, path, entry)
+            self.cache.discard(root, path, entry, replica)
             raise Stale(path) from None
 
     def _settle(self, key: ChunkKey, future: asyncio.Future, chunk: memoryview | None) -> None:

@@ -209,7 +209,8 @@ async def stream_chunks(sub: Subscriber, found: Found, replica: SparseReplica,
         log.warning("answer for %s cut short: %s", name, e)
     except (ValueError, RuntimeError) as e:  # a damaged replica: the next read rebuilds it
         log.warning("cached copy of %s damaged (%s); dropped", name, e)
-        await asyncio.to_thread(sub.cache.discard, found.root, found.path, found.entry)
+        await asyncio.to_thread(sub.cache.discard, found.root, found.path, found.entry,
+                                replica)
     finally:
         if arrivals is not None:
             arrivals.close()
