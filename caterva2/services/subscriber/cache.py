@@ -359,9 +359,14 @@ class Cache:
     def settle(self, replica: SparseReplica, nbytes: int) -> None:
         """A write is over: its reservation ends, and its directory counts what it holds."""
         directory = replica.file.parent
+        if self.limit is None:  # nothing to keep under: no measuring (syscalls, GIL hand-offs)
+            with self.lock:
+                self.reserved -= nbytes
+            return
+        size = _dir_bytes(directory)  # (outside the lock: concurrent writers never wait on it)
         with self.lock:
             self.reserved -= nbytes
-            self._set_size(directory, _dir_bytes(directory))
+            self._set_size(directory, size)
             if directory in self.sizes:
                 self.sizes.move_to_end(directory)
             if self.limit is not None and self.usage() > self.limit:
