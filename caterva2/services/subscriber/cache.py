@@ -363,10 +363,9 @@ class Cache:
             with self.lock:
                 self.reserved -= nbytes
             return
-        size = _dir_bytes(directory)  # (outside the lock: concurrent writers never wait on it)
-        with self.lock:
-            self.reserved -= nbytes
-            self._set_size(directory, size)
+        with self.lock:  # (measured under it: a size measured before another writer's
+            self.reserved -= nbytes  # would undercount)
+            self._set_size(directory, _dir_bytes(directory))
             if directory in self.sizes:
                 self.sizes.move_to_end(directory)
             if self.limit is not None and self.usage() > self.limit:
