@@ -17,7 +17,6 @@ import asyncio
 import logging
 import urllib.parse
 from collections import Counter
-from collections.abc import Awaitable, Callable
 
 import blosc2
 import httpx
@@ -31,6 +30,7 @@ from caterva2.services.metrics import SubscriberMetrics
 from caterva2.services.subscriber.cache import Cache
 from caterva2.services.subscriber.errors import Gone, Stale, Unavailable
 from caterva2.services.subscriber.registry import RootRegistry
+from caterva2.services.subscriber.single_flight import SingleFlight
 
 log = logging.getLogger("caterva2.subscriber")
 PARALLEL_STREAMS = 4  # chunk requests in flight per fetch
@@ -145,7 +145,7 @@ class ChunkFetcher:
         self.checking: dict[tuple[str, str, str], list[set[int]]] = {}  # see request_chunks
         self.claims: Counter[ChunkKey] = Counter()  # forwarding answers waiting per chunk
         self.tasks: set[asyncio.Task] = set()
-        self.running: dict[tuple, asyncio.Future] = {}  # see _once
+        self.reusing: SingleFlight[None] = SingleFlight()  # previous versions being reused
         # Kept-alive connections to publishers, for the worker threads reading chunk streams.
         self.connections = http_data.ConnectionPool(timeout=UPSTREAM_TIMEOUT)
 
@@ -164,8 +164,8 @@ class ChunkFetcher:
 
         replica, has_previous = await asyncio.to_thread(replica_and_previous)
         if has_previous:
-            await self._once(("previous", root, path, entry.version),
-                             lambda: self._reuse_previous(root, path, entry, replica))
+            await self.reusing.run((root, path, entry.version),
+                                   lambda: self._reuse_previous(root, path, entry, replica))
         version_key = (root, path, entry.version)
         missing = await self._missing(replica, version_key, nchunks)
         self.metrics.hit(root, len(nchunks) - len(missing))
@@ -208,14 +208,6 @@ class ChunkFetcher:
             if not checks:
                 del self.checking[version_key]
         return [n for n in missing if n not in stored_meanwhile]
-
-    async def _once(self, key: tuple, make: Callable[[], Awaitable[None]]) -> None:
-        """Run ``make()`` once for concurrent callers with the same ``key``."""
-        task = self.running.get(key)
-        if task is None:
-            task = self.running[key] = asyncio.ensure_future(make())
-            task.add_done_callback(lambda _: self.running.pop(key, None))
-        await asyncio.shield(task)
 
     async def _reuse_previous(self, root: str, path: str, entry: DatasetEntry,
                               replica: SparseReplica) -> None:

@@ -28,6 +28,7 @@ from caterva2.models import DatasetEntry
 from caterva2.services.subscriber.broker_link import BrokerLink
 from caterva2.services.subscriber.errors import Gone, Unavailable
 from caterva2.services.subscriber.index_sync import IndexSync
+from caterva2.services.subscriber.single_flight import SingleFlight
 
 log = logging.getLogger("caterva2.subscriber")
 REVALIDATE_INTERVAL_S = 0.5  # a dataset's version is checked at most this often
@@ -62,7 +63,7 @@ class Freshness:
                  interval: float = REVALIDATE_INTERVAL_S):
         self.broker, self.indexes, self.interval = broker, indexes, interval
         self._checked: dict[Key, Checked] = {}
-        self._checking: dict[Key, asyncio.Task[Checked]] = {}
+        self._checking: SingleFlight[Checked] = SingleFlight()
 
     @property
     def needed(self) -> bool:
@@ -82,12 +83,7 @@ class Freshness:
         now = asyncio.get_running_loop().time()
         if checked is None or checked.version != entry.version or \
                 now - checked.at >= self.interval:
-            task = self._checking.get(key)
-            if task is None:
-                task = asyncio.create_task(self._check(key, entry))
-                self._checking[key] = task
-            # (shielded: a client that goes away does not cancel the others' check)
-            checked = await asyncio.shield(task)
+            checked = await self._checking.run(key, lambda: self._check(key, entry))
         if checked.entry is None:
             raise Gone(path)
         return checked.entry, checked.unverified
@@ -96,23 +92,20 @@ class Freshness:
         root, path = key
         loop = asyncio.get_running_loop()
         try:
-            try:
-                current = await self.indexes.current_entry(root, path, known=entry,
-                                                           timeout=REVALIDATE_TIMEOUT)
-            except Gone:
-                log.info("%s/%s is gone at its source (the broker is unreachable)", root, path)
-                checked = Checked(loop.time(), entry.version, None, None)
-            except Unavailable as e:
-                log.info("%s/%s served unverified: %s (and the broker is unreachable)",
-                         root, path, e)
-                checked = Checked(loop.time(), entry.version, entry, unverified_notice(root))
-            else:
-                if current != entry:
-                    log.info("%s/%s changed at its source: version %s (the broker is "
-                             "unreachable)", root, path, current.version)
-                    await self.indexes.refresh_entry(root, path, current)
-                checked = Checked(loop.time(), current.version, current, None)
-            self._checked[key] = checked
-            return checked
-        finally:
-            del self._checking[key]
+            current = await self.indexes.current_entry(root, path, known=entry,
+                                                       timeout=REVALIDATE_TIMEOUT)
+        except Gone:
+            log.info("%s/%s is gone at its source (the broker is unreachable)", root, path)
+            checked = Checked(loop.time(), entry.version, None, None)
+        except Unavailable as e:
+            log.info("%s/%s served unverified: %s (and the broker is unreachable)",
+                     root, path, e)
+            checked = Checked(loop.time(), entry.version, entry, unverified_notice(root))
+        else:
+            if current != entry:
+                log.info("%s/%s changed at its source: version %s (the broker is "
+                         "unreachable)", root, path, current.version)
+                await self.indexes.refresh_entry(root, path, current)
+            checked = Checked(loop.time(), current.version, current, None)
+        self._checked[key] = checked
+        return checked
