@@ -39,6 +39,7 @@ import numpy as np
 
 from caterva2 import chunks, metadata, wire
 from caterva2.models import AnyMeta, ArrayMeta
+from caterva2.partial_chunks import PartialChunks
 
 log = logging.getLogger("caterva2.replica")
 
@@ -113,6 +114,7 @@ class SparseReplica:
         self.damaged = False  # a store failed for another reason
         self.container: Any = self._open_or_create()
         self.digests = self._open_digests()
+        self.partial = PartialChunks(self.file)  # chunks of which only some blocks came
 
     # -- creation ---------------------------------------------------------------------
     def _open_or_create(self) -> Any:
@@ -266,6 +268,29 @@ class SparseReplica:
                     stored = chunk if chunk is not None else self.schunk.get_chunk(nchunk)
                     digest = wire.chunk_digest(stored)
                 self.digests[nchunk] = digest
+            if nchunk in self.partial:  # (held whole now: its blocks are not needed)
+                self.partial.remove(nchunk)
+        finally:
+            if self.space is not None:
+                self.space.settle(self, reserved)
+
+    def store_piece(self, nchunk: int, offset: int, piece: chunks.Buffer, digest: int,
+                    chunk_digest: int) -> None:
+        """Store a piece of a chunk that comes in blocks (see :mod:`caterva2.blocks`): its
+        head (``offset`` 0), or blocks at ``offset``, checked against ``digest`` already;
+        ``chunk_digest`` is the whole chunk's, as its source gives it."""
+        reserved = len(piece) + 2 * 4096  # (and the piece's digests file)
+        if self.space is not None:
+            self.space.reserve(self, reserved)
+        try:
+            if self.closed:
+                raise ReplicaGone(f"{self.file} was closed")
+            if offset == 0:
+                self.partial.store_head(nchunk, piece, chunk_digest)
+            else:
+                self.partial.store_piece(nchunk, offset, piece, digest)
+        except FileNotFoundError:  # (the replica's directory was removed)
+            raise ReplicaGone(str(self.file)) from None
         finally:
             if self.space is not None:
                 self.space.settle(self, reserved)

@@ -12,6 +12,11 @@ This module is everything else both ends of a connection must agree on:
   and the reason (UTF-8, at most :data:`MAX_REASON` bytes) in place of a chunk; the reader
   raises :class:`AnswerCut`.  Written with :func:`write_records`, read with
   :func:`read_records`.
+- **Block streams** carry blocks of one stored chunk (see :mod:`caterva2.blocks`) in
+  the same records, where the first number is the byte offset of each piece in the chunk
+  instead of a chunk number: the chunk's head at offset 0, then each block.  The whole
+  chunk's digest goes in :data:`CHUNK_DIGEST_HEADER`, so that the chunk put back together
+  is checked too.
 - **Chunk lists** name chunks in URLs compactly: ``0-3,7`` (:func:`format_chunk_list`,
   :func:`parse_chunk_list`).
 - **The layout header** (:data:`LAYOUT_HEADER`) goes with every array answer, so that a
@@ -211,6 +216,9 @@ def read_digested_records(body: Readable, max_length: int,
         yield nchunk, chunk, digest
 
 
+CHUNK_DIGEST_HEADER = "Caterva2-Chunk-Digest"  # a block stream's whole chunk digest
+
+
 # ---------------------------------------------------------------------------
 # Chunk lists
 # ---------------------------------------------------------------------------
@@ -231,20 +239,21 @@ def format_chunk_list(numbers: list[int]) -> str:
     return ",".join(parts)
 
 
-def parse_chunk_list(text: str, nchunks: int) -> list[int]:
-    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]``; ValueError for bad or out-of-range items."""
+def parse_chunk_list(text: str, nchunks: int, what: str = "chunk") -> list[int]:
+    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]``; ValueError for bad or out-of-range items (of
+    ``nchunks`` chunks, or of whatever ``what`` the list numbers)."""
     ranges: list[range] = []
     try:
         for item in filter(None, text.split(",")):
             lo, _, hi = item.partition("-")
             ranges.append(range(int(lo), int(hi or lo) + 1))
     except ValueError:
-        raise ValueError(f"malformed chunk list {text!r}") from None
+        raise ValueError(f"malformed {what} list {text!r}") from None
     # Bounds first: a short text like "0-999999999" must not expand into a huge list.
     if any(r and not (0 <= r.start and r.stop <= nchunks) for r in ranges):
-        raise ValueError(f"chunk numbers must be in 0..{nchunks - 1}")
+        raise ValueError(f"{what} numbers must be in 0..{nchunks - 1}")
     if sum(len(r) for r in ranges) > nchunks:
-        raise ValueError(f"more chunks asked for than the dataset's {nchunks}")
+        raise ValueError(f"more {what}s asked for than the {nchunks} there are")
     return [n for r in ranges for n in r]
 
 

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from caterva2 import wire
+from caterva2.blocks import block_count, pieces_to_send
 from caterva2.roots import DatasetNotFound, DatasetUnavailable, VersionMismatch
 from caterva2.services.errors import safe_relpath
 from caterva2.services.metrics import PublisherMetrics
@@ -88,14 +89,7 @@ async def _stream_chunks(catalog: Catalog, path: str, wanted: list[int],
     def read_first() -> tuple[list[bytes], list[int] | None]:
         return read(batches[0]) if batches else [], root.chunk_sizes(path, wanted, version)
 
-    try:
-        first, sizes = await asyncio.to_thread(read_first)
-    except VersionMismatch:
-        raise catalog.not_current(path, version) from None
-    except DatasetNotFound:
-        raise catalog.not_found(path) from None
-    except DatasetUnavailable as e:
-        raise HTTPException(503, str(e)) from None
+    first, sizes = await _read_or_http_error(catalog, path, version, read_first)
 
     async def records():
         announced = dict(zip(wanted, sizes)) if sizes is not None else None
@@ -108,6 +102,50 @@ async def _stream_chunks(catalog: Catalog, path: str, wanted: list[int],
 
     # With known sizes, a known length: no chunked encoding, no copy of each chunk.
     return chunk_stream(records(), {"ETag": version}, sizes)
+
+
+async def _read_or_http_error(catalog: Catalog, path: str, version: str, read):
+    """``read()`` in a thread; the HTTP error for a dataset changed, gone or unreadable."""
+    try:
+        return await asyncio.to_thread(read)
+    except VersionMismatch:
+        raise catalog.not_current(path, version) from None
+    except DatasetNotFound:
+        raise catalog.not_found(path) from None
+    except DatasetUnavailable as e:
+        raise HTTPException(503, str(e)) from None
+
+
+@router.get("/api/blocks/{path:path}")
+async def get_blocks(path: str, nchunk: int, blocks: str, catalog: CatalogDep,
+                     request: Request, version: str | None = None) -> Response:
+    """Blocks of one stored chunk (``blocks``: a list such as ``0-3,7``), as a block stream
+    (see :mod:`caterva2.wire`): the chunk's head, then each block at its offset; the whole
+    chunk if its blocks cannot move alone.  The whole chunk's digest is in
+    :data:`caterva2.wire.CHUNK_DIGEST_HEADER`."""
+    current, meta = await asyncio.to_thread(catalog.readable, safe_relpath(path), version)
+    if not 0 <= nchunk < meta.schunk.nchunks:
+        raise HTTPException(400, f"chunk numbers must be in 0..{meta.schunk.nchunks - 1}")
+
+    def read() -> bytes:
+        [chunk] = catalog.root.read_chunks(path, [nchunk], current)
+        return chunk
+
+    chunk = await _read_or_http_error(catalog, path, current, read)
+    try:
+        wanted = wire.parse_chunk_list(blocks, block_count(chunk), "block")
+        pieces = pieces_to_send(chunk, wanted)
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
+    request.app.state.metrics.chunks_served(catalog.name, [piece for _, piece in pieces])
+
+    async def records():
+        for offset, piece in pieces:
+            yield wire.record_header(offset, len(piece), wire.chunk_digest(piece))
+            yield piece
+
+    headers = {"ETag": current, wire.CHUNK_DIGEST_HEADER: str(wire.chunk_digest(chunk))}
+    return chunk_stream(records(), headers, [len(piece) for _, piece in pieces])
 
 
 @router.get("/api/digests/{path:path}")

@@ -456,13 +456,15 @@ def _blocks(size: int) -> int:
 
 
 def _dir_bytes(directory: pathlib.Path) -> int:
-    """What the files of a replica directory take (the replica and what lies beside it)."""
+    """What the files of a replica directory take on disk (the replica and what lies beside
+    it), as the filesystem counts it: sparse files (digests, chunks held in part) take only
+    the room of what was written into them."""
     total = 0
     with contextlib.suppress(FileNotFoundError), os.scandir(directory) as entries:
         for entry in entries:
             with contextlib.suppress(FileNotFoundError):
                 if entry.is_file(follow_symlinks=False):
-                    total += _blocks(entry.stat(follow_symlinks=False).st_size)
+                    total += entry.stat(follow_symlinks=False).st_blocks * 512
     return total
 
 

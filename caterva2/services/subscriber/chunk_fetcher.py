@@ -17,6 +17,8 @@ import asyncio
 import logging
 import urllib.parse
 from collections import Counter
+from collections.abc import Coroutine
+from typing import Any
 
 import blosc2
 import httpx
@@ -27,6 +29,7 @@ from caterva2.models import DatasetEntry
 from caterva2.replica import ReplicaGone, SparseReplica
 from caterva2.services.errors import CacheTooSmall
 from caterva2.services.metrics import SubscriberMetrics
+from caterva2.services.subscriber.block_fetcher import BlockFetcher
 from caterva2.services.subscriber.cache import Cache
 from caterva2.services.subscriber.errors import Gone, Stale, Unavailable
 from caterva2.services.subscriber.registry import RootRegistry
@@ -148,6 +151,7 @@ class ChunkFetcher:
         self.reusing: SingleFlight[None] = SingleFlight()  # previous versions being reused
         # Kept-alive connections to publishers, for the worker threads reading chunk streams.
         self.connections = http_data.ConnectionPool(timeout=UPSTREAM_TIMEOUT)
+        self.blocks = BlockFetcher(registry, self.connections, self.metrics)
 
     def close(self) -> None:
         """Close the connections to publishers (streams under way finish first)."""
@@ -180,16 +184,33 @@ class ChunkFetcher:
             if forward:
                 self.claims[key] += 1
             futures[n] = self.inflight[key]
-        if own:
-            size = max(MIN_CHUNKS_PER_STREAM, -(-len(own) // PARALLEL_STREAMS))
-            for i in range(0, len(own), size):
-                task = asyncio.create_task(
-                    self._download(root, path, entry, replica, own[i:i + size]))
-                self.tasks.add(task)  # (failures reach the chunks' futures)
-                self.cache.hold(replica)  # never evicted while being written into
-                task.add_done_callback(lambda _task: self.cache.release(replica))
-                task.add_done_callback(self._task_done)
+        in_part = [n for n in own if n in replica.partial]  # (only their other blocks move)
+        own = [n for n in own if n not in replica.partial]
+        size = max(MIN_CHUNKS_PER_STREAM, -(-len(own) // PARALLEL_STREAMS))
+        for i in range(0, len(own), size):
+            self._start(replica, self._download(root, path, entry, replica, own[i:i + size]))
+        for n in in_part:
+            self._start(replica, self._complete(root, path, entry, replica, n))
         return replica, Arrivals(self, version_key, futures, forward)
+
+    def _start(self, replica: SparseReplica, download: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(download)
+        self.tasks.add(task)  # (failures reach the chunks' futures)
+        self.cache.hold(replica)  # never evicted while being written into
+        task.add_done_callback(lambda _task: self.cache.release(replica))
+        task.add_done_callback(self._task_done)
+
+    async def _complete(self, root: str, path: str, entry: DatasetEntry,
+                        replica: SparseReplica, n: int) -> None:
+        """Store chunk ``n``, held in part, whole: only its missing blocks are fetched."""
+        key = (root, path, entry.version, n)
+        future = self.inflight[key]
+        try:
+            await self.blocks.complete(root, path, entry, replica, n)
+        except BaseException as e:
+            self._fail(root, path, entry.version, {n: future}, e)
+            raise
+        self._settle(key, future, None)
 
     async def _missing(self, replica: SparseReplica, version_key: tuple[str, str, str],
                        nchunks: list[int]) -> list[int]:

@@ -22,7 +22,7 @@ import logging
 import math
 import pathlib
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +35,7 @@ from caterva2.replica import ChunkDamaged, SparseReplica
 from caterva2.services import responses
 from caterva2.services.errors import disk_error_text
 from caterva2.services.metrics import counted
+from caterva2.services.subscriber.block_reads import read_in_blocks
 from caterva2.services.subscriber.cache import Index
 from caterva2.services.subscriber.chunk_fetcher import Arrivals
 from caterva2.services.subscriber.deps import Sub
@@ -78,14 +79,20 @@ def plan_selection(meta: AnyMeta, slice_: str | None) -> Selection:
         raise HTTPException(400, str(e)) from None
 
 
+def array_encoder(plan: slicing.Plan, buffer: bool) -> Callable[[np.ndarray], bytes]:
+    """How to answer a selection of an array from the items of its region."""
+    def encode(region: np.ndarray) -> bytes:
+        data = np.asarray(region)[plan.within]
+        return wire.compress_items(data) if buffer else wire.encode_array(data)
+    return encode
+
+
 def encoder(meta: AnyMeta, plan: slicing.Plan, buffer: bool
             ) -> Callable[[SparseReplica], bytes]:
     """How to answer a selection read whole from a replica (every chunk held)."""
     if isinstance(meta, ArrayMeta):
-        def answer(replica: SparseReplica) -> bytes:
-            data = np.asarray(replica.read_array(plan.region))[plan.within]
-            return wire.compress_items(data) if buffer else wire.encode_array(data)
-        return answer
+        encode = array_encoder(plan, buffer)
+        return lambda replica: encode(replica.read_array(plan.region))
     typesize = meta.schunk.typesize
 
     def answer_bytes(replica: SparseReplica) -> bytes:
@@ -114,15 +121,25 @@ async def fetch(root: str, path: str, sub: Sub, slice_: str | None = None,
                    > wire.MAX_BUFFER_BYTES):
         raise HTTPException(400, "buffer=true is for array selections up to "
                                  f"{wire.MAX_BUFFER_BYTES} bytes; use chunks=true")
+    in_blocks = None
+    if isinstance(meta, ArrayMeta):
+        encode = array_encoder(selection.plan, buffer)
+
+        async def in_blocks() -> bytes | None:
+            data = await read_in_blocks(sub, found, selection.plan.region, selection.nchunks)
+            return None if data is None else await asyncio.to_thread(encode, data)
     body = await whole_answer(sub, found, selection.nchunks,
-                              encoder(meta, selection.plan, buffer))
+                              encoder(meta, selection.plan, buffer), in_blocks)
     sub.metrics.bytes_out(root, len(body))
     return Response(body, media_type="application/octet-stream", headers=headers)
 
 
 async def whole_answer(sub: Subscriber, found: Found, nchunks: list[int],
-                       answer: Callable[[SparseReplica], bytes]) -> bytes:
-    """``answer(replica)`` once every chunk of ``nchunks`` is cached."""
+                       answer: Callable[[SparseReplica], bytes],
+                       in_blocks: Callable[[], Awaitable[bytes | None]] | None = None
+                       ) -> bytes:
+    """``answer(replica)`` once every chunk of ``nchunks`` is cached; or, when chunks are
+    missing, ``in_blocks()`` if it can answer from their blocks (see :mod:`.block_reads`)."""
     cache = sub.cache
 
     def cached_answer() -> bytes | None:  # a cached read costs one thread hop
@@ -139,6 +156,8 @@ async def whole_answer(sub: Subscriber, found: Found, nchunks: list[int],
 
     try:
         body = await asyncio.to_thread(cached_answer)
+        if body is None and in_blocks is not None:
+            body = await in_blocks()
         if body is None:
             found, replica, _ = await with_chunks(sub, found, nchunks)
             body = await asyncio.to_thread(answer, replica)
