@@ -10,6 +10,10 @@ Endpoints (paths relative to the root):
   and an ``error`` (see :class:`caterva2.models.DatasetEntry`);
 - ``GET /api/chunks/{path}?nchunks=0-3,7&version=V``: stored chunks, exactly as stored,
   as a stream of records (see :mod:`caterva2.wire`); 412 if the version is not current;
+- ``GET /api/blocks/{path}?nchunk=N&blocks=0-3,7&version=V``: blocks of one stored chunk,
+  as a stream of records (the chunk's head, then each block at its offset; the whole
+  chunk if its blocks cannot move alone; see :mod:`caterva2.blocks`), with the whole
+  chunk's digest in a header: for small reads inside big chunks;
 - ``GET /api/digests/{path}?version=V``: every stored chunk's digest, 8 bytes each
   (:func:`caterva2.wire.chunk_digest`), for subscribers to keep unchanged chunks when the
   dataset changes; 404 where a root does not offer them (HDF5 files);

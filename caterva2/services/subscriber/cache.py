@@ -5,6 +5,8 @@ Layout under ``STATEDIR/cache``::
     roots/ROOT/index.json                       every dataset of the root: version + metadata
     roots/ROOT/data/PATH/VTAG/replica.b2        sparse replica, chunks filled on demand
     roots/ROOT/data/PATH/VTAG/replica.b2.digests   the digests of the chunks it holds
+    roots/ROOT/data/PATH/VTAG/replica.b2.part-N    blocks of chunk N, held in part (with
+    roots/ROOT/data/PATH/VTAG/replica.b2.part-N.digests    the digests of its pieces)
     roots/ROOT/data/PATH/VTAG/entry.json        the version and metadata it replicates
     roots/ROOT/data/PATH/.previous/...          the version before, until the next is read
     .trash/                                     directories being removed
