@@ -130,8 +130,8 @@ class PartialChunks:
         """Store the bytes of blocks at ``offset`` (checked against ``digest`` already)."""
         with self.lock:
             layout, digests = self._layout(nchunk), self._digests(nchunk)
-            if layout is None or digests is None:
-                raise ValueError(f"chunk {nchunk}: a block came before the chunk's head")
+            if layout is None or digests is None:  # (held whole meanwhile, or evicted)
+                raise FileNotFoundError(f"chunk {nchunk} is no longer held in part")
             blocks = [b for b, extent in enumerate(layout.extents)
                       if extent == (offset, offset + len(piece))]
             if not blocks:

@@ -83,9 +83,9 @@ _without_blosc2_frames = _WithoutBlosc2Frames()
 
 def write_reserve(nbytes: int, nchunks: int) -> int:
     """Room to ask for before storing ``nbytes`` of a chunk in a frame of ``nchunks``: the
-    chunk, the frame's trailer and the growth of its chunk index (measured: well under
-    one byte per chunk of the dataset)."""
-    return nbytes + 4096 + nchunks // 16
+    chunk, the frame's trailer, the growth of its chunk index (measured: well under
+    one byte per chunk of the dataset) and a new page of the digests' file."""
+    return nbytes + 2 * 4096 + nchunks // 16
 
 
 class ChunkDamaged(ValueError):
@@ -289,7 +289,7 @@ class SparseReplica:
                 self.partial.store_head(nchunk, piece, chunk_digest)
             else:
                 self.partial.store_piece(nchunk, offset, piece, digest)
-        except FileNotFoundError:  # (the replica's directory was removed)
+        except FileNotFoundError:  # (removed: the replica, or the chunk held in part)
             raise ReplicaGone(str(self.file)) from None
         finally:
             if self.space is not None:

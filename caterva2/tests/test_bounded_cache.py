@@ -669,10 +669,7 @@ def test_many_clients_on_a_small_cache(stack, tmp_path):
     with sampling_disk(cache_dir(sub)) as disk, ThreadPoolExecutor(8) as pool:
         outcomes = list(pool.map(read, plan, timeout=120))
     assert outcomes.count("read") > len(plan) // 2, outcomes
-    # Known defect: with eight readers creating replicas at once, what lies beside a new
-    # replica (its digests, its entry) is not reserved, and the cache was seen to overshoot
-    # its bound by up to 14% (1 run in 8): bounded here at 1.25x until that is fixed.
-    assert disk.peak <= 1.25 * 3_500_000, f"the cache took {disk.peak} bytes"
+    assert disk.peak <= 3_500_000, f"the cache took {disk.peak} bytes"
     for name in names:  # and afterwards, with nobody else reading, everything reads
         np.testing.assert_array_equal(root[name][:], data[name])
     assert not leftovers(cache_dir(sub))

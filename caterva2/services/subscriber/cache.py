@@ -245,11 +245,7 @@ class Cache:
                 if replica is not None and (replica in self._doomed or replica.closed):
                     replica = None  # (being closed by its last user: open it anew)
             if replica is None:
-                directory = self._replica_dir(key)
-                replica = SparseReplica(directory / REPLICA_FILE, entry.meta, space=self)
-                if not (directory / "entry.json").exists():  # (for reuse by the next version)
-                    atomic_write(directory / "entry.json", entry.model_dump_json(),
-                                 durable=False)
+                replica = self._new_replica(self._replica_dir(key), entry)
                 self.replicas[key] = replica
             leases = current_leases()
             if leases is not None:
@@ -259,6 +255,20 @@ class Cache:
             if directory in self.sizes:
                 self.sizes.move_to_end(directory)
             return replica
+
+    def _new_replica(self, directory: pathlib.Path, entry: DatasetEntry) -> SparseReplica:
+        """Open (or create) the replica in ``directory``, within the bound, with the files
+        beside it: its entry (for reuse by the next version) and its digests."""
+        assert entry.meta is not None
+        side_files = 3 * BLOCK  # (the entry, its temporary copy, the digests' first page)
+        self._reserve(directory, side_files)
+        try:
+            replica = SparseReplica(directory / REPLICA_FILE, entry.meta, space=self)
+            if not (directory / "entry.json").exists():
+                atomic_write(directory / "entry.json", entry.model_dump_json(), durable=False)
+        finally:
+            self._settle(directory, side_files)
+        return replica
 
     def _keep_open(self, key: ReplicaKey, replica: SparseReplica) -> None:
         """Count ``replica`` as just used; close those used longest ago beyond the number
@@ -351,16 +361,21 @@ class Cache:
         """Room for ``replica`` to grow by ``nbytes`` (see :class:`caterva2.replica.Space`),
         evicting least recently used replicas if needed; CacheTooSmall if even that is not
         enough."""
+        self._reserve(replica.file.parent, nbytes)
+
+    def _reserve(self, directory: pathlib.Path, nbytes: int) -> None:
         with self.lock:
             if self.limit is not None and self.usage() + nbytes > self.limit:
-                self._evict(self.usage() + nbytes - self.limit, keep=replica.file.parent)
+                self._evict(self.usage() + nbytes - self.limit, keep=directory)
                 if self.usage() + nbytes > self.limit:
                     raise CacheTooSmall(self._too_small(nbytes))
             self.reserved += nbytes
 
     def settle(self, replica: SparseReplica, nbytes: int) -> None:
         """A write is over: its reservation ends, and its directory counts what it holds."""
-        directory = replica.file.parent
+        self._settle(replica.file.parent, nbytes)
+
+    def _settle(self, directory: pathlib.Path, nbytes: int) -> None:
         if self.limit is None:  # nothing to keep under: no measuring (syscalls, GIL hand-offs)
             with self.lock:
                 self.reserved -= nbytes
