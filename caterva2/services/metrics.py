@@ -18,8 +18,8 @@ publisher (:class:`PublisherMetrics`)
     ``caterva2_publisher_bytes_served_total{root}`` (chunks as stored, and whole files
     downloaded).
 subscriber (:class:`SubscriberMetrics`)
-    ``caterva2_cache_usage_bytes`` (the cache directory's files, measured at most once a
-    second), ``caterva2_cache_limit_bytes`` (``+Inf`` when unlimited),
+    ``caterva2_cache_usage_bytes`` (what the cache directory's files take on disk,
+    measured at most once a second), ``caterva2_cache_limit_bytes`` (``+Inf`` when unlimited),
     ``caterva2_cache_hits_total{root}`` / ``caterva2_cache_misses_total{root}`` (chunks a
     read found cached / had to fetch), ``caterva2_cache_evictions_total`` and
     ``caterva2_cache_evicted_bytes_total``, ``caterva2_digest_mismatches_total{root}``,
@@ -291,10 +291,12 @@ class SubscriberMetrics:
 
 
 def _tree_size(directory: pathlib.Path) -> int:
-    """Bytes of the files under ``directory`` (files vanishing meanwhile are skipped)."""
+    """Bytes the files under ``directory`` take on disk (as ``du``: a sparse file counts
+    what was written into it; files vanishing meanwhile are skipped)."""
     total = 0
     for parent, _, files in os.walk(directory):
         for name in files:
             with contextlib.suppress(OSError):
-                total += os.stat(os.path.join(parent, name), follow_symlinks=False).st_size
+                stat = os.stat(os.path.join(parent, name), follow_symlinks=False)
+                total += stat.st_blocks * 512
     return total

@@ -150,3 +150,58 @@ def test_the_publisher_refuses_bad_block_requests(site):
     assert r.status_code == 200
     offset, length, _ = struct.unpack_from("<QQQ", r.content)
     assert (offset, length) == (0, 32 + 4 * 20)  # the head comes first
+
+
+def test_concurrent_small_reads_move_each_block_once(site):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data, chunk = big_array(site)
+    ds = site.dataset("big.b2nd")
+    # Eight reads in four blocks (two reads each), all at once.
+    regions = [(slice(r, r + 5), slice(c, c + 5)) for r in (60, 260, 460, 660)
+               for c in (10, 900)]
+
+    def read(region):
+        np.testing.assert_array_equal(ds[region], data[region])
+
+    with ThreadPoolExecutor(8) as pool:
+        moved = site.moved(lambda: list(pool.map(read, regions, timeout=60)))
+    layout = block_layout(chunk)
+    blocks = {b for region in regions for b in blocks_touched(SHAPE, BLOCKS, region)}
+    ideal = sum(stop - start for start, stop in {layout.extents[b] for b in blocks})
+    assert ideal <= moved <= ideal + len(blocks) * (layout.head + OVERHEAD), (moved, ideal)
+
+
+def test_blocks_held_count_against_the_cache_bound(stack, tmp_path):
+    src = tmp_path / "data"
+    src.mkdir()
+    data = np.random.default_rng(4).normal(size=SHAPE)
+    blosc2.asarray(data, urlpath=str(src / "big.b2nd"), mode="w", chunks=SHAPE,
+                   blocks=BLOCKS)
+    stack.publisher("data", src)
+    sub = stack.subscriber(args=["--cache-size", "3MB"])  # less than the 8 MB chunk
+    wait_until(lambda: "data" in cat2.get_roots(sub.address), what="root data")
+    cat2.subscribe("data", sub.address)
+    ds = cat2.Root("data", host=sub.address)["big.b2nd"]
+    for rows in (slice(0, 3), slice(400, 403), slice(900, 903)):  # three blocks
+        np.testing.assert_array_equal(ds[rows, :7], data[rows, :7])
+    with cat2.Client(sub.address) as client:
+        usage = client.cache()["usage"]
+    assert 3 * 300_000 < usage <= 3_000_000, usage  # (each block: ~350 kB stored)
+    with pytest.raises(cat2.ServerError) as error:  # the whole chunk cannot fit
+        ds[:]
+    assert error.value.status_code == 507
+    assert "too small for this read" in str(error.value)
+    np.testing.assert_array_equal(ds[0:3, :7], data[0:3, :7])  # still served
+
+
+def test_blocks_held_are_served_with_the_publisher_down(site):
+    data, _ = big_array(site)
+    ds = site.dataset("big.b2nd")
+    np.testing.assert_array_equal(ds[SMALL], data[SMALL])
+    site.publisher.stop()
+    np.testing.assert_array_equal(ds[SMALL], data[SMALL])
+    with pytest.raises(cat2.ServerError) as error:  # another block: not cached
+        ds[0:5, 0:5]
+    assert error.value.status_code in (503, 504), error.value
+    assert "unreachable" in str(error.value) or "timed out" in str(error.value)
