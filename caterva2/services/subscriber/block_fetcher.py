@@ -28,7 +28,11 @@ from caterva2.models import ArrayMeta, DatasetEntry
 from caterva2.partial_chunks import PiecesDamaged
 from caterva2.replica import ReplicaGone, SparseReplica
 from caterva2.services.metrics import SubscriberMetrics
-from caterva2.services.subscriber.errors import Gone, Stale, Unavailable
+from caterva2.services.subscriber.errors import (
+    Stale,
+    Unavailable,
+    check_publisher_answer,
+)
 from caterva2.services.subscriber.registry import RootRegistry
 
 log = logging.getLogger("caterva2.subscriber")
@@ -117,13 +121,7 @@ class BlockFetcher:
                   "blocks": wire.format_chunk_list(wanted)}
         max_length = entry.meta.schunk.chunksize + blosc2.MAX_OVERHEAD
         with self.connections.get(url, params) as r:
-            if r.status in (412, 503):  # changed, or being rewritten: not our version
-                raise Stale(path)
-            if r.status == 404:
-                raise Gone(path)
-            if r.status != 200:
-                raise Unavailable(f"publisher of {root!r} answered {r.status}: "
-                                  f"{r.read()[:200].decode(errors='replace')}")
+            check_publisher_answer(r, root, path)
             try:
                 chunk_digest = int(r.getheader(wire.CHUNK_DIGEST_HEADER) or "")
             except ValueError:

@@ -14,7 +14,7 @@ import asyncio
 import numpy as np
 from fastapi import HTTPException
 
-from caterva2 import metadata
+from caterva2 import metadata, wire
 from caterva2.blocks import blocks_per_chunk, blocks_touched, local_region
 from caterva2.chunks import chunk_slices
 from caterva2.models import ArrayMeta
@@ -26,6 +26,7 @@ from caterva2.services.subscriber.reads import Found, with_chunks
 
 MIN_SPLIT_BYTES = 256 << 10  # chunks smaller than this (uncompressed) always move whole
 MAX_BLOCK_SHARE = 0.5  # a read touching more of a chunk's blocks fetches the whole chunk
+MAX_LIST_CHARS = 2000  # blocks scattered so that naming them takes more: the whole chunk
 PARALLEL_CHUNKS = 4  # block requests in flight per read
 
 Region = tuple[slice, ...]
@@ -43,7 +44,8 @@ def blocks_wanted(meta: ArrayMeta, region: Region, nchunks: list[int]) -> dict[i
         local = local_region(n, meta.shape, chunks, region)
         if local is not None:
             touched = blocks_touched(chunks, blocks, local)
-            if len(touched) <= total * MAX_BLOCK_SHARE:
+            if (len(touched) <= total * MAX_BLOCK_SHARE
+                    and len(wire.format_chunk_list(touched)) <= MAX_LIST_CHARS):
                 wanted[n] = touched
     return wanted
 

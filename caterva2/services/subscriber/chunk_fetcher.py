@@ -31,7 +31,11 @@ from caterva2.services.errors import CacheTooSmall
 from caterva2.services.metrics import SubscriberMetrics
 from caterva2.services.subscriber.block_fetcher import BlockFetcher
 from caterva2.services.subscriber.cache import Cache
-from caterva2.services.subscriber.errors import Gone, Stale, Unavailable
+from caterva2.services.subscriber.errors import (
+    Stale,
+    Unavailable,
+    check_publisher_answer,
+)
 from caterva2.services.subscriber.registry import RootRegistry
 from caterva2.services.subscriber.single_flight import SingleFlight
 
@@ -338,13 +342,7 @@ class ChunkFetcher:
 
         asked = set(group)
         with self.connections.get(url, params) as r:
-            if r.status in (412, 503):  # changed, or being rewritten: not our version
-                raise Stale(path)
-            if r.status == 404:
-                raise Gone(path)
-            if r.status != 200:
-                raise Unavailable(f"publisher of {root!r} answered {r.status}: "
-                                  f"{r.read()[:200].decode(errors='replace')}")
+            check_publisher_answer(r, root, path)
             for n, chunk, digest in wire.read_digested_records(r, max_length, keep):
                 if n not in asked:
                     raise Unavailable(f"publisher sent chunk {n}, not asked for")
