@@ -164,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="machine-readable output")
     common.add_argument("--conf", default=argparse.SUPPRESS,
                         help="configuration file (default: ./caterva2.toml)")
+    common.add_argument("--api-key", default=argparse.SUPPRESS,
+                        help="a user's API key, for a subscriber that requires a login "
+                             "(default: $CATERVA2_API_KEY, which keeps it out of the "
+                             "process list)")
     parser = argparse.ArgumentParser(
         prog="cat2cli", parents=[common],
         description="Caterva2 command-line client: ask a subscriber for roots and data.")
@@ -219,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
     args.json = getattr(args, "json", False)
     try:
         with cat2.Client(getattr(args, "host", None),
-                         conf=getattr(args, "conf", config.CONF_DEFAULT)) as client:
+                         conf=getattr(args, "conf", config.CONF_DEFAULT),
+                         api_key=getattr(args, "api_key", None)) as client:
             try:
                 with unverified_as_lines():
                     args.func(client, args)

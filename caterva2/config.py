@@ -27,6 +27,7 @@ PUBLISHER_DEFAULT = "localhost:8001"
 SUBSCRIBER_DEFAULT = "localhost:8002"
 CONF_DEFAULT = "caterva2.toml"
 SUBSCRIBER_ENV = "CATERVA2_SUBSCRIBER"
+API_KEY_ENV = "CATERVA2_API_KEY"  # a user's key, for subscribers that require a login
 
 
 class ConfigError(Exception):
@@ -129,6 +130,8 @@ def resolve(args: argparse.Namespace, kind: str, defaults: dict[str, Any]) -> di
     settings.update(section(conf, kind, id_))
     if "broker" in defaults:
         settings["broker"] = section(conf, "broker").get("http", defaults["broker"])
+    if kind == "subscriber":
+        settings["access"] = conf.get("access", {})  # (who may use which root)
     for key, value in vars(args).items():
         if value is not None and key not in ("conf", "id"):
             settings[key] = value

@@ -130,8 +130,10 @@ class ConnectionPool:
 
     @contextlib.contextmanager
     def get(self, url: str, params: dict[str, str] | None = None,
-            timeout: tuple[float, float] | None = None) -> Iterator[http.client.HTTPResponse]:
-        """GET ``url``; the response (any status) is read inside the ``with`` block.
+            timeout: tuple[float, float] | None = None,
+            headers: dict[str, str] | None = None) -> Iterator[http.client.HTTPResponse]:
+        """GET ``url`` (with ``headers`` too); the response (any status) is read inside the
+        ``with`` block.
 
         ``timeout`` overrides the pool's (seconds to connect, seconds per piece).
         A connection left half-read (an exception in the block) is closed, never reused.
@@ -159,7 +161,8 @@ class ConnectionPool:
                     raise httpx.ConnectError(f"cannot connect to {parts.netloc}: {e}",
                                              request=request()) from None
             try:
-                conn.request("GET", target, headers={"Accept-Encoding": "identity"})
+                conn.request("GET", target, headers={"Accept-Encoding": "identity",
+                                                     **(headers or {})})
                 response = conn.getresponse()
                 break
             except (http.client.RemoteDisconnected, ConnectionResetError,

@@ -15,6 +15,11 @@ client shared per subscriber address (:func:`default_client`), made when first n
 closed at exit (or by :func:`close_default_clients`).  A client may be used from several
 threads at once.
 
+**Logins.**  A subscriber started with ``--require-login`` answers only its users: a
+client sends its ``api_key`` (given, or the environment variable ``CATERVA2_API_KEY``) as
+``Authorization: Bearer KEY`` with every request; without a valid one, every call raises
+a :class:`ServerError` with status 401 that says what to do.
+
 **Answers that may be out of date.**  A subscriber that can reach neither its broker nor a
 dataset's publisher still serves what it has cached, and says so in the answer; the client
 then warns with an :class:`UnverifiedWarning` (once per place in your code, as Python does
@@ -127,6 +132,9 @@ class Client:
     :class:`~caterva2.http_data.ConnectionPool` for data answers; the client makes its own
     when they are not given, and :meth:`close` closes only those it made.
 
+    ``api_key`` is a user's key for a subscriber that requires a login (None: the
+    environment variable ``CATERVA2_API_KEY``, if set).
+
     Raises :class:`caterva2.config.ConfigError` for an address that is not ``HOST:PORT``
     or a URL (naming where it came from), or a configuration file that cannot be read.
     """
@@ -140,8 +148,11 @@ class Client:
     def __init__(self, host: str | None = None, *,
                  conf: str | os.PathLike[str] | None = config.CONF_DEFAULT,
                  http: httpx.Client | None = None,
-                 pool: http_data.ConnectionPool | None = None):
+                 pool: http_data.ConnectionPool | None = None,
+                 api_key: str | None = None):
         self.host, self.host_source = config.subscriber_address(host, conf)
+        api_key = api_key or os.environ.get(config.API_KEY_ENV) or None
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.conf = conf
         try:
             config.check_client_host(self.host)
@@ -276,7 +287,7 @@ class Client:
         """The JSON answer to ``GET path``; an UnverifiedWarning (about ``dataset``) if the
         subscriber could not check it with the source, unless not ``warn``."""
         with self._reaching():
-            response = self.http.get(self._url(path), params=params)
+            response = self.http.get(self._url(path), params=params, headers=self._headers)
         result = _json(response)
         if warn:
             _warn_unverified(response.headers.get(wire.UNVERIFIED_HEADER), dataset or path)
@@ -284,7 +295,7 @@ class Client:
 
     def _post(self, path: str) -> Any:
         with self._reaching():
-            response = self.http.post(self._url(path))
+            response = self.http.post(self._url(path), headers=self._headers)
         return _json(response)
 
     @contextlib.contextmanager
@@ -298,7 +309,7 @@ class Client:
         """
         reaching = self._reaching() if url.startswith(self.base_url + "/") \
             else contextlib.nullcontext()
-        with reaching, self.pool.get(url, params) as r:
+        with reaching, self.pool.get(url, params, headers=self._headers) as r:
             if r.status >= 400:
                 raise ServerError(http_data.as_httpx(r, url))
             _warn_unverified(r.getheader(wire.UNVERIFIED_HEADER),

@@ -33,6 +33,7 @@ from caterva2.services import service
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.metrics import SubscriberMetrics, mount_observability
 from caterva2.services.subscriber import api, data_api, page
+from caterva2.services.subscriber.access import Access, AccessRules, RequireLogin
 from caterva2.services.subscriber.leases import leasing
 from caterva2.services.subscriber.node import Subscriber, SubscriberSettings
 
@@ -49,7 +50,7 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         async with httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, limits=UPSTREAM_LIMITS) as client:
-            async with Subscriber(settings, client, metrics).running() as subscriber:
+            async with Subscriber(settings, client, metrics, access).running() as subscriber:
                 app.state.subscriber = subscriber
                 yield
 
@@ -59,12 +60,14 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
                 subscriber is not None and subscriber.broker.connected.is_set()}
 
     metrics = SubscriberMetrics()
+    access = Access.for_settings(settings)
     app = FastAPI(title="Caterva2 subscriber", lifespan=lifespan)
     install_error_handlers(app)
     for module in (api, data_api, page):
         app.include_router(module.router)
     mount_observability(app, metrics.registry, "subscriber", health)
     app.add_middleware(LeaseReplicas)
+    app.add_middleware(RequireLogin, access=access, statedir=str(settings.statedir))
     return app
 
 
@@ -91,15 +94,25 @@ def main() -> None:
                             help="most room the cache may take on disk, e.g. 500MB, 20GB or "
                                  "512MiB (least recently used data is evicted to stay "
                                  "within it; default: no limit)")
+        parser.add_argument("--require-login", action="store_true", default=None,
+                            help="every request needs a user's API key (users: cat2admin "
+                                 "--statedir STATEDIR adduser NAME); default: open")
 
     def make_app(settings: dict[str, Any]) -> FastAPI:
         cache_size = config.parse_size(settings.get("cache_size"), "cache_size")
-        message = f"cache limit: {config.format_size(cache_size)}"
-        print(f"cat2sub: {message}", file=sys.stderr, flush=True)
-        logging.getLogger("caterva2.subscriber").info(message)
-        return build_app(SubscriberSettings(
+        require_login = settings.get("require_login", False)
+        if not isinstance(require_login, bool):
+            raise config.ConfigError("require_login must be true or false")
+        subscriber_settings = SubscriberSettings(
             broker=settings["broker"], statedir=pathlib.Path(settings["statedir"]),
-            address=settings["address"], url=settings.get("url"), cache_size=cache_size))
+            address=settings["address"], url=settings.get("url"), cache_size=cache_size,
+            require_login=require_login,
+            access_rules=AccessRules.from_config(settings.get("access", {})))
+        access = Access.for_settings(subscriber_settings)
+        for message in (f"cache limit: {config.format_size(cache_size)}", access.describe()):
+            print(f"cat2sub: {message}", file=sys.stderr, flush=True)
+            logging.getLogger("caterva2.subscriber").info(message)
+        return build_app(subscriber_settings)
 
     service.run_service("subscriber", "Caterva2 subscriber: follows roots and serves clients.",
                         {"http": config.SUBSCRIBER_DEFAULT, "statedir": "_caterva2/sub",

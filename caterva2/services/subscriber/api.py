@@ -13,6 +13,7 @@ from caterva2 import paths
 from caterva2.models import user_info
 from caterva2.services.subscriber.deps import Sub
 from caterva2.services.subscriber.errors import Unavailable
+from caterva2.services.subscriber.node import Subscriber
 from caterva2.services.subscriber.reads import lookup, subscribed_root
 
 router = APIRouter()
@@ -29,7 +30,12 @@ async def get_roots(sub: Sub) -> dict[str, dict[str, Any]]:
                                      f"({type(e).__name__}); no roots known yet") from None
     return {name: {"name": name, "http": info.http,
                    "subscribed": name in sub.registry.subscribed}
-            for name, info in sorted(sub.registry.known.items())}
+            for name, info in sorted(sub.registry.known.items()) if visible(sub, name)}
+
+
+def visible(sub: Subscriber, root: str) -> bool:
+    """Whether the user may see ``root`` listed: it may read or subscribe to it."""
+    return sub.access.may("read", root) or sub.access.may("subscribe", root)
 
 
 @router.post("/api/subscribe/{root}")
@@ -37,6 +43,7 @@ async def subscribe(root: str, sub: Sub) -> str:
     """Follow a root: its metadata is fetched now, its data when clients read it."""
     try:
         paths.check_root_name(root)
+        sub.access.check("subscribe", root)
         await sub.subscribe(root)
     except ValueError as e:
         raise HTTPException(400, str(e)) from None
@@ -58,6 +65,7 @@ async def get_list(root: str, sub: Sub) -> list[str]:
 @router.get("/api/url/{root}")
 async def get_root_url(root: str, sub: Sub) -> list[str]:
     """Where the root's publisher serves it."""
+    sub.access.check("read", root)
     if root not in sub.registry.known:
         raise HTTPException(404, f"no root named {root!r}")
     return [f"http://{sub.registry.known[root].http}"]

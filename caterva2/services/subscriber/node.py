@@ -4,12 +4,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
 from caterva2.models import ChangeEvent, RootEvent
 from caterva2.services.metrics import SubscriberMetrics
+from caterva2.services.subscriber.access import Access, AccessRules
 from caterva2.services.subscriber.broker_link import BrokerLink
 from caterva2.services.subscriber.cache import Cache
 from caterva2.services.subscriber.chunk_fetcher import ChunkFetcher
@@ -30,6 +31,8 @@ class SubscriberSettings:
     address: str  # host:port it listens on
     url: str | None = None  # the base of the URLs it hands out (behind a proxy)
     cache_size: int | None = None  # bytes the cache may take on disk (None: no bound)
+    require_login: bool = False  # every request needs a user's API key
+    access_rules: AccessRules = field(default_factory=AccessRules)  # who may use which root
 
     @property
     def base_url(self) -> str:
@@ -42,8 +45,9 @@ class Subscriber:
     :mod:`caterva2.services.metrics`)."""
 
     def __init__(self, settings: SubscriberSettings, client: httpx.AsyncClient,
-                 metrics: SubscriberMetrics | None = None):
+                 metrics: SubscriberMetrics | None = None, access: Access | None = None):
         self.settings = settings
+        self.access = access or Access.for_settings(settings)
         self.registry = RootRegistry(settings.statedir)
         self.metrics = metrics or SubscriberMetrics()
         self.cache = Cache(settings.statedir / "cache", limit=settings.cache_size,

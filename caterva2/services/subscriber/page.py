@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
+from caterva2.services.subscriber.api import visible
 from caterva2.services.subscriber.deps import Sub
 
 router = APIRouter()
@@ -15,7 +17,7 @@ router = APIRouter()
 @router.get("/", response_class=HTMLResponse)
 async def home(sub: Sub) -> str:
     rows = []
-    for name in sorted(sub.registry.known):
+    for name in sorted(filter(functools.partial(visible, sub), sub.registry.known)):
         root = html.escape(name)
         if name in sub.registry.subscribed:
             index = await asyncio.to_thread(sub.cache.index, name) or {}

@@ -44,11 +44,13 @@ class Found:
 
 
 def subscribed_root(sub: Subscriber, root: str) -> None:
-    """400 for a bad name, 404 unless ``root`` is subscribed."""
+    """400 for a bad name, 403 if the user may not read it, 404 unless ``root`` is
+    subscribed."""
     try:
         paths.check_root_name(root)
     except ValueError as e:
         raise HTTPException(400, str(e)) from None
+    sub.access.check("read", root)
     if root not in sub.registry.subscribed:
         if root in sub.registry.known:
             raise HTTPException(404, f"root {root!r} is not subscribed; subscribe first")
