@@ -111,8 +111,7 @@ def check_address(text: str) -> str:
         scheme, _, address = address.partition("://")
         if scheme.lower() != "http":
             raise ValueError(f"{bad} (subscribers reach publishers over plain http)")
-        if address.endswith("/"):
-            address = address[:-1]
+        address = address.removesuffix("/")
         if any(c in address for c in "/?#@"):
             raise ValueError(f"{bad} (no path, query or user: subscribers add their own)")
     host, sep, port = address.rpartition(":")

@@ -9,8 +9,9 @@ it was started with one (``CATERVA2_BROKER_TOKEN``, or ``token`` in ``[broker]``
 key of their own.  A root name is bound to the key that first registered it: no other
 publisher may take it over, even while its own is down, until an operator releases it
 (``cat2admin --statedir BROKER_STATEDIR release NAME``); events for a root are taken from
-its publisher only.  Request bodies are limited to :data:`MAX_BODY` bytes, names, paths
-and events to the bounds of :mod:`caterva2.models`, publisher addresses to ``HOST:PORT``.
+its publisher only.  Requests are limited to :data:`MAX_HEAD` bytes of URL and headers
+and :data:`MAX_BODY` bytes of body, names, paths and events to the bounds of
+:mod:`caterva2.models`, publisher addresses to ``HOST:PORT`` (:func:`caterva2.paths.check_address`).
 
 Roots whose publishers stop answering are listed as unreachable after
 ``--unreachable-after`` (``unreachable_after`` in ``[broker]``, default 90s) and dropped
@@ -28,7 +29,7 @@ import contextlib
 import logging
 import pathlib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -52,6 +53,11 @@ PROBE_TIMEOUT = httpx.Timeout(2, connect=1)  # asking a registered publisher if 
 # A request body: a registration, or an event of at most MAX_EVENT_PATHS paths of at most
 # MAX_PATH_LENGTH characters (about 1.3 MB at worst).
 MAX_BODY = 2 * 2**20
+# The request line and headers: h11 holds them to at most MAX_HEAD bytes (a 431, or a 400,
+# otherwise), where httptools, faster for the other services' large answers, keeps what
+# it is sent.  The broker sends no data, so speed matters less than its memory.
+MAX_HEAD = 64 * 2**10
+SERVER_OPTIONS = {"http": "h11", "h11_max_incomplete_event_size": MAX_HEAD}
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ class BrokerOptions:
     all) and when a silent one's root is listed as unreachable, or dropped."""
 
     token: str | None = None
-    liveness: Liveness = Liveness()
+    liveness: Liveness = field(default_factory=Liveness)
 
 
 def build_app(statedir: pathlib.Path, options: BrokerOptions = BrokerOptions(),
@@ -120,8 +126,7 @@ def options_from(settings: dict[str, Any]) -> BrokerOptions:
 def start_line(options: BrokerOptions) -> str:
     """What the broker says when it starts: whether publishers need its token."""
     if options.token is None:
-        return (f"open to every publisher that reaches it (no token: set "
-                f"{config.BROKER_TOKEN_ENV} or token in [broker] to require one)")
+        return f"open to all publishers (no token; set {config.BROKER_TOKEN_ENV} to require one)"
     return "publishers must present the broker token"
 
 
@@ -146,4 +151,4 @@ def main() -> None:
 
     run_service("broker", "Caterva2 broker: registry of roots and notifications.",
                 {"http": config.BROKER_DEFAULT, "statedir": "_caterva2/bro"}, make_app,
-                add_arguments)
+                add_arguments, **SERVER_OPTIONS)

@@ -36,9 +36,9 @@ def check_token(request: Request, token: str | None) -> None:
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
-        raise _unauthorized(f"this broker requires its token of publishers: set "
-                            f"{BROKER_TOKEN_ENV} (or token in [publisher]) where the "
-                            "publisher runs to the broker's token")
+        raise _unauthorized(f"this broker requires its token of publishers: give the "
+                            f"publisher the broker's token ({BROKER_TOKEN_ENV}, or token "
+                            "in [publisher])")
     if not hmac.compare_digest(given.strip().encode(), token.encode()):
         raise _unauthorized(f"wrong broker token: {BROKER_TOKEN_ENV} (or token in "
                             "[publisher]) must be the broker's token")

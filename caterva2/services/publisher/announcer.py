@@ -77,16 +77,19 @@ class Announcer:
         """Announce now, after every change of the root, and again now and then."""
         watcher = asyncio.create_task(self._watch())
         try:
-            delay = 0.1
+            delay, refused = 0.1, ""
             while True:
                 try:
                     await self.announce()
-                    delay = 0.1
+                    delay, refused = 0.1, ""
                     await asyncio.sleep(REREGISTER_S)
                     self.registered = False
                 except Refused as e:
                     self.registered = False
-                    log.error("%s; trying again every %d s", e, TAKEN_RETRY_S)
+                    # (an error once; the same refusal again at info level, not to flood logs)
+                    log.log(logging.INFO if str(e) == refused else logging.ERROR,
+                            "%s; trying again every %d s", e, TAKEN_RETRY_S)
+                    refused = str(e)
                     await asyncio.sleep(TAKEN_RETRY_S)
                 except httpx.HTTPError as e:
                     self.registered = False

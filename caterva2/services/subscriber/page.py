@@ -6,7 +6,6 @@ import contextlib
 import html
 
 import httpx
-
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse
 
