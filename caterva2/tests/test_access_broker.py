@@ -13,6 +13,7 @@ import http.server
 import pathlib
 import secrets
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -255,6 +256,8 @@ def test_cat2admin_lists_and_releases_names(deployment, tmp_path):
     assert done.returncode == 0 and done.stdout.startswith("data  bound "), done.stderr
     assert f"first registered from {d.publisher.address}" in done.stdout
     assert d.publisher.key not in (statedir / "bindings.json").read_text()
+    key_file = d.publisher.statedir / "publisher.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600  # (its owner's only)
     d.publisher.stop()
     done = cat2admin("--statedir", statedir, "release", "data")
     assert done.returncode == 0, done.stderr
