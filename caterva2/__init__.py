@@ -20,6 +20,7 @@ from caterva2.client import (
     pub_host_default,
     sub_host_default,
     subscribe,
+    unsubscribe,
 )
 from caterva2.wire import AnswerCut
 
@@ -28,4 +29,4 @@ __version__ = "0.3.0.dev0"
 __all__ = ["AnswerCut", "Client", "ConnectionFailed", "Dataset", "File", "Root",
            "ServerError", "UnverifiedWarning", "__version__", "bro_host_default", "download",
            "fetch", "get_info", "get_list", "get_roots", "pub_host_default", "sub_host_default",
-           "subscribe"]
+           "subscribe", "unsubscribe"]

@@ -9,6 +9,7 @@ Examples::
     cat2cli show 'foo/dir1/ds-2d.b2nd[1:3, ::5]'
     cat2cli download foo/dir2/ds-4d.b2nd
     cat2cli cache
+    cat2cli unsubscribe foo
 
 The subscriber is ``--host HOST:PORT``, else the environment variable
 ``CATERVA2_SUBSCRIBER``, else ``[subscriber] url`` or ``http`` from ``caterva2.toml`` (or
@@ -76,11 +77,18 @@ def cmd_roots(client: cat2.Client, args: argparse.Namespace) -> None:
     if args.json:
         return print(json.dumps(roots))
     for name, info in roots.items():
-        print(f"{name} (subscribed)" if info.get("subscribed") else name)
+        marks = " (subscribed)" if info.get("subscribed") else ""
+        marks += " (unreachable)" if info.get("reachable") is False else ""
+        print(f"{name}{marks}")
 
 
 def cmd_subscribe(client: cat2.Client, args: argparse.Namespace) -> None:
     answer = client.subscribe(args.root)
+    print(json.dumps(answer) if args.json else answer)
+
+
+def cmd_unsubscribe(client: cat2.Client, args: argparse.Namespace) -> None:
+    answer = client.unsubscribe(args.root)
     print(json.dumps(answer) if args.json else answer)
 
 
@@ -182,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("roots", cmd_roots, "list the roots known to the subscriber")
     command("subscribe", cmd_subscribe, "make the subscriber follow a root",
             ("root", "root name, e.g. foo"))
+    command("unsubscribe", cmd_unsubscribe, "make the subscriber stop following a root "
+            "and drop what it cached of it", ("root", "root name, e.g. foo"))
     command("list", cmd_list, "list the datasets of a subscribed root",
             ("root", "root name, e.g. foo"))
     command("url", cmd_url, "where a root (or ROOT/PATH) is served",

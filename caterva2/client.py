@@ -91,13 +91,20 @@ class _LayoutChanged(Exception):
 # ---------------------------------------------------------------------------
 
 def get_roots(host: str | None = None) -> dict[str, dict[str, Any]]:
-    """Roots known to the subscriber: ``{name: {"name", "http", "subscribed"}}``."""
+    """Roots known to the subscriber: ``{name: {"name", "http", "subscribed",
+    "reachable"}}`` (``reachable`` false: its publisher has not answered lately)."""
     return default_client(host).roots()
 
 
 def subscribe(root: str, host: str | None = None) -> str:
     """Ask the subscriber to follow ``root``; returns ``"Ok"``."""
     return default_client(host).subscribe(root)
+
+
+def unsubscribe(root: str, host: str | None = None) -> str:
+    """Ask the subscriber to stop following ``root`` and drop what it cached of it;
+    returns ``"Ok"``.  :class:`ServerError` (404) if it does not follow ``root``."""
+    return default_client(host).unsubscribe(root)
 
 
 def get_list(root: str, host: str | None = None) -> list[str]:

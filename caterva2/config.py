@@ -17,6 +17,8 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from caterva2 import paths
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -28,6 +30,7 @@ SUBSCRIBER_DEFAULT = "localhost:8002"
 CONF_DEFAULT = "caterva2.toml"
 SUBSCRIBER_ENV = "CATERVA2_SUBSCRIBER"
 API_KEY_ENV = "CATERVA2_API_KEY"  # a user's key, for subscribers that require a login
+BROKER_TOKEN_ENV = "CATERVA2_BROKER_TOKEN"
 
 
 class ConfigError(Exception):
@@ -73,34 +76,17 @@ def announced_address(url: str) -> str:
     ``HOST:PORT`` (``cat2pub --url``): where subscribers reach it (a proxy, a NAT).
 
     The broker's registry holds ``HOST:PORT`` and subscribers speak plain HTTP to it, so
-    other schemes, paths, queries and a missing or zero port are refused (ConfigError).
+    other schemes, paths, queries and a missing or zero port are refused (ConfigError; see
+    :func:`caterva2.paths.check_address`, which the broker applies too).
 
     >>> announced_address("http://gateway.example.org:8080/")
     'gateway.example.org:8080'
     """
-    text = str(url).strip()
-    bad = f"bad publisher URL {url!r}: expected http://HOST:PORT or HOST:PORT"
-    if "://" in text:
-        try:
-            parts = urllib.parse.urlsplit(text)
-            port = parts.port
-        except ValueError as e:
-            raise ConfigError(f"{bad} ({e})") from None
-        if parts.scheme != "http":
-            raise ConfigError(f"{bad} (subscribers reach publishers over plain http)")
-        if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-            raise ConfigError(f"{bad} (no path: subscribers add their own)")
-        if not parts.hostname or not port:
-            raise ConfigError(f"{bad} (host and port needed)")
-        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-        return f"{host}:{port}"
     try:
-        host, port = parse_host(text)
-    except ConfigError:
-        raise ConfigError(bad) from None
-    if "/" in host or not port or not text.rpartition(":")[0]:
-        raise ConfigError(f"{bad} (host and port needed)")
-    return f"{host}:{port}"
+        return paths.check_address(url)
+    except ValueError as e:
+        raise ConfigError(str(e).replace("bad publisher address", "bad publisher URL",
+                                          1)) from None
 
 
 PROGRAMS = {"broker": "cat2bro", "publisher": "cat2pub", "subscriber": "cat2sub"}
@@ -132,6 +118,8 @@ def resolve(args: argparse.Namespace, kind: str, defaults: dict[str, Any]) -> di
         settings["broker"] = section(conf, "broker").get("http", defaults["broker"])
     if kind == "subscriber":
         settings["access"] = conf.get("access", {})  # (who may use which root)
+    if kind == "publisher" and "token" not in settings:  # (one file for a whole deployment)
+        settings["token"] = section(conf, "broker").get("token")
     for key, value in vars(args).items():
         if value is not None and key not in ("conf", "id"):
             settings[key] = value
@@ -143,6 +131,59 @@ def resolve(args: argparse.Namespace, kind: str, defaults: dict[str, Any]) -> di
         if key in settings:
             parse_host(settings[key])
     return settings
+
+
+def broker_token(configured: Any = None,
+                 environ: Mapping[str, str] | None = None) -> str | None:
+    """The token publishers present to their broker (and a broker requires of them):
+    ``CATERVA2_BROKER_TOKEN`` if set and not empty, else ``configured`` (``token`` in
+    ``[broker]``, or for a publisher in ``[publisher]`` and then ``[broker]``), else None:
+    no token, an open broker.  ``environ`` defaults to ``os.environ``.
+
+    ConfigError unless it is 1 to 1000 printable ASCII characters without spaces (it
+    travels in an HTTP header: ``Authorization: Bearer TOKEN``).
+    """
+    from_env = (os.environ if environ is None else environ).get(BROKER_TOKEN_ENV)
+    value, where = (from_env, BROKER_TOKEN_ENV) if from_env else (configured, "token")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 0 < len(value) <= 1000 \
+            or not all(33 <= ord(c) < 127 for c in value):
+        raise ConfigError(f"{where} must be 1 to 1000 printable ASCII characters without "
+                          "spaces")
+    return value
+
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([smhd]?)\s*", re.IGNORECASE)
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any, name: str = "duration") -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``12h`` or ``1d`` (a plain number is seconds);
+    ConfigError for anything else, zero included.
+
+    >>> parse_duration("1d"), parse_duration("1.5m"), parse_duration(30)
+    (86400.0, 90.0, 30.0)
+    """
+    match = None if isinstance(value, bool) or not isinstance(value, (int, float, str)) \
+        else _DURATION.fullmatch(str(value))
+    if match is None or float(match[1]) <= 0:
+        raise ConfigError(f"{name} must be a time such as 90s, 15m, 12h or 1d (more than "
+                          f"zero), got {value!r}")
+    return float(match[1]) * _SECONDS[match[2].lower()]
+
+
+def format_duration(seconds: float) -> str:
+    """A time for people, in its largest whole unit of s, m, h, d (as
+    :func:`parse_duration` takes them).
+
+    >>> format_duration(86400), format_duration(90), format_duration(5400), format_duration(2.5)
+    ('1d', '90s', '90m', '2.5s')
+    """
+    for unit in ("d", "h", "m"):
+        if seconds >= _SECONDS[unit] and seconds % _SECONDS[unit] == 0:
+            return f"{seconds / _SECONDS[unit]:g}{unit}"
+    return f"{seconds:g}s" if seconds < 60 or seconds % 60 else f"{seconds / 60:g}m"
 
 
 SIZE_UNITS = {"kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import blosc2
 from pydantic import (
@@ -46,19 +46,40 @@ MAX_NDIM = blosc2.MAX_DIM
 class RootInfo(BaseModel):
     """A root as the broker knows it: its name and the publisher serving it."""
 
-    name: Annotated[str, AfterValidator(paths.check_root_name)]  # one path component
-    http: str  # host:port of the publisher
+    name: Annotated[str, AfterValidator(paths.check_root_name)]
+    # HOST:PORT of the publisher (http://HOST:PORT is accepted and stored as HOST:PORT)
+    http: Annotated[str, AfterValidator(paths.check_address)]
+
+
+class ListedRoot(RootInfo):
+    """A root as the broker lists it: ``reachable`` is False once its publisher has not
+    answered the broker for a while (see :mod:`caterva2.services.broker`)."""
+
+    reachable: bool = True
+
+
+Root = TypeVar("Root", bound=RootInfo)
 
 
 def valid_roots(data: Any) -> dict[str, RootInfo]:
     """``{name: RootInfo}`` from JSON (a state file, the broker's answer), leaving out and
     logging entries that are not valid roots (e.g. ``../x`` from an older version)."""
+    return _valid(data, RootInfo)
+
+
+def valid_listing(data: Any) -> dict[str, ListedRoot]:
+    """``{name: ListedRoot}`` from the broker's answer to ``GET /api/roots``, as
+    :func:`valid_roots` does."""
+    return _valid(data, ListedRoot)
+
+
+def _valid(data: Any, model: type[Root]) -> dict[str, Root]:
     roots = {}
     for name, info in (data.items() if isinstance(data, dict) else ()):
         try:
-            roots[name] = RootInfo.model_validate(info)
+            roots[name] = model.model_validate(info)
         except ValueError as e:
-            logging.getLogger("caterva2").warning("ignoring root %r: %s", name,
+            logging.getLogger("caterva2").warning("ignoring root %s: %s", paths.shorten(name),
                                                   str(e).splitlines()[-1].strip())
     return roots
 
@@ -304,16 +325,39 @@ class RootEvent(BaseModel):
     root: RootInfo
 
 
+MAX_EVENT_PATHS = 1000  # paths in one change event (a publisher sends more in several)
+MAX_VERSION_LENGTH = 256  # characters in a version tag
+# A header with which a publisher proves that it is the one a root name is bound to (see
+# caterva2.services.broker); the key is the publisher's own, kept in its state directory.
+PUBLISHER_KEY_HEADER = "Caterva2-Publisher-Key"
+
+
 class ChangeEvent(BaseModel):
     """Publisher → broker → subscribers: datasets of a root changed.
 
-    ``changed`` maps each path to its new version tag; ``deleted`` lists paths that are gone.
+    ``changed`` maps each path to its new version tag; ``deleted`` lists paths that are
+    gone.  At most :data:`MAX_EVENT_PATHS` paths in all, each a safe relative path (see
+    :func:`caterva2.paths.check_relpath`), versions of at most :data:`MAX_VERSION_LENGTH`
+    characters.
     """
 
     kind: Literal["change"] = "change"
-    root: str
+    root: Annotated[str, AfterValidator(paths.check_root_name)]
     changed: dict[str, str] = {}
     deleted: list[str] = []
+
+    @model_validator(mode="after")
+    def _within_bounds(self) -> ChangeEvent:
+        if len(self.changed) + len(self.deleted) > MAX_EVENT_PATHS:
+            raise ValueError(f"{len(self.changed) + len(self.deleted)} paths in one event: "
+                             f"more than {MAX_EVENT_PATHS} (send them in several)")
+        for path in (*self.changed, *self.deleted):
+            paths.check_relpath(path)
+        for version in self.changed.values():
+            if not 0 < len(version) <= MAX_VERSION_LENGTH:
+                raise ValueError(f"version tag {paths.shorten(version)}: 1 to "
+                                 f"{MAX_VERSION_LENGTH} characters")
+        return self
 
 
 Event = Annotated[RootEvent | ChangeEvent, Field(discriminator="kind")]

@@ -4,9 +4,11 @@ This is also where a dataset's kind is decided from its name (:func:`dataset_kin
 """
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 Kind = Literal["ndarray", "frame", "file"]
+MAX_PATH_LENGTH = 1024  # characters in a dataset path (relative to its root)
 
 
 def dataset_kind(path: str) -> Kind:
@@ -24,20 +26,46 @@ def check_relpath(path: str) -> str:
     """Return ``path`` if it is a safe relative dataset path, else raise ValueError.
 
     Safe means: ``/``-separated, not absolute, no ``..``, ``.`` or empty parts, no
-    backslashes or NUL — so that it can never name a file outside a root or a cache.
+    backslashes or NUL — so that it can never name a file outside a root or a cache —
+    and at most :data:`MAX_PATH_LENGTH` characters.
     """
+    if len(path) > MAX_PATH_LENGTH:
+        raise ValueError(f"invalid dataset path {shorten(path)}: longer than "
+                         f"{MAX_PATH_LENGTH} characters")
     if not path or path.startswith("/") or "\\" in path or "\0" in path:
-        raise ValueError(f"invalid dataset path {path!r}: must be relative")
+        raise ValueError(f"invalid dataset path {shorten(path)}: must be relative")
     if any(p in ("", ".", "..") for p in path.split("/")):
-        raise ValueError(f"invalid dataset path {path!r}: no '..', '.' or empty parts")
+        raise ValueError(f"invalid dataset path {shorten(path)}: no '..', '.' or empty parts")
     return path
 
 
+MAX_ROOT_NAME = 100  # characters in a root name
+_ROOT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+
+
 def check_root_name(name: str) -> str:
-    """Return ``name`` if it can name a root (one path component), else raise ValueError."""
-    if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
-        raise ValueError(f"invalid root name {name!r}")
+    """Return ``name`` if it can name a root, else raise ValueError.
+
+    A root name is 1 to :data:`MAX_ROOT_NAME` characters: ASCII letters, digits, ``_``,
+    ``.``, ``+`` and ``-``, not starting with ``.``, ``+`` or ``-`` (so it is one path
+    component, never hidden, never taken for a command-line option, and the same in
+    every URL, file name and terminal).
+    """
+    if not isinstance(name, str) or len(name) > MAX_ROOT_NAME \
+            or not _ROOT_NAME.fullmatch(name):
+        raise ValueError(f"invalid root name {shorten(name)}: {_ROOT_NAME_RULE}")
     return name
+
+
+_ROOT_NAME_RULE = (f"1 to {MAX_ROOT_NAME} ASCII letters, digits, '_', '.', '+' or '-', "
+                   "not starting with '.', '+' or '-'")
+
+
+def shorten(text: object, most: int = 40) -> str:
+    """``repr(text)``, cut to about ``most`` characters: for error messages about input
+    that may be huge (which must not come back whole in the answer)."""
+    shown = repr(text)
+    return shown if len(shown) <= most else f"{shown[:most]}... ({len(str(text))} characters)"
 
 
 def split_dataset(dataset: str) -> tuple[str, str]:
@@ -56,3 +84,38 @@ def check_name(name: str) -> str:
     else:
         check_root_name(name)
     return name
+
+
+MAX_ADDRESS_LENGTH = 300  # characters in a publisher's address (a host name has <= 253)
+# A host name or IPv4 address (letters, digits, '_', '.', '-'), or an IPv6 one in brackets:
+# nothing that could add a user, a path, a query or a fragment to the URLs made from it.
+_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\]")
+
+
+def check_address(text: str) -> str:
+    """The ``HOST:PORT`` of a publisher, from ``HOST:PORT`` or ``http://HOST:PORT``
+    (a trailing ``/`` allowed); ValueError for anything else.
+
+    Subscribers and brokers make URLs by putting a path after this address, so other
+    schemes, paths, queries, fragments, user names, odd characters in the host and a
+    missing or zero port are all refused.  IPv6 hosts go in brackets (``[::1]:8001``).
+
+    >>> check_address("http://gateway.example.org:8080/")
+    'gateway.example.org:8080'
+    """
+    bad = f"bad publisher address {shorten(text)}: expected HOST:PORT or http://HOST:PORT"
+    if not isinstance(text, str) or len(text) > MAX_ADDRESS_LENGTH:
+        raise ValueError(f"{bad} (at most {MAX_ADDRESS_LENGTH} characters)")
+    address = text.strip()
+    if "://" in address:
+        scheme, _, address = address.partition("://")
+        if scheme.lower() != "http":
+            raise ValueError(f"{bad} (subscribers reach publishers over plain http)")
+        address = address.removesuffix("/")
+        if any(c in address for c in "/?#@"):
+            raise ValueError(f"{bad} (no path, query or user: subscribers add their own)")
+    host, sep, port = address.rpartition(":")
+    if not sep or not _HOST.fullmatch(host) or not port.isdecimal() or not port.isascii() \
+            or not 0 < int(port) <= 65535:
+        raise ValueError(f"{bad} (a host, and a port from 1 to 65535)")
+    return f"{host}:{int(port)}"

@@ -191,12 +191,18 @@ class Client:
 
     # -- the subscriber's API --------------------------------------------------------
     def roots(self) -> dict[str, dict[str, Any]]:
-        """Roots known to the subscriber: ``{name: {"name", "http", "subscribed"}}``."""
+        """Roots known to the subscriber: ``{name: {"name", "http", "subscribed",
+        "reachable"}}`` (``reachable`` false: its publisher has not answered lately)."""
         return self._get("api/roots")
 
     def subscribe(self, root: str) -> str:
         """Ask the subscriber to follow ``root``; returns ``"Ok"``."""
         return self._post(f"api/subscribe/{paths.check_root_name(root)}")
+
+    def unsubscribe(self, root: str) -> str:
+        """Ask the subscriber to stop following ``root`` and drop what it cached of it;
+        returns ``"Ok"``.  Reading it afterwards is refused (not subscribed)."""
+        return self._post(f"api/unsubscribe/{paths.check_root_name(root)}")
 
     def url(self, name: str) -> list[str]:
         """Where the publisher serves a root (``ROOT``) or a dataset (``ROOT/PATH``)."""

@@ -29,10 +29,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)  # ours, and the router's (no such URL)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail
+        path = request.url.path  # (shortened: a huge URL does not come back whole)
+        path = path if len(path) <= 200 else f"{path[:200]}..."
         if exc.status_code == 404 and detail == "Not Found":
-            detail = f"no such endpoint: {request.url.path} (the API is described at /docs)"
+            detail = f"no such endpoint: {path} (the API is described at /docs)"
         elif exc.status_code == 405 and detail == "Method Not Allowed":
-            detail = f"{request.method} is not allowed for {request.url.path}"
+            detail = f"{request.method} is not allowed for {path}"
         return JSONResponse({"detail": detail}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))
 

@@ -88,10 +88,12 @@ class _CutResponses(logging.Filter):
 
 
 def serve(app: FastAPI, sock: socket.socket, address: str, statedir: pathlib.Path,
-          loglevel: str) -> None:
-    """Run ``app`` until SIGINT/SIGTERM.  Writes ``STATEDIR/address`` once listening."""
+          loglevel: str, **server_options: Any) -> None:
+    """Run ``app`` until SIGINT/SIGTERM.  Writes ``STATEDIR/address`` once listening.
+    ``server_options`` go to ``uvicorn.Config``."""
     server = uvicorn.Server(uvicorn.Config(app, log_level=loglevel, access_log=False,
-                                           timeout_graceful_shutdown=3, ws_ping_interval=10))
+                                           timeout_graceful_shutdown=3, ws_ping_interval=10,
+                                           **server_options))
     logging.getLogger("uvicorn.error").addFilter(_CutResponses())  # (once uvicorn set it up)
     atomic_write(statedir / "address", address)
     server.run(sockets=[sock])
@@ -99,8 +101,9 @@ def serve(app: FastAPI, sock: socket.socket, address: str, statedir: pathlib.Pat
 
 def run_service(kind: str, description: str, defaults: dict[str, Any],
                 make_app: Callable[[dict[str, Any]], FastAPI],
-                add_arguments: Callable | None = None) -> None:
-    """Parse options, build the service's app with ``make_app(settings)`` and serve it.
+                add_arguments: Callable | None = None, **server_options: Any) -> None:
+    """Parse options, build the service's app with ``make_app(settings)`` and serve it
+    (``server_options`` go to ``uvicorn.Config``).
 
     Configuration errors end with one clear line on stderr and exit status 2.
     """
@@ -122,4 +125,4 @@ def run_service(kind: str, description: str, defaults: dict[str, Any],
         sys.exit(2)
     keep_freed_memory()
     print(f"{parser.prog}: listening on http://{address}", file=sys.stderr, flush=True)
-    serve(app, sock, address, statedir, settings["loglevel"])
+    serve(app, sock, address, statedir, settings["loglevel"], **server_options)

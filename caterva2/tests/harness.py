@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import secrets
 import signal
 import socket
 import subprocess
@@ -25,6 +26,8 @@ from typing import NamedTuple
 
 import httpx
 
+from caterva2.models import PUBLISHER_KEY_HEADER
+
 STARTUP_TIMEOUT_S = 60
 LOOPBACK = "127.0.0.1"
 
@@ -33,9 +36,11 @@ class Service:
     """One running service process."""
 
     def __init__(self, kind: str, args: list[str], statedir: pathlib.Path,
-                 http: str = "127.0.0.1:0", broker: str | None = None, cwd=None):
+                 http: str = "127.0.0.1:0", broker: str | None = None, cwd=None,
+                 env: dict[str, str] | None = None):
         self.kind, self.args, self.statedir = kind, list(args), pathlib.Path(statedir)
         self.http, self.broker, self.cwd = http, broker, cwd
+        self.env = dict(env or {})  # (added to this process's environment)
         self.address = ""  # host:port, once started
         self.proc: subprocess.Popen | None = None
         self.start()
@@ -53,7 +58,8 @@ class Service:
         self.statedir.mkdir(parents=True, exist_ok=True)
         with open(self.statedir / "service.log", "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=log, cwd=self.cwd,
-                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1",
+                                              **self.env})
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -95,12 +101,23 @@ class Service:
                     return int(line.split()[1]) / 1024
         return float("nan")
 
+    @property
+    def key(self) -> str:
+        """A publisher's own key (made at its first start), as it sends it to its broker."""
+        return (self.statedir / "publisher.key").read_text().strip()
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             text = (self.statedir / "service.log").read_text(errors="replace")
         except OSError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+
+def cat2admin(*args) -> subprocess.CompletedProcess:
+    """Run ``cat2admin ARGS`` as an operator would, in a process of its own."""
+    return subprocess.run([sys.executable, "-m", "caterva2.tools.admin", *map(str, args)],
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def free_ports(n: int) -> list[int]:
@@ -144,25 +161,44 @@ def wait_until(predicate, timeout: float = 20, interval: float = 0.05, what: str
                          + (f" (last error: {last_error!r})" if last_error else ""))
 
 
-class Stack:
-    """A broker, publishers and subscribers under one state directory."""
+def register_root(broker: str, name: str, http: str, key: str | None = None,
+                  token: str | None = None) -> httpx.Response:
+    """Register root ``name`` at ``http`` with the broker at ``broker``, as a publisher with
+    ``key`` (a new random one if None) would; the broker's answer, whatever it is."""
+    headers = {PUBLISHER_KEY_HEADER: key or secrets.token_urlsafe(32)}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.post(f"http://{broker}/api/roots", json={"name": name, "http": http},
+                      headers=headers, timeout=10)
 
-    def __init__(self, statedir: pathlib.Path):
+
+class Stack:
+    """A broker, publishers and subscribers under one state directory.
+
+    ``broker_args`` and ``broker_env`` are given to the broker (options, and variables
+    added to its environment, such as ``CATERVA2_BROKER_TOKEN``).
+    """
+
+    def __init__(self, statedir: pathlib.Path, broker_args: Sequence[str] = (),
+                 broker_env: dict[str, str] | None = None):
         self.statedir = pathlib.Path(statedir)
         self.services: list[Service] = []
-        self.broker = self._add(Service("broker", [], self.statedir / "bro"))
+        self.broker = self._add(Service("broker", list(broker_args), self.statedir / "bro",
+                                        env=broker_env))
 
     def _add(self, service: Service) -> Service:
         self.services.append(service)
         return service
 
     def publisher(self, name: str, source, id_: str | None = None, args: Sequence[str] = (),
-                  http: str = "127.0.0.1:0") -> Service:
+                  http: str = "127.0.0.1:0", env: dict[str, str] | None = None) -> Service:
         """A publisher of ``source`` as root ``name`` (``args``: more options, such as
-        ``["--url", ADDRESS]``; ``http``: where it listens)."""
+        ``["--url", ADDRESS]``; ``http``: where it listens; ``env``: variables added to its
+        environment).  Its state directory, and so its key, is ``STATEDIR/pub.ID`` (ID
+        defaults to ``name``)."""
         return self._add(Service("publisher", [name, source, *args],
                                  self.statedir / f"pub.{id_ or name}", http=http,
-                                 broker=self.broker.address))
+                                 broker=self.broker.address, env=env))
 
     def subscriber(self, id_: str = "sub", args: Sequence[str] = ()) -> Service:
         """A subscriber with state in ``STATEDIR/ID``, started with extra ``args``."""
@@ -186,8 +222,7 @@ class Stack:
         the proxy and is counted.  The caller closes the proxy."""
         proxy = CountingProxy(publisher.address)
         try:
-            httpx.post(f"http://{self.broker.address}/api/roots", timeout=10,
-                       json={"name": name, "http": proxy.address}).raise_for_status()
+            register_root(self.broker.address, name, proxy.address).raise_for_status()
         except BaseException:
             proxy.close()
             raise

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import caterva2 as cat2
-from caterva2.tests.harness import wait_until
+from caterva2.tests.harness import cat2admin, wait_until
 from caterva2.tools import make_root_example
 from caterva2.users import Users
 
@@ -74,10 +74,19 @@ def test_every_endpoint_needs_a_user(stack, roots, tmp_path):
     assert done.returncode == 1 and "not valid" in done.stderr
 
 
+def admin(sub, *args) -> str:
+    """``cat2admin --statedir SUBSCRIBER_STATEDIR ARGS``'s last line; it must succeed."""
+    done = cat2admin("--statedir", sub.statedir, *args)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    return done.stdout.strip().splitlines()[-1]
+
+
 def test_users_come_and_go_without_a_restart(stack, roots, tmp_path):
     sub = start_subscriber(stack, tmp_path)
-    users = Users(sub.statedir)
-    key = users.add("alice")
+    key = admin(sub, "adduser", "alice")  # (the key is the last line)
+    assert admin(sub, "listusers") == "alice"
+    done = cat2admin("--statedir", sub.statedir, "adduser", "alice")
+    assert done.returncode == 1 and "exists already" in done.stderr
     done = cli(sub, "subscribe", "foo", key=key)
     assert done.returncode == 0, done.stderr
     with cat2.Client(sub.address, api_key=key) as client:
@@ -86,13 +95,14 @@ def test_users_come_and_go_without_a_restart(stack, roots, tmp_path):
         np.testing.assert_array_equal(ds[1:3], ds[:][1:3])  # data answers carry the key
         assert client.download(DATASET, tmp_path / "out").exists()
 
-        new = users.new_key("alice")  # the old key stops working at once
+        new = admin(sub, "newkey", "alice")  # the old key stops working at once
         with pytest.raises(cat2.ServerError) as error:
             client.list("foo")
         assert error.value.status_code == 401
     with cat2.Client(sub.address, api_key=new) as client:
         assert "dir1/ds-2d.b2nd" in client.list("foo")
-    users.remove("alice")
+    admin(sub, "deluser", "alice")
+    assert admin(sub, "listusers").startswith("no users")
     with cat2.Client(sub.address, api_key=new) as client, \
             pytest.raises(cat2.ServerError) as error:
         client.roots()

@@ -40,7 +40,7 @@ from caterva2.roots.directory import DirectoryRoot
 from caterva2.services.errors import CacheTooSmall
 from caterva2.services.subscriber import cache as cache_module
 from caterva2.services.subscriber.leases import leasing
-from caterva2.tests.harness import Service, wait_until
+from caterva2.tests.harness import Service, register_root, wait_until
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads Linux's /proc")
@@ -614,8 +614,7 @@ def test_a_publisher_announcing_absurd_metadata(stack, good_entry):
                           "twisted.b2nd": edited(good_entry, schunk__nchunks=9)})
     try:
         sub = stack.subscriber()
-        httpx.post(f"http://{stack.broker.address}/api/roots", timeout=10,
-                   json={"name": "absurd", "http": fake.address}).raise_for_status()
+        register_root(stack.broker.address, "absurd", fake.address).raise_for_status()
         wait_until(lambda: "absurd" in cat2.get_roots(sub.address), what="root absurd")
         start = sub.peak_memory_mb()
         assert cat2.subscribe("absurd", sub.address) == "Ok"

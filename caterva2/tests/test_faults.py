@@ -16,10 +16,12 @@ import pytest
 import caterva2 as cat2
 from caterva2 import wire
 from caterva2.assembly import ChunkAssembler
+from caterva2.models import PUBLISHER_KEY_HEADER
 from caterva2.tests.harness import (
     CountingProxy,
     PublishedRoot,
     Service,
+    cat2admin,
     closed_port_address,
     wait_until,
 )
@@ -63,7 +65,8 @@ def test_change_announced_by_a_publisher_that_then_died(data_root, stack):
     pub.stop(kill=True)
     httpx.post(f"http://{stack.broker.address}/api/events", json={
         "root": "data", "changed": {"cached.b2nd": "a-version-never-seen"}, "deleted": [],
-    }).raise_for_status()  # what the publisher would have announced just before dying
+    }, headers={PUBLISHER_KEY_HEADER: pub.key}  # (its own key: only it may announce)
+    ).raise_for_status()  # what the publisher would have announced just before dying
 
     def refused() -> cat2.ServerError | None:
         try:
@@ -80,22 +83,28 @@ def test_change_announced_by_a_publisher_that_then_died(data_root, stack):
     np.testing.assert_array_equal(cat2.fetch("data/cached.b2nd", host), np.arange(1000))
 
 
-def test_second_publisher_of_a_root_name_waits_for_the_first_to_stop(data_root, stack,
-                                                                     tmp_path):
-    """A root name belongs to one publisher: a second one of the same name is refused, says
-    so in its log, and takes the name over when the first stops serving it."""
+def test_second_publisher_of_a_root_name_waits_for_its_release(data_root, stack, tmp_path):
+    """A root name belongs to the publisher that registered it first: a second one of the
+    same name is refused and says so in its log, also once the first has stopped; released
+    by the broker's operator, the name goes to the second (which keeps asking)."""
     first, sub = data_root.publisher, data_root.subscriber
     other = tmp_path / "other"
     other.mkdir()
     blosc2.asarray(np.arange(7), urlpath=str(other / "other.b2nd"), mode="w")
     second = stack.publisher("data", other, id_="second")
-    wait_until(lambda: "already published at" in second.log_tail(50),
+    wait_until(lambda: "belongs to another publisher" in second.log_tail(50),
                what="the second publisher's refusal in its log")
     broker = f"http://{stack.broker.address}/api/roots"
     assert httpx.get(broker).json()["data"]["http"] == first.address
     assert cat2.get_list("data", sub.address) == ["cached.b2nd", "uncached.b2nd"]
     first.stop()
-    wait_until(lambda: cat2.get_list("data", sub.address) == ["other.b2nd"],
+    refusals = second.log_tail(1000).count("belongs to another publisher")
+    wait_until(lambda: second.log_tail(1000).count("belongs to another publisher") > refusals,
+               what="the second publisher refused again, the first one down")
+    assert httpx.get(broker).json()["data"]["http"] == first.address
+    done = cat2admin("--statedir", stack.broker.statedir, "release", "data")
+    assert done.returncode == 0 and "released root name 'data'" in done.stdout, done.stderr
+    wait_until(lambda: cat2.get_list("data", sub.address) == ["other.b2nd"], timeout=30,
                what="the second publisher's datasets at the subscriber")
     assert httpx.get(broker).json()["data"]["http"] == second.address
     np.testing.assert_array_equal(cat2.fetch("data/other.b2nd", sub.address), np.arange(7))

@@ -239,5 +239,5 @@ async def test_announcements_reach_a_real_broker(tmp_path, example):
                     await asyncio.wait_for(events.get(), 10))
         roots = (await to_broker.get("/api/roots")).json()
     assert registered.root.model_dump() == {"name": "foo", "http": "pub1:8001"}
-    assert roots == {"foo": {"name": "foo", "http": "pub1:8001"}}
+    assert roots == {"foo": {"name": "foo", "http": "pub1:8001", "reachable": True}}
     assert sorted(changed.changed) == EXAMPLE

@@ -21,12 +21,16 @@ Endpoints (paths relative to the root):
 - ``GET /metrics``, ``GET /health``: for operators (:mod:`caterva2.services.metrics`).
 
 It announces itself to the broker at its ``--http`` address, or at ``--url`` (``url`` in
-``[publisher]``) when subscribers reach it through a proxy or NAT.
+``[publisher]``) when subscribers reach it through a proxy or NAT, with its own key
+(``STATEDIR/publisher.key``: the root's name is bound to it at the broker) and the
+broker's token, if it has one (``CATERVA2_BROKER_TOKEN``, or ``token`` in ``[publisher]``
+or ``[broker]``).
 
 Its parts: :mod:`.api` (the endpoints), :mod:`.catalog` (the root's entries and index as
 the endpoints serve them), :mod:`.announcer` (registration and change announcements at the
-broker).  State: ``STATEDIR/announced.json`` (see :mod:`.announcer`), and whatever the
-root keeps (``files/``, compressed ordinary files; ``hdf5-cache/``, converted chunks).
+broker).  State: ``STATEDIR/announced.json`` and ``STATEDIR/publisher.key`` (see
+:mod:`.announcer`), and whatever the root keeps (``files/``, compressed ordinary files;
+``hdf5-cache/``, converted chunks).
 """
 from __future__ import annotations
 
@@ -41,12 +45,14 @@ import httpx
 from fastapi import FastAPI
 
 from caterva2 import config, paths
+from caterva2.config import broker_token
 from caterva2.roots import PublishedRoot, open_root
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.metrics import PublisherMetrics, mount_observability
 from caterva2.services.service import run_service
+from caterva2.statefiles import private_key
 
-from .announcer import Announcer
+from .announcer import KEY_FILE, Announcer
 from .api import router
 from .catalog import Catalog
 
@@ -59,14 +65,16 @@ BROKER_TIMEOUT = httpx.Timeout(10, connect=3)
 @dataclass(frozen=True)
 class PublisherSettings:
     """What a publisher is told at start: the root's name, the address it serves at, its
-    broker's address, its state directory and, behind a proxy or NAT, the address
-    subscribers reach it at (``url``: ``http://HOST:PORT`` or ``HOST:PORT``)."""
+    broker's address, its state directory, behind a proxy or NAT the address subscribers
+    reach it at (``url``: ``http://HOST:PORT`` or ``HOST:PORT``), and the broker's
+    ``token`` if it requires one."""
 
     name: str
     address: str
     broker: str
     statedir: pathlib.Path
     url: str | None = None
+    token: str | None = None
 
     @property
     def announced(self) -> str:
@@ -88,7 +96,7 @@ def build_app(settings: PublisherSettings, root: PublishedRoot,
         async with httpx.AsyncClient(timeout=BROKER_TIMEOUT,
                                      transport=broker_transport) as client:
             announcer = Announcer(settings.name, root, settings.announced, settings.broker,
-                                  settings.statedir, client)
+                                  settings.statedir, client, settings.token)
             app.state.announcer = announcer
             task = asyncio.create_task(announcer.run())
             yield
@@ -126,8 +134,9 @@ def main() -> None:
         paths.check_root_name(str(settings["name"]))  # ValueError: a clear error at start
         publisher = PublisherSettings(str(settings["name"]), settings["address"],
                                       settings["broker"], settings["statedir"],
-                                      settings.get("url"))
+                                      settings.get("url"), broker_token(settings.get("token")))
         log.info("announcing %s at %s", publisher.name, publisher.announced)  # (checks url)
+        private_key(publisher.statedir / KEY_FILE)  # (made now: a bad key file stops here)
         root = open_root(settings["root"], settings["statedir"])
         return build_app(publisher, root)
 

@@ -2,6 +2,14 @@
 
 What was last announced is kept in ``STATEDIR/announced.json`` (``{path: version}``), so a
 publisher that was down announces on restart what changed meanwhile.
+
+Every request to the broker carries the publisher's own key (``STATEDIR/publisher.key``,
+made at first start, readable by its owner only), to which the broker binds the root's
+name, and the broker's token if one is set (``CATERVA2_BROKER_TOKEN``, or ``token`` in
+``[publisher]`` or ``[broker]``).  Changes are announced in events of at most
+:data:`caterva2.models.MAX_EVENT_PATHS` paths.  A broker that refuses the publisher (no or
+a wrong token, a name bound to another publisher) is asked again every TAKEN_RETRY_S, its
+reason logged as an error each time.
 """
 from __future__ import annotations
 
@@ -14,21 +22,31 @@ import time
 
 import httpx
 
-from caterva2.models import ChangeEvent, RootInfo
+from caterva2 import paths
+from caterva2.models import (
+    MAX_EVENT_PATHS,
+    MAX_VERSION_LENGTH,
+    PUBLISHER_KEY_HEADER,
+    ChangeEvent,
+    RootInfo,
+)
 from caterva2.roots import DatasetNotFound, DatasetUnavailable, PublishedRoot
-from caterva2.statefiles import atomic_write, read_json
+from caterva2.statefiles import atomic_write, private_key, read_json
 
 log = logging.getLogger("caterva2.publisher")
 # A file missing for this long is deleted; before, it may be being written anew (blosc2's
 # mode="w" removes the old file first), and announcing it deleted would make subscribers
 # answer 404 for a moment.
 DELETE_GRACE_S = 0.5
-TAKEN_RETRY_S = 5  # how often to try again for a root name that another publisher holds
-REREGISTER_S = 30  # re-register now and then: cheap, and heals a broker that lost its state
+TAKEN_RETRY_S = 5  # how often to ask a broker that refused this publisher again
+REREGISTER_S = 30  # re-register now and then: cheap, heals a broker that lost its state,
+# and tells it that this publisher is alive
+KEY_FILE = "publisher.key"
+REFUSALS = (400, 401, 403, 409, 413, 507)  # the broker's answers that retrying soon won't fix
 
 
-class RootTaken(Exception):
-    """The broker refused the root's name: another publisher serves a root of that name."""
+class Refused(Exception):
+    """The broker refused this publisher (its token, its key, the root's name): why."""
 
 
 class Announcer:
@@ -40,29 +58,38 @@ class Announcer:
     """
 
     def __init__(self, name: str, root: PublishedRoot, address: str, broker: str,
-                 statedir: pathlib.Path, client: httpx.AsyncClient):
+                 statedir: pathlib.Path, client: httpx.AsyncClient, token: str | None = None):
         self.name, self.root, self.address, self.broker = name, root, address, broker
         self.client = client
+        self.headers = {PUBLISHER_KEY_HEADER: private_key(pathlib.Path(statedir) / KEY_FILE)}
+        if token is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
         self.state_file = pathlib.Path(statedir) / "announced.json"
-        self.announced: dict[str, str] = read_json(self.state_file, {})
         self.lock = asyncio.Lock()
         self.registered = False
         self.missing_since: dict[str, float] = {}  # announced paths missing now: since when
         self.recheck: asyncio.Task | None = None
+        self.unannounceable: set[str] = set()  # paths not announced (logged once)
+        announced = read_json(self.state_file, {})
+        self.announced = self._announceable(announced if isinstance(announced, dict) else {})
 
     async def run(self) -> None:
         """Announce now, after every change of the root, and again now and then."""
         watcher = asyncio.create_task(self._watch())
         try:
-            delay = 0.1
+            delay, refused = 0.1, ""
             while True:
                 try:
                     await self.announce()
-                    delay = 0.1
+                    delay, refused = 0.1, ""
                     await asyncio.sleep(REREGISTER_S)
                     self.registered = False
-                except RootTaken as e:
-                    log.error("%s; trying again every %d s", e, TAKEN_RETRY_S)
+                except Refused as e:
+                    self.registered = False
+                    # (an error once; the same refusal again at info level, not to flood logs)
+                    log.log(logging.INFO if str(e) == refused else logging.ERROR,
+                            "%s; trying again every %d s", e, TAKEN_RETRY_S)
+                    refused = str(e)
                     await asyncio.sleep(TAKEN_RETRY_S)
                 except httpx.HTTPError as e:
                     self.registered = False
@@ -77,13 +104,13 @@ class Announcer:
 
     async def _watch(self) -> None:
         async for _ in self.root.changes():
-            with contextlib.suppress(httpx.HTTPError, RootTaken):
+            with contextlib.suppress(httpx.HTTPError, Refused):
                 await self.announce()
 
     async def _recheck(self) -> None:
         await asyncio.sleep(DELETE_GRACE_S)
         self.recheck = None
-        with contextlib.suppress(httpx.HTTPError, RootTaken):
+        with contextlib.suppress(httpx.HTTPError, Refused):
             await self.announce()
 
     def _deleted(self, versions: dict[str, str]) -> list[str]:
@@ -101,20 +128,46 @@ class Announcer:
         async with self.lock:
             if not self.registered:
                 await self._register()
-            versions = await asyncio.to_thread(self.root.versions)
+            versions = self._announceable(await asyncio.to_thread(self.root.versions))
             changed = await self._changed(versions)
             deleted = self._deleted(versions)
             if changed or deleted:
                 await self._post_changes(changed, deleted)
 
+    def _announceable(self, versions: dict[str, str]) -> dict[str, str]:
+        """The datasets whose paths and versions an event may carry (see
+        :class:`~caterva2.models.ChangeEvent`); the others are logged, once each."""
+        kept = {}
+        for path, version in versions.items():
+            try:
+                paths.check_relpath(path)
+                if not isinstance(version, str) or not 0 < len(version) <= MAX_VERSION_LENGTH:
+                    raise ValueError(f"{path}: version tag {paths.shorten(version)} not of 1 "
+                                     f"to {MAX_VERSION_LENGTH} characters")
+                kept[path] = version
+            except ValueError as e:
+                if path not in self.unannounceable:
+                    self.unannounceable.add(path)
+                    log.warning("not announced (subscribers could not take it): %s", e)
+        return kept
+
     async def _register(self) -> None:
-        r = await self.client.post(f"http://{self.broker}/api/roots",
-                                   json=RootInfo(name=self.name, http=self.address).model_dump())
-        if r.status_code == 409:  # (the broker's errors are JSON: {"detail": ...})
-            raise RootTaken(r.json().get("detail")
-                            if r.headers.get("content-type") == "application/json" else r.text)
-        r.raise_for_status()
+        await self._post("/api/roots", RootInfo(name=self.name, http=self.address).model_dump())
         self.registered = True
+
+    async def _post(self, path: str, body: dict) -> None:
+        """Post ``body`` to the broker; Refused (with the broker's reason) or
+        httpx.HTTPError if it did not take it."""
+        r = await self.client.post(f"http://{self.broker}{path}", json=body,
+                                   headers=self.headers)
+        if r.status_code in REFUSALS:
+            try:  # (the broker's errors are JSON: {"detail": ...})
+                detail = r.json()["detail"]
+            except (ValueError, KeyError, TypeError):
+                detail = r.text[:200]
+            raise Refused(f"the broker at {self.broker} refused {path} ({r.status_code}): "
+                          f"{detail}")
+        r.raise_for_status()
 
     async def _changed(self, versions: dict[str, str]) -> dict[str, str]:
         """``{path: version}`` of the datasets not announced at their current version."""
@@ -135,11 +188,17 @@ class Announcer:
         return changed
 
     async def _post_changes(self, changed: dict[str, str], deleted: list[str]) -> None:
-        event = ChangeEvent(root=self.name, changed=changed, deleted=deleted)
-        r = await self.client.post(f"http://{self.broker}/api/events", json=event.model_dump())
-        r.raise_for_status()
-        for p in deleted:
-            del self.announced[p]
-        self.announced.update(changed)
-        await asyncio.to_thread(atomic_write, self.state_file, json.dumps(self.announced))
-        log.info("announced %d changed, %d deleted", len(changed), len(deleted))
+        """Announce the changes, in events of at most MAX_EVENT_PATHS paths; what the
+        broker took is remembered after each."""
+        items = [(p, v) for p, v in changed.items()] + [(p, None) for p in deleted]
+        for start in range(0, len(items), MAX_EVENT_PATHS):
+            batch = items[start:start + MAX_EVENT_PATHS]
+            event = ChangeEvent(root=self.name, changed={p: v for p, v in batch if v},
+                                deleted=[p for p, v in batch if v is None])
+            await self._post("/api/events", event.model_dump())
+            for p in event.deleted:
+                del self.announced[p]
+            self.announced.update(event.changed)
+            await asyncio.to_thread(atomic_write, self.state_file, json.dumps(self.announced))
+            log.info("announced %d changed, %d deleted", len(event.changed),
+                     len(event.deleted))

@@ -2,8 +2,9 @@
 
 REST API (dataset paths always include the root):
 
-- ``GET /api/roots``, ``POST /api/subscribe/{root}``, ``GET /api/list/{root}``,
-  ``GET /api/url/{root}[/{path}]``, ``GET /api/info/{root}/{path}`` (:mod:`.api`);
+- ``GET /api/roots``, ``POST /api/subscribe/{root}``, ``POST /api/unsubscribe/{root}``,
+  ``GET /api/list/{root}``, ``GET /api/url/{root}[/{path}]``,
+  ``GET /api/info/{root}/{path}`` (:mod:`.api`);
 - ``GET /api/fetch/{root}/{path}?slice_=...``, ``GET /api/download/{root}/{path}``,
   ``GET /files/{root}/{path}`` (:mod:`.data_api`);
 - ``GET /api/cache``: the cache's figures as JSON (:mod:`.api`, ``cat2cli cache``);

@@ -21,7 +21,9 @@ router = APIRouter()
 
 @router.get("/api/roots")
 async def get_roots(sub: Sub) -> dict[str, dict[str, Any]]:
-    """Every root the broker knows: ``{name: {"name", "http", "subscribed"}}``."""
+    """Every root the broker knows: ``{name: {"name", "http", "subscribed",
+    "reachable"}}`` (``reachable`` is false once the broker says that the root's publisher
+    has not answered for a while, or no longer lists a subscribed root)."""
     try:
         await sub.broker.refresh_roots()
     except httpx.HTTPError as e:  # known roots are still worth listing; none is not
@@ -29,7 +31,8 @@ async def get_roots(sub: Sub) -> dict[str, dict[str, Any]]:
             raise HTTPException(503, f"the broker at {sub.broker.broker} is unreachable "
                                      f"({type(e).__name__}); no roots known yet") from None
     return {name: {"name": name, "http": info.http,
-                   "subscribed": name in sub.registry.subscribed}
+                   "subscribed": name in sub.registry.subscribed,
+                   "reachable": name not in sub.registry.unreachable}
             for name, info in sorted(sub.registry.known.items()) if visible(sub, name)}
 
 
@@ -51,6 +54,21 @@ async def subscribe(root: str, sub: Sub) -> str:
         raise HTTPException(404, f"no root named {root!r}") from None
     except Unavailable as e:
         raise HTTPException(503, str(e)) from None
+    return "Ok"
+
+
+@router.post("/api/unsubscribe/{root}")
+async def unsubscribe(root: str, sub: Sub) -> str:
+    """Stop following a root, and drop its cached data and metadata; 404 if it is not
+    subscribed."""
+    try:
+        paths.check_root_name(root)
+        await sub.unsubscribe(root)
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
+    except KeyError:
+        raise HTTPException(404, f"root {root!r} is not subscribed" if root in
+                            sub.registry.known else f"no root named {root!r}") from None
     return "Ok"
 
 

@@ -1,4 +1,9 @@
-"""The subscriber's link to its broker: the registry of roots and the stream of events."""
+"""The subscriber's link to its broker: the registry of roots and the stream of events.
+
+Events are taken from one place only: the WebSocket ``/api/events`` of the subscriber's own
+broker (``--broker``), which forwards only what the publisher of each root posted (see
+:mod:`caterva2.services.broker`).  The subscriber listens on no port for events.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +14,7 @@ import httpx
 import websockets
 from pydantic import TypeAdapter, ValidationError
 
-from caterva2.models import ChangeEvent, Event, RootEvent, valid_roots
+from caterva2.models import ChangeEvent, Event, RootEvent, valid_listing
 from caterva2.services.subscriber.registry import RootRegistry
 
 log = logging.getLogger("caterva2.subscriber")
@@ -28,11 +33,16 @@ class BrokerLink:
         self.connected = asyncio.Event()
 
     async def refresh_roots(self) -> None:
-        """Ask the broker for every root (raises httpx.HTTPError if it is down)."""
+        """Ask the broker for every root, and whether each one's publisher answers (raises
+        httpx.HTTPError if the broker is down)."""
         r = await self.client.get(f"http://{self.broker}/api/roots")
         r.raise_for_status()
-        for info in valid_roots(r.json()).values():
-            await self.registry.learn(info)
+        try:
+            listing = valid_listing(r.json())
+        except ValueError:
+            raise httpx.DecodingError(f"the broker at {self.broker} answered /api/roots with "
+                                      "something that is not JSON", request=r.request) from None
+        await self.registry.learn_listing(listing)
 
     async def listen(self, on_connect: Callable[[], Awaitable[None]],
                      on_event: Callable[[RootEvent | ChangeEvent], Awaitable[None]]) -> None:

@@ -166,6 +166,20 @@ class Cache:
                 datasets.pop(path, None)
             self.set_index(root, datasets)
 
+    def drop_root(self, root: str) -> None:
+        """Forget ``root`` (unsubscribed): its index and every replica, counted out of the
+        cache's bytes (replicas in use close when their last user lets go)."""
+        with self.lock:
+            for key in [k for k in self.replicas if k[0] == root]:
+                self._retire(key)
+            root_dir = self._root_dir(root)
+            for directory in [d for d in self.sizes if root_dir in d.parents]:
+                self._set_size(directory, 0)
+            self._remove_dir(root_dir)
+            self._set_index_size(root, 0)
+            del self.index_bytes[root]
+            self.indexes.pop(root, None)
+
     def _drop(self, root: str, path: str, keep: DatasetEntry | None,
               replaced: str | None = None) -> None:
         """Forget every version of a dataset but ``keep``'s; the ``replaced`` version's

@@ -40,6 +40,8 @@ class IndexSync:
                 return
             raise Unavailable(f"publisher of root {root!r} at {self.registry.publisher(root)} "
                               f"is unreachable: {type(e).__name__}") from None
+        if quiet and root not in self.registry.subscribed:
+            return  # (unsubscribed meanwhile: its cache is gone, and stays so)
         await asyncio.to_thread(self.cache.set_index, root, index.datasets)
 
     async def apply(self, event: ChangeEvent) -> None:
@@ -49,6 +51,8 @@ class IndexSync:
                   if p not in index or index[p].version != v}
         entries = await asyncio.gather(*(self._changed_entry(event.root, p, v)
                                          for p, v in wanted.items()))
+        if event.root not in self.registry.subscribed:
+            return  # (unsubscribed meanwhile: its cache is gone, and stays so)
         await asyncio.to_thread(self.cache.update, event.root, dict(zip(wanted, entries)),
                                 list(event.deleted))
 

@@ -101,3 +101,11 @@ class Subscriber:
                 await asyncio.to_thread(self.cache.index, root) is None:
             await self.indexes.resync(root)
         await self.registry.add_subscription(root)
+
+    async def unsubscribe(self, root: str) -> None:
+        """Stop following ``root`` and drop what the cache holds of it.  KeyError if it is
+        not subscribed."""
+        if root not in self.registry.subscribed:
+            raise KeyError(root)
+        await self.registry.remove_subscription(root)
+        await asyncio.to_thread(self.cache.drop_root, root)
