@@ -72,11 +72,10 @@ def parse_host(text: str) -> tuple[str, int]:
 
 
 def announced_address(url: str) -> str:
-    """The ``HOST:PORT`` a publisher announces to its broker, from ``http://HOST:PORT`` or
+    """The address a publisher announces to its broker, from ``http(s)://HOST:PORT`` or
     ``HOST:PORT`` (``cat2pub --url``): where subscribers reach it (a proxy, a NAT).
 
-    The broker's registry holds ``HOST:PORT`` and subscribers speak plain HTTP to it, so
-    other schemes, paths, queries and a missing or zero port are refused (ConfigError; see
+    Other schemes, paths, queries and a missing or zero port are refused (ConfigError; see
     :func:`caterva2.paths.check_address`, which the broker applies too).
 
     >>> announced_address("http://gateway.example.org:8080/")
@@ -100,8 +99,11 @@ def service_parser(description: str, kind: str) -> argparse.ArgumentParser:
     p.add_argument("--statedir", help="directory for this service's state")
     p.add_argument("--conf", default=CONF_DEFAULT,
                    help=f"configuration file (default: ./{CONF_DEFAULT}, may be missing)")
+    p.add_argument("--certfile", help="listen with TLS: the certificate (PEM; with --keyfile)")
+    p.add_argument("--keyfile", help="listen with TLS: the certificate's private key (PEM)")
     if kind in ("publisher", "subscriber"):
-        p.add_argument("--broker", help="HOST:PORT of the broker")
+        p.add_argument("--broker", help="HOST:PORT of the broker (https://HOST:PORT if it "
+                                        "listens with TLS)")
         p.add_argument("--id", help=f"selects section [{kind}.ID] of the configuration file")
     return p
 
@@ -124,12 +126,18 @@ def resolve(args: argparse.Namespace, kind: str, defaults: dict[str, Any]) -> di
         if value is not None and key not in ("conf", "id"):
             settings[key] = value
     settings["loglevel"] = str(settings.get("loglevel", "warning")).lower()
-    for key in ("http", "broker", "statedir", "url"):
+    for key in ("http", "broker", "statedir", "url", "certfile", "keyfile", "ca_bundle"):
         if settings.get(key) is not None and not isinstance(settings[key], str):
             raise ConfigError(f"{key} must be a string, got {settings[key]!r}")
-    for key in ("http", "broker"):
-        if key in settings:
-            parse_host(settings[key])
+    if "http" in settings:
+        parse_host(settings["http"])
+    if "broker" in settings:
+        try:
+            settings["broker"] = paths.check_address(settings["broker"], "broker address")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if bool(settings.get("certfile")) != bool(settings.get("keyfile")):
+        raise ConfigError("TLS needs both certfile and keyfile (--certfile, --keyfile)")
     return settings
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import select
+import ssl
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from typing import BinaryIO
 
 import httpx
 
-from caterva2 import wire
+from caterva2 import tls, wire
 
 READ_BUFFER = 4 << 20
 TIMEOUT = (5.0, 300.0)  # seconds to connect, seconds to wait for each piece of an answer
@@ -35,10 +36,14 @@ MAX_IDLE = 32  # kept-alive connections per server; more are closed when given b
 Key = tuple[str, str]  # (scheme, netloc)
 
 
-def _connect(key: Key, timeout: tuple[float, float]) -> http.client.HTTPConnection:
+def _connect(key: Key, timeout: tuple[float, float],
+             ssl_context: ssl.SSLContext | None) -> http.client.HTTPConnection:
     scheme, netloc = key
-    cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-    conn = cls(netloc, timeout=timeout[0])
+    if scheme == "https":
+        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+            netloc, timeout=timeout[0], context=ssl_context or tls.client_context())
+    else:
+        conn = http.client.HTTPConnection(netloc, timeout=timeout[0])
     conn.connect()
     conn.sock.settimeout(timeout[1])
     return conn
@@ -68,10 +73,13 @@ class ConnectionPool:
     :meth:`close` closes the idle connections, and those given back afterwards.
     """
 
-    def __init__(self, timeout: tuple[float, float] = TIMEOUT, max_idle: int = MAX_IDLE):
+    def __init__(self, timeout: tuple[float, float] = TIMEOUT, max_idle: int = MAX_IDLE,
+                 ssl_context: ssl.SSLContext | None = None):
         """``timeout`` is (seconds to connect, seconds to wait for each piece of an answer);
-        at most ``max_idle`` connections per server are kept for reuse."""
-        self.timeout, self.max_idle = timeout, max_idle
+        at most ``max_idle`` connections per server are kept for reuse; ``https`` servers'
+        certificates are checked with ``ssl_context`` (default:
+        :func:`caterva2.tls.client_context`)."""
+        self.timeout, self.max_idle, self.ssl_context = timeout, max_idle, ssl_context
         self._lock = threading.Lock()
         self._idle: dict[Key, list[http.client.HTTPConnection]] = {}
         self._closed = False
@@ -153,7 +161,7 @@ class ConnectionPool:
                 conn = taken
             else:
                 try:
-                    conn = _connect(key, timeout)
+                    conn = _connect(key, timeout, self.ssl_context)
                 except TimeoutError:
                     raise httpx.ConnectTimeout(f"cannot connect to {parts.netloc} in time",
                                                request=request()) from None

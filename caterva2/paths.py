@@ -92,9 +92,10 @@ MAX_ADDRESS_LENGTH = 300  # characters in a publisher's address (a host name has
 _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\]")
 
 
-def check_address(text: str) -> str:
-    """The ``HOST:PORT`` of a publisher, from ``HOST:PORT`` or ``http://HOST:PORT``
-    (a trailing ``/`` allowed); ValueError for anything else.
+def check_address(text: str, what: str = "publisher address") -> str:
+    """The address of a publisher, from ``HOST:PORT`` or ``http://HOST:PORT`` (kept as
+    ``HOST:PORT``), or ``https://HOST:PORT`` for one that listens with TLS (kept so; a
+    trailing ``/`` allowed); ValueError for anything else.
 
     Subscribers and brokers make URLs by putting a path after this address, so other
     schemes, paths, queries, fragments, user names, odd characters in the host and a
@@ -103,14 +104,15 @@ def check_address(text: str) -> str:
     >>> check_address("http://gateway.example.org:8080/")
     'gateway.example.org:8080'
     """
-    bad = f"bad publisher address {shorten(text)}: expected HOST:PORT or http://HOST:PORT"
+    bad = f"bad {what} {shorten(text)}: expected HOST:PORT or http(s)://HOST:PORT"
     if not isinstance(text, str) or len(text) > MAX_ADDRESS_LENGTH:
         raise ValueError(f"{bad} (at most {MAX_ADDRESS_LENGTH} characters)")
-    address = text.strip()
+    address, scheme = text.strip(), "http"
     if "://" in address:
         scheme, _, address = address.partition("://")
-        if scheme.lower() != "http":
-            raise ValueError(f"{bad} (subscribers reach publishers over plain http)")
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ValueError(f"{bad} (only http and https)")
         address = address.removesuffix("/")
         if any(c in address for c in "/?#@"):
             raise ValueError(f"{bad} (no path, query or user: subscribers add their own)")
@@ -118,4 +120,4 @@ def check_address(text: str) -> str:
     if not sep or not _HOST.fullmatch(host) or not port.isdecimal() or not port.isascii() \
             or not 0 < int(port) <= 65535:
         raise ValueError(f"{bad} (a host, and a port from 1 to 65535)")
-    return f"{host}:{int(port)}"
+    return f"{host}:{int(port)}" if scheme == "http" else f"https://{host}:{int(port)}"

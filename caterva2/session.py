@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import blosc2
 import httpx
 
-from caterva2 import config, http_data, paths, slicing, wire
+from caterva2 import config, http_data, paths, slicing, tls, wire
 
 if TYPE_CHECKING:
     from caterva2.client import File, Root
@@ -133,7 +133,9 @@ class Client:
     when they are not given, and :meth:`close` closes only those it made.
 
     ``api_key`` is a user's key for a subscriber that requires a login (None: the
-    environment variable ``CATERVA2_API_KEY``, if set).
+    environment variable ``CATERVA2_API_KEY``, if set).  ``ca_bundle`` names the CAs to
+    check an ``https://`` subscriber's certificate with (None: ``CATERVA2_CA_BUNDLE``, else
+    the system's; see :mod:`caterva2.tls`).
 
     Raises :class:`caterva2.config.ConfigError` for an address that is not ``HOST:PORT``
     or a URL (naming where it came from), or a configuration file that cannot be read.
@@ -149,7 +151,7 @@ class Client:
                  conf: str | os.PathLike[str] | None = config.CONF_DEFAULT,
                  http: httpx.Client | None = None,
                  pool: http_data.ConnectionPool | None = None,
-                 api_key: str | None = None):
+                 api_key: str | None = None, ca_bundle: str | None = None):
         self.host, self.host_source = config.subscriber_address(host, conf)
         api_key = api_key or os.environ.get(config.API_KEY_ENV) or None
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -164,8 +166,9 @@ class Client:
             else f"http://{self.host}"
         self.base_url = base.rstrip("/")
         self._owns_http, self._owns_pool = http is None, pool is None
-        self.http = http if http is not None else httpx.Client(timeout=TIMEOUT)
-        self.pool = pool if pool is not None else http_data.ConnectionPool()
+        context = tls.client_context(ca_bundle)
+        self.http = http if http is not None else httpx.Client(timeout=TIMEOUT, verify=context)
+        self.pool = pool if pool is not None else http_data.ConnectionPool(ssl_context=context)
 
     def __repr__(self) -> str:
         return f"<Client: {self.host} (from {self.host_source})>"
@@ -286,6 +289,12 @@ class Client:
         except httpx.ConnectTimeout as e:
             raise ConnectionTimedOut(self._unreachable(), request=e.request) from e
         except httpx.ConnectError as e:
+            if "CERTIFICATE_VERIFY_FAILED" in str(e):
+                raise ConnectionFailed(
+                    f"the certificate of the subscriber at {self.host} cannot be trusted "
+                    f"({str(e).rpartition('certificate verify failed: ')[2].rstrip(')') or e}"
+                    f"); if it comes from a private CA, name its bundle in "
+                    f"{tls.CA_BUNDLE_ENV}", request=e.request) from e
             raise ConnectionFailed(self._unreachable(), request=e.request) from e
 
     def _get(self, path: str, params: dict[str, str] | None = None, *,

@@ -5,6 +5,7 @@ import ctypes
 import logging
 import pathlib
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from caterva2 import config
+from caterva2 import config, tls
 from caterva2.statefiles import atomic_write
 
 
@@ -117,12 +118,30 @@ def run_service(kind: str, description: str, defaults: dict[str, Any],
         statedir = pathlib.Path(settings["statedir"])
         statedir.mkdir(parents=True, exist_ok=True)
         settings["statedir"] = statedir
+        tls.use_ca_bundle(settings.get("ca_bundle"))
+        server_options.update(tls_options(settings))
         sock, address = bind(settings["http"])
+        if "ssl_certfile" in server_options:
+            address = f"https://{address}"
         settings["address"] = address
         app = make_app(settings)
     except (config.ConfigError, FileNotFoundError, ValueError, OSError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     keep_freed_memory()
-    print(f"{parser.prog}: listening on http://{address}", file=sys.stderr, flush=True)
+    print(f"{parser.prog}: listening on {tls.base_url(address)}", file=sys.stderr, flush=True)
     serve(app, sock, address, statedir, settings["loglevel"], **server_options)
+
+
+def tls_options(settings: dict[str, Any]) -> dict[str, str]:
+    """uvicorn's options to listen with TLS, if a certificate and key are set (checked
+    now: a clear error at start, not a failure per connection)."""
+    certfile, keyfile = settings.get("certfile"), settings.get("keyfile")
+    if not certfile:
+        return {}
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as e:
+        raise config.ConfigError(f"cannot listen with TLS using {certfile} and {keyfile}: "
+                                 f"{e}") from None
+    return {"ssl_certfile": certfile, "ssl_keyfile": keyfile}

@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import httpx
 
+from caterva2 import tls
 from caterva2.models import PUBLISHER_KEY_HEADER
 
 STARTUP_TIMEOUT_S = 60
@@ -66,13 +67,10 @@ class Service:
                 raise RuntimeError(f"{self.kind} exited at start:\n{self.log_tail()}")
             if address_file.exists():
                 self.address = address_file.read_text().strip()
-                try:
-                    httpx.get(f"http://{self.address}/docs", timeout=1)
+                if _answers(self.address):
                     # Later restarts reuse the same port, as a real deployment would.
-                    self.http = self.address
+                    self.http = self.address.removeprefix("https://")
                     return
-                except httpx.HTTPError:
-                    pass
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.kind} did not start in {STARTUP_TIMEOUT_S}s:\n"
@@ -118,6 +116,18 @@ def cat2admin(*args) -> subprocess.CompletedProcess:
     """Run ``cat2admin ARGS`` as an operator would, in a process of its own."""
     return subprocess.run([sys.executable, "-m", "caterva2.tools.admin", *map(str, args)],
                           capture_output=True, text=True, timeout=60, check=False)
+
+
+def _answers(address: str) -> bool:
+    """Whether the service at ``address`` answers HTTP (over TLS: a certificate this process
+    does not trust counts, as the service did answer)."""
+    try:
+        httpx.get(tls.base_url(address) + "/docs", timeout=1, verify=tls.client_context())
+    except httpx.ConnectError as e:
+        return "CERTIFICATE_VERIFY_FAILED" in str(e)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def free_ports(n: int) -> list[int]:

@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from caterva2 import config
+from caterva2 import config, tls
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.limits import BodyLimit
 from caterva2.services.metrics import BrokerMetrics, mount_observability
@@ -79,7 +79,8 @@ def build_app(statedir: pathlib.Path, options: BrokerOptions = BrokerOptions(),
     """
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, transport=probe_transport) as client:
+        async with httpx.AsyncClient(timeout=PROBE_TIMEOUT, transport=probe_transport,
+                                     verify=tls.client_context()) as client:
             app.state.client = client
             async with _running(app.state.registry.watch(client)):
                 yield

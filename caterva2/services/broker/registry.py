@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from caterva2 import tls
 from caterva2.config import format_duration
 from caterva2.models import ListedRoot, RootInfo, valid_roots
 from caterva2.statefiles import atomic_write, read_json
@@ -166,7 +167,7 @@ def _last_seen(entry: object, now: float) -> float:
 async def still_published(root: RootInfo, client: httpx.AsyncClient) -> bool:
     """Whether the publisher registered for ``root`` answers that it serves it."""
     try:
-        r = await client.get(f"http://{root.http}/api/root")
+        r = await client.get(tls.base_url(root.http) + "/api/root")
         return r.status_code == 200 and r.json().get("name") == root.name
     except (httpx.HTTPError, ValueError, AttributeError):
         return False

@@ -44,7 +44,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
-from caterva2 import config, paths
+from caterva2 import config, paths, tls
 from caterva2.config import broker_token
 from caterva2.roots import PublishedRoot, open_root
 from caterva2.services.errors import install_error_handlers
@@ -93,8 +93,8 @@ def build_app(settings: PublisherSettings, root: PublishedRoot,
     """
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with httpx.AsyncClient(timeout=BROKER_TIMEOUT,
-                                     transport=broker_transport) as client:
+        async with httpx.AsyncClient(timeout=BROKER_TIMEOUT, transport=broker_transport,
+                                     verify=tls.client_context()) as client:
             announcer = Announcer(settings.name, root, settings.announced, settings.broker,
                                   settings.statedir, client, settings.token)
             app.state.announcer = announcer

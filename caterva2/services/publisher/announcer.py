@@ -22,7 +22,7 @@ import time
 
 import httpx
 
-from caterva2 import paths
+from caterva2 import paths, tls
 from caterva2.models import (
     MAX_EVENT_PATHS,
     MAX_VERSION_LENGTH,
@@ -158,7 +158,7 @@ class Announcer:
     async def _post(self, path: str, body: dict) -> None:
         """Post ``body`` to the broker; Refused (with the broker's reason) or
         httpx.HTTPError if it did not take it."""
-        r = await self.client.post(f"http://{self.broker}{path}", json=body,
+        r = await self.client.post(tls.base_url(self.broker) + path, json=body,
                                    headers=self.headers)
         if r.status_code in REFUSALS:
             try:  # (the broker's errors are JSON: {"detail": ...})

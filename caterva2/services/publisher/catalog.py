@@ -8,7 +8,6 @@ import threading
 from collections import OrderedDict
 
 import numpy as np
-
 from fastapi import HTTPException
 
 from caterva2 import wire

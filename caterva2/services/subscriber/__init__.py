@@ -29,7 +29,7 @@ import httpx
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from caterva2 import config
+from caterva2 import config, tls
 from caterva2.services import service
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.metrics import SubscriberMetrics, mount_observability
@@ -50,7 +50,8 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        async with httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, limits=UPSTREAM_LIMITS) as client:
+        async with httpx.AsyncClient(timeout=UPSTREAM_TIMEOUT, limits=UPSTREAM_LIMITS,
+                                     verify=tls.client_context()) as client:
             async with Subscriber(settings, client, metrics, access).running() as subscriber:
                 app.state.subscriber = subscriber
                 yield

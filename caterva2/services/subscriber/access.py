@@ -32,7 +32,7 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from caterva2.config import ConfigError
-from caterva2.users import Users, UserError, check_user_name
+from caterva2.users import UserError, Users, check_user_name
 
 EVERYONE = "*"
 OPEN_PATHS = ("/health",)  # answered without a user even when logins are required

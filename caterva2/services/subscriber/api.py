@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from fastapi import APIRouter, HTTPException, Response
 
-from caterva2 import paths
+from caterva2 import paths, tls
 from caterva2.models import user_info
 from caterva2.services.subscriber.deps import Sub
 from caterva2.services.subscriber.errors import Unavailable
@@ -86,14 +86,15 @@ async def get_root_url(root: str, sub: Sub) -> list[str]:
     sub.access.check("read", root)
     if root not in sub.registry.known:
         raise HTTPException(404, f"no root named {root!r}")
-    return [f"http://{sub.registry.known[root].http}"]
+    return [tls.base_url(sub.registry.known[root].http)]
 
 
 @router.get("/api/url/{root}/{path:path}")
 async def get_dataset_url(root: str, path: str, sub: Sub) -> list[str]:
     """Where the root's publisher serves the dataset's file."""
     await lookup(sub, root, path)
-    return [f"http://{sub.registry.publisher(root)}/api/download/{urllib.parse.quote(path)}"]
+    return [f"{tls.base_url(sub.registry.publisher(root))}/api/download/"
+            f"{urllib.parse.quote(path)}"]
 
 
 @router.get("/api/info/{root}/{path:path}")

@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Hashable
 import blosc2
 import httpx
 
-from caterva2 import blocks, http_data, wire
+from caterva2 import blocks, http_data, tls, wire
 from caterva2.chunks import chunk_cbytes
 from caterva2.models import ArrayMeta, DatasetEntry
 from caterva2.partial_chunks import PiecesDamaged
@@ -116,7 +116,7 @@ class BlockFetcher:
                replica: SparseReplica, nchunk: int, wanted: list[int]) -> None:
         """In a worker thread: one block stream, stored as it comes."""
         assert entry.meta is not None
-        url = f"http://{pub}/api/blocks/{urllib.parse.quote(path)}"
+        url = f"{tls.base_url(pub)}/api/blocks/{urllib.parse.quote(path)}"
         params = {"nchunk": str(nchunk), "version": entry.version,
                   "blocks": wire.format_chunk_list(wanted)}
         max_length = entry.meta.schunk.chunksize + blosc2.MAX_OVERHEAD

@@ -14,6 +14,7 @@ import httpx
 import websockets
 from pydantic import TypeAdapter, ValidationError
 
+from caterva2 import tls
 from caterva2.models import ChangeEvent, Event, RootEvent, valid_listing
 from caterva2.services.subscriber.registry import RootRegistry
 
@@ -35,7 +36,7 @@ class BrokerLink:
     async def refresh_roots(self) -> None:
         """Ask the broker for every root, and whether each one's publisher answers (raises
         httpx.HTTPError if the broker is down)."""
-        r = await self.client.get(f"http://{self.broker}/api/roots")
+        r = await self.client.get(tls.base_url(self.broker) + "/api/roots")
         r.raise_for_status()
         try:
             listing = valid_listing(r.json())
@@ -53,12 +54,13 @@ class BrokerLink:
         event goes to ``on_event``.
         """
         delay = 0.1
-        url = f"ws://{self.broker}/api/events"
+        url = tls.websocket_url(self.broker, "/api/events")
         while True:
             try:
+                secure = tls.client_context() if url.startswith("wss:") else None
                 async with websockets.connect(url, open_timeout=5, max_size=None,
                                               ping_interval=PING_INTERVAL_S,
-                                              ping_timeout=PING_TIMEOUT_S) as ws:
+                                              ping_timeout=PING_TIMEOUT_S, ssl=secure) as ws:
                     await self.refresh_roots()
                     await on_connect()
                     self.connected.set()

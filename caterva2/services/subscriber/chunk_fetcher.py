@@ -24,7 +24,7 @@ import blosc2
 import httpx
 import numpy as np
 
-from caterva2 import http_data, wire
+from caterva2 import http_data, tls, wire
 from caterva2.models import DatasetEntry
 from caterva2.replica import ReplicaGone, SparseReplica
 from caterva2.services.errors import CacheTooSmall
@@ -154,7 +154,8 @@ class ChunkFetcher:
         self.tasks: set[asyncio.Task] = set()
         self.reusing: SingleFlight[None] = SingleFlight()  # previous versions being reused
         # Kept-alive connections to publishers, for the worker threads reading chunk streams.
-        self.connections = http_data.ConnectionPool(timeout=UPSTREAM_TIMEOUT)
+        self.connections = http_data.ConnectionPool(timeout=UPSTREAM_TIMEOUT,
+                                                    ssl_context=tls.client_context())
         self.blocks = BlockFetcher(registry, self.connections, self.metrics)
 
     def close(self) -> None:
@@ -240,7 +241,7 @@ class ChunkFetcher:
         of the publisher, say so) into the new version's replica."""
         assert entry.meta is not None
         nchunks = entry.meta.schunk.nchunks
-        url = f"http://{self.registry.publisher(root)}/api/digests/{urllib.parse.quote(path)}"
+        url = f"{tls.base_url(self.registry.publisher(root))}/api/digests/{urllib.parse.quote(path)}"
 
         def fetch_digests() -> np.ndarray | None:  # (in a worker thread)
             with self.connections.get(url, {"version": entry.version}) as r:
@@ -329,7 +330,7 @@ class ChunkFetcher:
         """In a worker thread: one chunk stream from the publisher, stored as it comes."""
         assert entry.meta is not None
         version = entry.version
-        url = f"http://{pub}/api/chunks/{urllib.parse.quote(path)}"
+        url = f"{tls.base_url(pub)}/api/chunks/{urllib.parse.quote(path)}"
         params = {"nchunks": wire.format_chunk_list(group), "version": version}
         max_length = entry.meta.schunk.chunksize + blosc2.MAX_OVERHEAD
         kept: set[int] = set()

@@ -8,6 +8,7 @@ import urllib.parse
 import httpx
 from pydantic import ValidationError
 
+from caterva2 import tls
 from caterva2.models import ChangeEvent, DatasetEntry, RootIndex
 from caterva2.services.subscriber.cache import Cache
 from caterva2.services.subscriber.errors import Gone, Unavailable
@@ -29,7 +30,7 @@ class IndexSync:
         Raises Unavailable if the publisher cannot be reached, unless ``quiet`` (then it
         is logged, and the next event or reconnection tries again).
         """
-        url = f"http://{self.registry.publisher(root)}/api/index"
+        url = f"{tls.base_url(self.registry.publisher(root))}/api/index"
         try:
             r = await self.client.get(url)
             r.raise_for_status()
@@ -94,7 +95,7 @@ class IndexSync:
         ETag): if so, it answers 304 with no body, and ``known`` itself is returned.
         ``timeout`` replaces the client's for this request.
         """
-        url = f"http://{self.registry.publisher(root)}/api/info/{urllib.parse.quote(path)}"
+        url = f"{tls.base_url(self.registry.publisher(root))}/api/info/{urllib.parse.quote(path)}"
         headers = {"If-None-Match": known.version} if known is not None else None
         try:
             r = await self.client.get(url, headers=headers, timeout=timeout if timeout

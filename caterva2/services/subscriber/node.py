@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from caterva2 import tls
 from caterva2.models import ChangeEvent, RootEvent
 from caterva2.services.metrics import SubscriberMetrics
 from caterva2.services.subscriber.access import Access, AccessRules
@@ -36,7 +37,7 @@ class SubscriberSettings:
 
     @property
     def base_url(self) -> str:
-        return (self.url or f"http://{self.address}").rstrip("/")
+        return tls.base_url(self.url or self.address)
 
 
 class Subscriber:
