@@ -292,9 +292,8 @@ class Client:
             if "CERTIFICATE_VERIFY_FAILED" in str(e):
                 raise ConnectionFailed(
                     f"the certificate of the subscriber at {self.host} cannot be trusted "
-                    f"({str(e).rpartition('certificate verify failed: ')[2].rstrip(')') or e}"
-                    f"); if it comes from a private CA, name its bundle in "
-                    f"{tls.CA_BUNDLE_ENV}", request=e.request) from e
+                    f"({tls.verify_failure(e)}); if it comes from a private CA, name its "
+                    f"bundle in {tls.CA_BUNDLE_ENV}", request=e.request) from e
             raise ConnectionFailed(self._unreachable(), request=e.request) from e
 
     def _get(self, path: str, params: dict[str, str] | None = None, *,

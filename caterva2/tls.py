@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import ssl
 
 CA_BUNDLE_ENV = "CATERVA2_CA_BUNDLE"
@@ -64,3 +65,9 @@ def client_context(configured: str | None = None) -> ssl.SSLContext:
     bundle :func:`ca_bundle` finds (FileNotFoundError, or ssl.SSLError, if it cannot be
     read).  One per bundle, shared."""
     return _context(ca_bundle(configured))
+
+
+def verify_failure(error: Exception) -> str:
+    """Why a certificate could not be checked, in OpenSSL's words, from the error."""
+    found = re.search(r"certificate verify failed: ([^(]+)", str(error))
+    return found.group(1).strip() if found else str(error)
