@@ -254,7 +254,7 @@ def test_a_listener_too_slow_to_keep_up_is_dropped():
      "bad publisher address"),
     ("POST", "/api/roots", {"name": "foo", "http": "user@127.0.0.1:1"},
      "bad publisher address"),
-    ("POST", "/api/roots", {"name": "foo", "http": "https://pub1:8001"}, "plain http"),
+    ("POST", "/api/roots", {"name": "foo", "http": "ftp://pub1:8001"}, "only http and https"),
     ("POST", "/api/roots", "not json", "invalid"),
     ("POST", "/api/events", {"changed": {}}, "root"),
     ("POST", "/api/events", {"root": "foo", "changed": ["a"]}, "changed"),
