@@ -46,6 +46,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from caterva2.services import openapi
+
 USAGE_MAX_AGE_S = 1.0  # how long a measure of the cache directory is reused
 
 Health = Callable[[], dict[str, Any]]
@@ -56,15 +58,20 @@ Health = Callable[[], dict[str, Any]]
 # ---------------------------------------------------------------------------
 
 def mount_observability(app: FastAPI, registry: CollectorRegistry, service: str,
-                        health: Health | None = None) -> None:
+                        health: Health | None = None,
+                        metrics_responses: openapi.Responses | None = None) -> None:
     """Add ``GET /metrics`` (``registry``, plus a count of HTTP requests) and ``GET /health``
-    (``{"status": "ok", "service": service}`` updated with ``health()``) to ``app``."""
+    (``{"status": "ok", "service": service}`` updated with ``health()``) to ``app``.
+    ``metrics_responses``: what else ``/metrics`` may answer (for its OpenAPI schema)."""
     requests = Counter("caterva2_http_requests", "HTTP requests answered",
                        ["method", "route", "status"], registry=registry)
     app.add_middleware(_CountRequests, counter=requests)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/metrics", response_class=Response, responses=openapi.binary(
+        openapi.PROMETHEUS, openapi.OPENMETRICS, description="The figures, as Prometheus "
+        "text (or OpenMetrics, if the Accept header asks for it)") | (metrics_responses or {}))
     async def metrics(request: Request) -> Response:
+        """The service's figures, for Prometheus to scrape."""
         encode, content_type = choose_encoder(request.headers.get("accept", ""))
         # (in a thread: collecting may measure the cache directory)
         body = await asyncio.to_thread(encode, registry)

@@ -1,7 +1,9 @@
 """Responses that carry data: chunk streams and whole files."""
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi.responses import FileResponse, StreamingResponse
 
@@ -10,9 +12,15 @@ from caterva2.chunks import Buffer
 
 
 class LargeFileResponse(FileResponse):
-    """A file answer read and sent in 4 MiB pieces (Starlette's 64 KiB halves the speed)."""
+    """A file answer read and sent in 4 MiB pieces (Starlette's 64 KiB halves the speed),
+    as ``application/octet-stream`` unless told otherwise (Blosc2 files have no registered
+    type: Starlette would guess ``text/plain``)."""
 
     chunk_size = 4 << 20
+
+    def __init__(self, path: str | os.PathLike[str], *args: Any,
+                 media_type: str | None = "application/octet-stream", **kwargs: Any):
+        super().__init__(path, *args, media_type=media_type, **kwargs)
 
 
 def chunk_stream(body: AsyncIterator[Buffer], headers: dict[str, str],

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 
 from caterva2.models import ChangeEvent, ListedRoot, RootEvent, RootInfo
+from caterva2.services.openapi import errors
 
 from .auth import PublisherKey
 from .bindings import Binding, Bindings
@@ -40,7 +41,7 @@ async def get_roots(registry: RegistryDep) -> dict[str, ListedRoot]:
     return registry.listing()
 
 
-@router.post("/api/roots", responses={401: {}, 409: {}, 413: {}, 507: {}})
+@router.post("/api/roots", responses=errors(401, 409, 413, 507))
 async def register_root(root: RootInfo, key: PublisherKey, request: Request,
                         registry: RegistryDep, bindings: BindingsDep, hub: HubDep) -> str:
     """Register a root (again, if its publisher restarted, maybe elsewhere).
@@ -73,7 +74,7 @@ def taken(name: str, holder: Binding) -> str:
             f"cat2admin --statedir BROKER_STATEDIR release {name}")
 
 
-@router.post("/api/events", responses={401: {}, 403: {}, 413: {}})
+@router.post("/api/events", responses=errors(401, 403, 413))
 async def post_event(event: ChangeEvent, key: PublisherKey, request: Request,
                      registry: RegistryDep, bindings: BindingsDep, hub: HubDep) -> str:
     """Forward a publisher's change event to every subscriber: only from the publisher

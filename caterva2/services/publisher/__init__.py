@@ -49,6 +49,7 @@ from caterva2.config import broker_token
 from caterva2.roots import PublishedRoot, open_root
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.metrics import PublisherMetrics, mount_observability
+from caterva2.services.openapi import document
 from caterva2.services.service import run_service
 from caterva2.statefiles import private_key
 
@@ -109,6 +110,7 @@ def build_app(settings: PublisherSettings, root: PublishedRoot,
     app.state.catalog = Catalog(settings.name, root)
     app.state.metrics = metrics = PublisherMetrics()
     install_error_handlers(app)
+    document(app)
     app.include_router(router)
     mount_observability(app, metrics.registry, "publisher", lambda: {
         "root": settings.name, "announced_as": settings.announced, "broker": settings.broker,

@@ -13,9 +13,11 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from caterva2 import wire
 from caterva2.blocks import block_count, pieces_to_send
+from caterva2.models import DatasetEntry, RootIndex
 from caterva2.roots import DatasetNotFound, DatasetUnavailable, VersionMismatch
 from caterva2.services.errors import safe_relpath
 from caterva2.services.metrics import PublisherMetrics
+from caterva2.services.openapi import CHUNK_STREAM, OCTET_STREAM, binary, errors, tagged
 from caterva2.services.responses import LargeFileResponse, chunk_stream
 
 from .catalog import Catalog, entry_json
@@ -51,19 +53,21 @@ async def get_list(catalog: CatalogDep) -> list[str]:
     return sorted(await asyncio.to_thread(catalog.root.versions))
 
 
-@router.get("/api/index")
+@router.get("/api/index", responses=tagged(RootIndex, "index"))
 async def get_index(request: Request, catalog: CatalogDep) -> Response:
     etag, body = await asyncio.to_thread(catalog.index)
     return _tagged(request, etag, body)
 
 
-@router.get("/api/info/{path:path}")
+@router.get("/api/info/{path:path}", responses=tagged(DatasetEntry, "dataset") | errors(400, 404))
 async def get_info(path: str, request: Request, catalog: CatalogDep) -> Response:
     entry = await asyncio.to_thread(catalog.entry, safe_relpath(path))
     return _tagged(request, entry.version, entry_json(entry))
 
 
-@router.get("/api/chunks/{path:path}")
+@router.get("/api/chunks/{path:path}", response_class=Response, responses=binary(
+    CHUNK_STREAM, description="The chunks asked for, as stored (see caterva2.wire)",
+    headers={"ETag": "The version read"}) | errors(400, 404, 412, 503))
 async def get_chunks(path: str, nchunks: str, catalog: CatalogDep, request: Request,
                      version: str | None = None) -> Response:
     current, meta = await asyncio.to_thread(catalog.readable, safe_relpath(path), version)
@@ -116,7 +120,11 @@ async def _read_or_http_error(catalog: Catalog, path: str, version: str, read):
         raise HTTPException(503, str(e)) from None
 
 
-@router.get("/api/blocks/{path:path}")
+@router.get("/api/blocks/{path:path}", response_class=Response, responses=binary(
+    CHUNK_STREAM, description="The chunk's head and the blocks asked for (see caterva2.wire)",
+    headers={"ETag": "The version read",
+             wire.CHUNK_DIGEST_HEADER: "The whole chunk's digest"})
+    | errors(400, 404, 412, 503))
 async def get_blocks(path: str, nchunk: int, blocks: str, catalog: CatalogDep,
                      request: Request, version: str | None = None) -> Response:
     """Blocks of one stored chunk (``blocks``: a list such as ``0-3,7``), as a block stream
@@ -148,7 +156,9 @@ async def get_blocks(path: str, nchunk: int, blocks: str, catalog: CatalogDep,
     return chunk_stream(records(), headers, [len(piece) for _, piece in pieces])
 
 
-@router.get("/api/digests/{path:path}")
+@router.get("/api/digests/{path:path}", response_class=Response, responses=binary(
+    OCTET_STREAM, description="Each stored chunk's digest, 8 bytes little-endian",
+    headers={"ETag": "The version read"}) | errors(400, 404, 412, 503))
 async def get_digests(path: str, catalog: CatalogDep,
                       version: str | None = None) -> Response:
     """The digests of every stored chunk of the dataset (8 bytes each, little-endian)."""
@@ -161,7 +171,9 @@ async def get_digests(path: str, catalog: CatalogDep,
     return Response(digests, media_type="application/octet-stream", headers={"ETag": current})
 
 
-@router.get("/api/download/{path:path}")
+@router.get("/api/download/{path:path}", response_class=Response, responses=binary(
+    OCTET_STREAM, description="The stored file (an ordinary file as its .b2 SChunk)")
+    | errors(400, 404, 503, 507))
 async def download(path: str, catalog: CatalogDep, request: Request) -> Response:
     await asyncio.to_thread(catalog.readable, safe_relpath(path))
     stored = await asyncio.to_thread(catalog.root.stored_file, path)

@@ -33,6 +33,7 @@ from caterva2 import config, tls
 from caterva2.services import service
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.metrics import SubscriberMetrics, mount_observability
+from caterva2.services.openapi import LOGIN, document
 from caterva2.services.subscriber import api, data_api, page
 from caterva2.services.subscriber.access import Access, AccessRules, RequireLogin
 from caterva2.services.subscriber.leases import leasing
@@ -65,9 +66,10 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
     access = Access.for_settings(settings)
     app = FastAPI(title="Caterva2 subscriber", lifespan=lifespan)
     install_error_handlers(app)
+    document(app)
     for module in (api, data_api, page):
-        app.include_router(module.router)
-    mount_observability(app, metrics.registry, "subscriber", health)
+        app.include_router(module.router, responses=LOGIN)
+    mount_observability(app, metrics.registry, "subscriber", health, metrics_responses=LOGIN)
     app.add_middleware(LeaseReplicas)
     app.add_middleware(RequireLogin, access=access, statedir=str(settings.statedir))
     return app

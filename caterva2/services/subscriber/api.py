@@ -11,15 +11,18 @@ from fastapi import APIRouter, HTTPException, Response
 
 from caterva2 import paths, tls
 from caterva2.models import user_info
+from caterva2.services.openapi import ROOT_ACCESS, UNVERIFIED, described, errors
 from caterva2.services.subscriber.deps import Sub
 from caterva2.services.subscriber.errors import Unavailable
 from caterva2.services.subscriber.node import Subscriber
 from caterva2.services.subscriber.reads import lookup, subscribed_root
 
 router = APIRouter()
+# (a dataset's lookup may ask its publisher, and note the answer in the index)
+LOOKUP_ERRORS = errors(400, 404, 503, 507) | ROOT_ACCESS
 
 
-@router.get("/api/roots")
+@router.get("/api/roots", responses=errors(503))
 async def get_roots(sub: Sub) -> dict[str, dict[str, Any]]:
     """Every root the broker knows: ``{name: {"name", "http", "subscribed",
     "reachable"}}`` (``reachable`` is false once the broker says that the root's publisher
@@ -41,7 +44,7 @@ def visible(sub: Subscriber, root: str) -> bool:
     return sub.access.may("read", root) or sub.access.may("subscribe", root)
 
 
-@router.post("/api/subscribe/{root}")
+@router.post("/api/subscribe/{root}", responses=errors(400, 404, 503, 507) | ROOT_ACCESS)
 async def subscribe(root: str, sub: Sub) -> str:
     """Follow a root: its metadata is fetched now, its data when clients read it."""
     try:
@@ -57,7 +60,7 @@ async def subscribe(root: str, sub: Sub) -> str:
     return "Ok"
 
 
-@router.post("/api/unsubscribe/{root}")
+@router.post("/api/unsubscribe/{root}", responses=errors(400, 404, 507))
 async def unsubscribe(root: str, sub: Sub) -> str:
     """Stop following a root, and drop its cached data and metadata; 404 if it is not
     subscribed."""
@@ -72,7 +75,7 @@ async def unsubscribe(root: str, sub: Sub) -> str:
     return "Ok"
 
 
-@router.get("/api/list/{root}")
+@router.get("/api/list/{root}", responses=errors(400, 404) | ROOT_ACCESS)
 async def get_list(root: str, sub: Sub) -> list[str]:
     """Dataset paths of a subscribed root, relative to it."""
     subscribed_root(sub, root)
@@ -80,7 +83,7 @@ async def get_list(root: str, sub: Sub) -> list[str]:
     return sorted(index or {})
 
 
-@router.get("/api/url/{root}")
+@router.get("/api/url/{root}", responses=errors(404) | ROOT_ACCESS)
 async def get_root_url(root: str, sub: Sub) -> list[str]:
     """Where the root's publisher serves it."""
     sub.access.check("read", root)
@@ -89,7 +92,7 @@ async def get_root_url(root: str, sub: Sub) -> list[str]:
     return [tls.base_url(sub.registry.known[root].http)]
 
 
-@router.get("/api/url/{root}/{path:path}")
+@router.get("/api/url/{root}/{path:path}", responses=LOOKUP_ERRORS)
 async def get_dataset_url(root: str, path: str, sub: Sub) -> list[str]:
     """Where the root's publisher serves the dataset's file."""
     await lookup(sub, root, path)
@@ -97,7 +100,8 @@ async def get_dataset_url(root: str, path: str, sub: Sub) -> list[str]:
             f"{urllib.parse.quote(path)}"]
 
 
-@router.get("/api/info/{root}/{path:path}")
+@router.get("/api/info/{root}/{path:path}",
+            responses=LOOKUP_ERRORS | {200: {"headers": described(UNVERIFIED)}})
 async def get_info(root: str, path: str, sub: Sub, response: Response) -> dict[str, Any]:
     """The dataset's metadata (sizes at its source)."""
     found = await lookup(sub, root, path)

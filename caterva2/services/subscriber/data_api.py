@@ -35,6 +35,16 @@ from caterva2.replica import ChunkDamaged, SparseReplica
 from caterva2.services import responses
 from caterva2.services.errors import disk_error_text
 from caterva2.services.metrics import counted
+from caterva2.services.openapi import (
+    CHUNK_STREAM,
+    DATA_ERRORS,
+    LAYOUT,
+    OCTET_STREAM,
+    ROOT_ACCESS,
+    UNVERIFIED,
+    binary,
+    described,
+)
 from caterva2.services.subscriber.block_reads import read_in_blocks
 from caterva2.services.subscriber.cache import Index
 from caterva2.services.subscriber.chunk_fetcher import Arrivals
@@ -102,7 +112,11 @@ def encoder(meta: AnyMeta, plan: slicing.Plan, buffer: bool
     return answer_bytes
 
 
-@router.get("/api/fetch/{root}/{path:path}")
+@router.get("/api/fetch/{root}/{path:path}", response_class=Response, responses=binary(
+    OCTET_STREAM, CHUNK_STREAM, headers=LAYOUT | UNVERIFIED,
+    description="The selection: an NDArray cframe, or a Blosc2-compressed buffer (bytes; "
+                "arrays with buffer=true); with chunks=true, a chunk stream")
+    | DATA_ERRORS | ROOT_ACCESS)
 async def fetch(root: str, path: str, sub: Sub, slice_: str | None = None,
                 prefer_schunk: bool = True, chunks: bool = False,
                 buffer: bool = False) -> Response:
@@ -240,7 +254,8 @@ def files_path(root: str, path: str) -> str:
     return f"{root}/{path}.b2" if paths.dataset_kind(path) == "file" else f"{root}/{path}"
 
 
-@router.get("/api/download/{root}/{path:path}")
+@router.get("/api/download/{root}/{path:path}",
+            responses=DATA_ERRORS | ROOT_ACCESS | {200: {"headers": described(UNVERIFIED)}})
 async def download(root: str, path: str, sub: Sub, response: Response) -> str:
     """Fetch whatever is missing of a dataset, and say where the complete file is."""
     found, _ = await complete_file(sub, root, path)
@@ -248,7 +263,9 @@ async def download(root: str, path: str, sub: Sub, response: Response) -> str:
     return f"{sub.settings.base_url}/files/{urllib.parse.quote(files_path(root, path))}"
 
 
-@router.get("/files/{root}/{path:path}")
+@router.get("/files/{root}/{path:path}", response_class=Response, responses=binary(
+    OCTET_STREAM, headers=UNVERIFIED,
+    description="The complete dataset as a Blosc2 file") | DATA_ERRORS | ROOT_ACCESS)
 async def files(root: str, path: str, sub: Sub) -> Response:
     """The complete dataset as a Blosc2 file."""
     index: Index | None = None
