@@ -46,9 +46,11 @@ MAX_NDIM = blosc2.MAX_DIM
 class RootInfo(BaseModel):
     """A root as the broker knows it: its name and the publisher serving it."""
 
-    name: Annotated[str, AfterValidator(paths.check_root_name)]
+    name: Annotated[str, AfterValidator(paths.check_root_name),
+                    Field(json_schema_extra=paths.ROOT_NAME_SCHEMA)]
     # HOST:PORT of the publisher (http://HOST:PORT is accepted and stored as HOST:PORT)
-    http: Annotated[str, AfterValidator(paths.check_address)]
+    http: Annotated[str, AfterValidator(paths.check_address),
+                    Field(json_schema_extra=paths.ADDRESS_SCHEMA)]
 
 
 class ListedRoot(RootInfo):
@@ -342,9 +344,15 @@ class ChangeEvent(BaseModel):
     """
 
     kind: Literal["change"] = "change"
-    root: Annotated[str, AfterValidator(paths.check_root_name)]
-    changed: dict[str, str] = {}
-    deleted: list[str] = []
+    root: Annotated[str, AfterValidator(paths.check_root_name),
+                    Field(json_schema_extra=paths.ROOT_NAME_SCHEMA)]
+    # (what _within_bounds checks, as the JSON Schema says it; all paths: at most MAX_EVENT_PATHS)
+    changed: dict[str, str] = Field({}, json_schema_extra={
+        "propertyNames": paths.DATASET_PATH_SCHEMA, "maxProperties": MAX_EVENT_PATHS,
+        "additionalProperties": {"type": "string", "minLength": 1,
+                                 "maxLength": MAX_VERSION_LENGTH}})
+    deleted: list[str] = Field([], json_schema_extra={
+        "items": paths.DATASET_PATH_SCHEMA, "maxItems": MAX_EVENT_PATHS})
 
     @model_validator(mode="after")
     def _within_bounds(self) -> ChangeEvent:

@@ -60,6 +60,13 @@ def check_root_name(name: str) -> str:
 _ROOT_NAME_RULE = (f"1 to {MAX_ROOT_NAME} ASCII letters, digits, '_', '.', '+' or '-', "
                    "not starting with '.', '+' or '-'")
 
+# The same rules as JSON Schemas, for the services' OpenAPI schemas.
+ROOT_NAME_SCHEMA = {"type": "string", "pattern": f"^{_ROOT_NAME.pattern}$",
+                    "maxLength": MAX_ROOT_NAME}
+DATASET_PATH_SCHEMA = {  # parts of anything but '/', '\\' and NUL; none is '.' or '..'
+    "type": "string", "maxLength": MAX_PATH_LENGTH,
+    "pattern": r"^(?:(?!\.\.?/)[^/\\\x00]+/)*(?!\.\.?$)[^/\\\x00]+$"}
+
 
 def shorten(text: object, most: int = 40) -> str:
     """``repr(text)``, cut to about ``most`` characters: for error messages about input
@@ -90,6 +97,15 @@ MAX_ADDRESS_LENGTH = 300  # characters in a publisher's address (a host name has
 # A host name or IPv4 address (letters, digits, '_', '.', '-'), or an IPv6 one in brackets:
 # nothing that could add a user, a path, a query or a fragment to the URLs made from it.
 _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.]+\]")
+
+
+_PORT = (r"0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]"
+         r"|6553[0-5])")
+# What check_address takes, as a JSON Schema (for the broker's OpenAPI schema).
+ADDRESS_SCHEMA = {
+    "type": "string", "maxLength": MAX_ADDRESS_LENGTH,
+    "pattern": rf"^\s*(?:[Hh][Tt][Tt][Pp][Ss]?://(?:{_HOST.pattern}):{_PORT}/?"
+               rf"|(?:{_HOST.pattern}):{_PORT})\s*$"}
 
 
 def check_address(text: str, what: str = "publisher address") -> str:

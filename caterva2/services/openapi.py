@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from caterva2 import wire
+from caterva2 import paths, wire
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -103,6 +103,32 @@ UNVERIFIED = {wire.UNVERIFIED_HEADER: "Present when the answer was served from t
 LAYOUT = {wire.LAYOUT_HEADER: "The array's shape, dtype, chunks and blocks (array answers)"}
 
 
+# What the services' parameters mean, by name (the same name means the same thing on every
+# route), with examples that name the example root's datasets (see the README).
+PARAMETERS: dict[str, dict[str, Any]] = {
+    "root": {"description": "A root's name", "schema": paths.ROOT_NAME_SCHEMA,
+             "examples": ["foo"]},
+    "path": {"description": "A dataset's path in its root, '/'-separated",
+             "schema": paths.DATASET_PATH_SCHEMA,
+             "examples": ["dir1/ds-2d.b2nd", "ds-hello.b2frame", "README.md"]},
+    "slice_": {"description": "The selection, as in Python: per dimension an index or "
+                              "start:stop[:step], separated by commas (none: everything)",
+               "examples": ["0:2, 5:10"]},
+    "nchunks": {"description": "Chunk numbers: numbers and ranges, e.g. 0-3,7",
+                "examples": ["0-1,3"]},
+    "nchunk": {"description": "A chunk's number", "examples": [1]},
+    "blocks": {"description": "Block numbers within the chunk: numbers and ranges",
+               "examples": ["0-1"]},
+    "version": {"description": "The version the answer must be of (412 if it is no longer "
+                               "the current one)"},
+    "chunks": {"description": "Answer with the stored chunks the selection touches, as a "
+                              "chunk stream (arrays)"},
+    "buffer": {"description": "Answer with the selected items in C order as one "
+                              "Blosc2-compressed buffer (arrays, up to 1 GiB)"},
+    "prefer_schunk": {"description": "Accepted for compatibility; answers do not depend on it"},
+}
+
+
 def document(app: FastAPI) -> None:
     """Make ``app``'s OpenAPI schema say what its error handlers answer, and serve its
     ``/docs`` without any CDN (see the module's docstring)."""
@@ -132,11 +158,23 @@ def as_answered(schema: dict[str, Any]) -> dict[str, Any]:
             for status, response in responses.items():
                 if status[0] in "45":
                     response["content"] = error_content
+            for parameter in operation.get("parameters", []):
+                describe(parameter)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.setdefault("ErrorBody", ErrorBody.model_json_schema())
     for name in ("HTTPValidationError", "ValidationError"):  # (FastAPI's 422 body: never sent)
         components.pop(name, None)
     return schema
+
+
+def describe(parameter: dict[str, Any]) -> None:
+    """Add what :data:`PARAMETERS` says of ``parameter``, by its name."""
+    known = PARAMETERS.get(parameter["name"], {})
+    if "description" in known:
+        parameter.setdefault("description", known["description"])
+    parameter["schema"] = {**parameter.get("schema", {}), **known.get("schema", {})}
+    if "examples" in known:
+        parameter["schema"]["examples"] = known["examples"]
 
 
 def may_fail_validation(operation: dict[str, Any]) -> bool:
