@@ -5,7 +5,7 @@ This is also where a dataset's kind is decided from its name (:func:`dataset_kin
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 Kind = Literal["ndarray", "frame", "file"]
 MAX_PATH_LENGTH = 1024  # characters in a dataset path (relative to its root)
@@ -60,12 +60,14 @@ def check_root_name(name: str) -> str:
 _ROOT_NAME_RULE = (f"1 to {MAX_ROOT_NAME} ASCII letters, digits, '_', '.', '+' or '-', "
                    "not starting with '.', '+' or '-'")
 
-# The same rules as JSON Schemas, for the services' OpenAPI schemas.
-ROOT_NAME_SCHEMA = {"type": "string", "pattern": f"^{_ROOT_NAME.pattern}$",
+# The same rules as JSON Schemas, for the services' OpenAPI schemas.  Their patterns end
+# with _END, not $: Python's $ also matches before a final newline, JSON Schema's does not.
+_END = r"(?![\s\S])"
+ROOT_NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": f"^{_ROOT_NAME.pattern}{_END}",
                     "maxLength": MAX_ROOT_NAME}
-DATASET_PATH_SCHEMA = {  # parts of anything but '/', '\\' and NUL; none is '.' or '..'
-    "type": "string", "maxLength": MAX_PATH_LENGTH,
-    "pattern": r"^(?:(?!\.\.?/)[^/\\\x00]+/)*(?!\.\.?$)[^/\\\x00]+$"}
+_PART = r"(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+)"  # not . nor ..
+DATASET_PATH_SCHEMA: dict[str, Any] = {"type": "string", "maxLength": MAX_PATH_LENGTH,
+                       "pattern": f"^{_PART}(?:/{_PART})*{_END}"}
 
 
 def shorten(text: object, most: int = 40) -> str:
@@ -102,10 +104,10 @@ _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?|\[[0-9A-Fa-f:.
 _PORT = (r"0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]"
          r"|6553[0-5])")
 # What check_address takes, as a JSON Schema (for the broker's OpenAPI schema).
-ADDRESS_SCHEMA = {
+ADDRESS_SCHEMA: dict[str, Any] = {
     "type": "string", "maxLength": MAX_ADDRESS_LENGTH,
     "pattern": rf"^\s*(?:[Hh][Tt][Tt][Pp][Ss]?://(?:{_HOST.pattern}):{_PORT}/?"
-               rf"|(?:{_HOST.pattern}):{_PORT})\s*$"}
+               rf"|(?:{_HOST.pattern}):{_PORT})\s*{_END}"}
 
 
 def check_address(text: str, what: str = "publisher address") -> str:

@@ -48,6 +48,7 @@ WHY = {
     503: "Cannot be answered now: the data's publisher or the broker is unreachable, the "
          "dataset is being rewritten or cannot be read (or, at a subscriber requiring "
          "logins, its users cannot be read); try again later",
+    416: "The Range asked for starts beyond the file's end",
     504: "The publisher of the data did not answer in time",
     507: "The service cannot write to its disk (full, or its cache bound is reached by "
          "answers in flight)",
@@ -77,6 +78,26 @@ def binary(*media_types: str, description: str,
     if headers:
         answer["headers"] = described(headers)
     return {200: answer}
+
+
+def file_answers(description: str) -> Responses:
+    """The ``responses=`` of a route answering a whole file (see :data:`RANGE_REQUESTS`)."""
+    binary_schema = {"schema": {"type": "string", "format": "binary"}}
+    return binary(OCTET_STREAM, description=description) | {206: {
+        "description": "The parts of the file that the Range header asks for: as they are "
+                       "for one range, multipart/byteranges for several",
+        "content": {OCTET_STREAM: binary_schema, "multipart/byteranges": binary_schema},
+        "headers": described({"Content-Range": "Where the part is in the file (one range)"})
+    }} | errors(400, 416)
+
+
+# The openapi_extra= of a route answering with a file (LargeFileResponse): parts of it can be
+# asked for with a Range header (RFC 9110).  (Malformed or not, Starlette also takes some
+# strings no pattern could describe simply: so no pattern here.)
+RANGE_REQUESTS: dict[str, Any] = {"parameters": [{
+    "name": "Range", "in": "header", "required": False,
+    "description": "Only these bytes of the file, e.g. bytes=0-1023 or bytes=0-9,100-: a 206",
+    "schema": {"type": "string", "examples": ["bytes=0-99"]}}]}
 
 
 def described(headers: dict[str, str]) -> dict[str, Any]:

@@ -17,7 +17,15 @@ from caterva2.models import DatasetEntry, RootIndex
 from caterva2.roots import DatasetNotFound, DatasetUnavailable, VersionMismatch
 from caterva2.services.errors import safe_relpath
 from caterva2.services.metrics import PublisherMetrics
-from caterva2.services.openapi import CHUNK_STREAM, OCTET_STREAM, binary, errors, tagged
+from caterva2.services.openapi import (
+    CHUNK_STREAM,
+    OCTET_STREAM,
+    RANGE_REQUESTS,
+    binary,
+    errors,
+    file_answers,
+    tagged,
+)
 from caterva2.services.responses import LargeFileResponse, chunk_stream
 
 from .catalog import Catalog, entry_json
@@ -171,9 +179,9 @@ async def get_digests(path: str, catalog: CatalogDep,
     return Response(digests, media_type="application/octet-stream", headers={"ETag": current})
 
 
-@router.get("/api/download/{path:path}", response_class=Response, responses=binary(
-    OCTET_STREAM, description="The stored file (an ordinary file as its .b2 SChunk)")
-    | errors(400, 404, 503, 507))
+@router.get("/api/download/{path:path}", response_class=Response, openapi_extra=RANGE_REQUESTS,
+            responses=file_answers("The stored file (an ordinary file as its .b2 SChunk)")
+            | errors(404, 503, 507))
 async def download(path: str, catalog: CatalogDep, request: Request) -> Response:
     await asyncio.to_thread(catalog.readable, safe_relpath(path))
     stored = await asyncio.to_thread(catalog.root.stored_file, path)

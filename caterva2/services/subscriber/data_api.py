@@ -40,10 +40,12 @@ from caterva2.services.openapi import (
     DATA_ERRORS,
     LAYOUT,
     OCTET_STREAM,
+    RANGE_REQUESTS,
     ROOT_ACCESS,
     UNVERIFIED,
     binary,
     described,
+    file_answers,
 )
 from caterva2.services.subscriber.block_reads import read_in_blocks
 from caterva2.services.subscriber.cache import Index
@@ -263,9 +265,9 @@ async def download(root: str, path: str, sub: Sub, response: Response) -> str:
     return f"{sub.settings.base_url}/files/{urllib.parse.quote(files_path(root, path))}"
 
 
-@router.get("/files/{root}/{path:path}", response_class=Response, responses=binary(
-    OCTET_STREAM, headers=UNVERIFIED,
-    description="The complete dataset as a Blosc2 file") | DATA_ERRORS | ROOT_ACCESS)
+@router.get("/files/{root}/{path:path}", response_class=Response, openapi_extra=RANGE_REQUESTS,
+            responses=file_answers("The complete dataset as a Blosc2 file")
+            | DATA_ERRORS | ROOT_ACCESS)
 async def files(root: str, path: str, sub: Sub) -> Response:
     """The complete dataset as a Blosc2 file."""
     index: Index | None = None
