@@ -63,11 +63,14 @@ _ROOT_NAME_RULE = (f"1 to {MAX_ROOT_NAME} ASCII letters, digits, '_', '.', '+' o
 # The same rules as JSON Schemas, for the services' OpenAPI schemas.  Their patterns end
 # with _END, not $: Python's $ also matches before a final newline, JSON Schema's does not.
 _END = r"(?![\s\S])"
-ROOT_NAME_SCHEMA: dict[str, Any] = {"type": "string", "pattern": f"^{_ROOT_NAME.pattern}{_END}",
-                    "maxLength": MAX_ROOT_NAME}
+ROOT_NAME_SCHEMA: dict[str, Any] = {
+    "type": "string", "description": f"A root's name: {_ROOT_NAME_RULE}",
+    "pattern": f"^{_ROOT_NAME.pattern}{_END}", "maxLength": MAX_ROOT_NAME}
 _PART = r"(?:[^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+)"  # not . nor ..
-DATASET_PATH_SCHEMA: dict[str, Any] = {"type": "string", "maxLength": MAX_PATH_LENGTH,
-                       "pattern": f"^{_PART}(?:/{_PART})*{_END}"}
+DATASET_PATH_SCHEMA: dict[str, Any] = {
+    "type": "string", "maxLength": MAX_PATH_LENGTH, "pattern": f"^{_PART}(?:/{_PART})*{_END}",
+    "description": "A dataset's path in its root: parts separated by '/', none empty, '.' "
+                   f"or '..', no '\\' or NUL; at most {MAX_PATH_LENGTH} characters"}
 
 
 def shorten(text: object, most: int = 40) -> str:
@@ -106,6 +109,7 @@ _PORT = (r"0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655
 # What check_address takes, as a JSON Schema (for the broker's OpenAPI schema).
 ADDRESS_SCHEMA: dict[str, Any] = {
     "type": "string", "maxLength": MAX_ADDRESS_LENGTH,
+    "description": "Where the publisher is: HOST:PORT, http://HOST:PORT or https://HOST:PORT",
     "pattern": rf"^\s*(?:[Hh][Tt][Tt][Pp][Ss]?://(?:{_HOST.pattern}):{_PORT}/?"
                rf"|(?:{_HOST.pattern}):{_PORT})\s*{_END}"}
 

@@ -24,7 +24,8 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from caterva2 import paths, wire
+from caterva2 import __version__, paths, wire
+from caterva2.models import PUBLISHER_KEY_HEADER
 
 Responses = dict[int | str, dict[str, Any]]
 
@@ -119,6 +120,23 @@ CHUNK_STREAM = wire.CHUNKS_MEDIA_TYPE
 DATA_ERRORS = errors(400, 404, 409, 503, 504, 507)  # subscriber reads that may fetch data
 LOGIN = errors(401, 503)  # every route of a subscriber but /health (see .subscriber.access)
 ROOT_ACCESS = errors(403)  # a subscriber's routes that read or subscribe to a root
+
+# How a client authenticates, for the routes that may answer 401 (see :func:`document`);
+# one requirement of a list is enough, and {} is none (a service may run open).
+Security = list[dict[str, list[str]]]
+SECURITY_SCHEMES: dict[str, dict[str, str]] = {
+    "brokerToken": {"type": "http", "scheme": "bearer", "description":
+                    "The broker's token (CATERVA2_BROKER_TOKEN, or token in [broker]), "
+                    "if it was started with one"},
+    "publisherKey": {"type": "apiKey", "in": "header", "name": PUBLISHER_KEY_HEADER,
+                     "description": "The publisher's own key (cat2pub keeps it in "
+                                    "STATEDIR/publisher.key): root names are bound to it"},
+    "userKey": {"type": "http", "scheme": "bearer", "description":
+                "A user's API key (cat2admin --statedir DIR adduser NAME), if the "
+                "subscriber was started with --require-login"},
+}
+PUBLISHERS: Security = [{"brokerToken": [], "publisherKey": []}, {"publisherKey": []}]
+USERS: Security = [{}, {"userKey": []}]
 UNVERIFIED = {wire.UNVERIFIED_HEADER: "Present when the answer was served from the cache "
                                       "without checking it with its source, and why"}
 LAYOUT = {wire.LAYOUT_HEADER: "The array's shape, dtype, chunks and blocks (array answers)"}
@@ -127,10 +145,8 @@ LAYOUT = {wire.LAYOUT_HEADER: "The array's shape, dtype, chunks and blocks (arra
 # What the services' parameters mean, by name (the same name means the same thing on every
 # route), with examples that name the example root's datasets (see the README).
 PARAMETERS: dict[str, dict[str, Any]] = {
-    "root": {"description": "A root's name", "schema": paths.ROOT_NAME_SCHEMA,
-             "examples": ["foo"]},
-    "path": {"description": "A dataset's path in its root, '/'-separated",
-             "schema": paths.DATASET_PATH_SCHEMA,
+    "root": {"schema": paths.ROOT_NAME_SCHEMA, "examples": ["foo"]},
+    "path": {"schema": paths.DATASET_PATH_SCHEMA,
              "examples": ["dir1/ds-2d.b2nd", "ds-hello.b2frame", "README.md"]},
     "slice_": {"description": "The selection, as in Python: per dimension an index or "
                               "start:stop[:step], separated by commas (none: everything)",
@@ -150,8 +166,9 @@ PARAMETERS: dict[str, dict[str, Any]] = {
 }
 
 
-def document(app: FastAPI) -> None:
-    """Make ``app``'s OpenAPI schema say what its error handlers answer, and serve its
+def document(app: FastAPI, security: Security | None = None) -> None:
+    """Make ``app``'s OpenAPI schema say what its error handlers answer, and that the
+    routes that may answer 401 take the credentials of ``security``; and serve its
     ``/docs`` without any CDN (see the module's docstring)."""
     from caterva2.services import docs_ui  # (a page of its own; it needs the schema's URL)
 
@@ -159,17 +176,19 @@ def document(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if not app.openapi_schema:
-            app.openapi_schema = as_answered(generate())
+            app.openapi_schema = as_answered(generate(), security)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.version = __version__  # (the API's version is the package's)
     docs_ui.serve_offline(app)
 
 
-def as_answered(schema: dict[str, Any]) -> dict[str, Any]:
+def as_answered(schema: dict[str, Any], security: Security | None = None) -> dict[str, Any]:
     """``schema`` with FastAPI's 422 turned into our 400 where parameters can fail to
-    validate (and dropped where they cannot), and every error's body our JSON
-    :class:`ErrorBody` (as the error handlers answer, whatever the route's own answers)."""
+    validate (and dropped where they cannot), every error's body our JSON
+    :class:`ErrorBody` (as the error handlers answer, whatever the route's own answers),
+    and ``security`` on the routes that may answer 401."""
     error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
@@ -181,19 +200,25 @@ def as_answered(schema: dict[str, Any]) -> dict[str, Any]:
                     response["content"] = error_content
             for parameter in operation.get("parameters", []):
                 describe(parameter)
+            if security and "401" in responses:
+                operation["security"] = security
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components.setdefault("ErrorBody", ErrorBody.model_json_schema())
     for name in ("HTTPValidationError", "ValidationError"):  # (FastAPI's 422 body: never sent)
         components.pop(name, None)
+    if security:
+        used = {name for requirement in security for name in requirement}
+        schema["components"]["securitySchemes"] = {
+            name: SECURITY_SCHEMES[name] for name in sorted(used)}
     return schema
 
 
 def describe(parameter: dict[str, Any]) -> None:
     """Add what :data:`PARAMETERS` says of ``parameter``, by its name."""
     known = PARAMETERS.get(parameter["name"], {})
-    if "description" in known:
-        parameter.setdefault("description", known["description"])
-    parameter["schema"] = {**parameter.get("schema", {}), **known.get("schema", {})}
+    schema = parameter["schema"] = {**parameter.get("schema", {}), **known.get("schema", {})}
+    if "description" in known or "description" in schema:
+        parameter.setdefault("description", known.get("description") or schema["description"])
     if "examples" in known:
         parameter["schema"]["examples"] = known["examples"]
 

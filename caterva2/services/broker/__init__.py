@@ -39,7 +39,7 @@ from caterva2 import config, tls
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.limits import BodyLimit
 from caterva2.services.metrics import BrokerMetrics, mount_observability
-from caterva2.services.openapi import document
+from caterva2.services.openapi import PUBLISHERS, document
 from caterva2.services.service import run_service
 
 from . import api, hub
@@ -94,7 +94,7 @@ def build_app(statedir: pathlib.Path, options: BrokerOptions = BrokerOptions(),
     app.state.metrics = metrics = BrokerMetrics(lambda: len(registry.roots),
                                                 lambda: len(events.queues))
     install_error_handlers(app)
-    document(app)
+    document(app, security=PUBLISHERS)
     app.include_router(api.router)
     app.include_router(hub.router)
     mount_observability(app, metrics.registry, "broker", lambda: {

@@ -33,7 +33,7 @@ from caterva2 import config, tls
 from caterva2.services import service
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.metrics import SubscriberMetrics, mount_observability
-from caterva2.services.openapi import LOGIN, document
+from caterva2.services.openapi import LOGIN, USERS, document
 from caterva2.services.subscriber import api, data_api, page
 from caterva2.services.subscriber.access import Access, AccessRules, RequireLogin
 from caterva2.services.subscriber.leases import leasing
@@ -66,7 +66,7 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
     access = Access.for_settings(settings)
     app = FastAPI(title="Caterva2 subscriber", lifespan=lifespan)
     install_error_handlers(app)
-    document(app)
+    document(app, security=USERS)
     for module in (api, data_api, page):
         app.include_router(module.router, responses=LOGIN)
     mount_observability(app, metrics.registry, "subscriber", health, metrics_responses=LOGIN)
