@@ -113,7 +113,7 @@ def test_bad_parameters_are_a_documented_400(deployment):
 @pytest.mark.parametrize("schema, check, alphabet", [
     (paths.ROOT_NAME_SCHEMA, paths.check_root_name, "aZ09_.+-/\\ \x00é\n"),
     (paths.DATASET_PATH_SCHEMA, paths.check_relpath, "a./\\\x00 é\n"),
-    (paths.ADDRESS_SCHEMA, paths.check_address, "ahtpHTP:/019[]_.-? @\t"),
+    (paths.ADDRESS_SCHEMA, paths.check_address, "ahtpsHTPS:/019[]_.-? @\t"),
 ])
 def test_name_schemas_say_what_the_checks_take(schema, check, alphabet):
     """The patterns in the schemas and the checks of :mod:`caterva2.paths` agree, so that
