@@ -6,7 +6,7 @@ Our services answer otherwise (:mod:`caterva2.services.errors`): every error is 
 binary.  So each route says what it gives, next to its code::
 
     @router.get("/api/digests/{path:path}", response_class=Response,
-                responses=binary(OCTET_STREAM, "...") | errors(404, 412, 503))
+                responses=binary(OCTET_STREAM, description="...") | errors(404, 412, 503))
 
 and :func:`document` makes the whole schema true to the error handlers: the 422 that FastAPI
 adds becomes our 400 (or goes, where no parameter can fail to validate), and every error's
@@ -46,17 +46,17 @@ WHY = {
          "dataset that changed its shape or chunks while being read: read it again)",
     412: "The version asked for is no longer the current one",
     413: "The request body is larger than this service takes",
+    416: "The Range asked for starts beyond the file's end",
     503: "Cannot be answered now: the data's publisher or the broker is unreachable, the "
          "dataset is being rewritten or cannot be read (or, at a subscriber requiring "
          "logins, its users cannot be read); try again later",
-    416: "The Range asked for starts beyond the file's end",
     504: "The publisher of the data did not answer in time",
     507: "The service cannot write to its disk (full, or its cache bound is reached by "
          "answers in flight)",
 }
 
 OCTET_STREAM = "application/octet-stream"
-HTML = "text/html"
+CHUNK_STREAM = wire.CHUNKS_MEDIA_TYPE
 PROMETHEUS = "text/plain"  # (version=... and charset parameters follow)
 OPENMETRICS = "application/openmetrics-text"
 
@@ -93,8 +93,8 @@ def file_answers(description: str) -> Responses:
 
 
 # The openapi_extra= of a route answering with a file (LargeFileResponse): parts of it can be
-# asked for with a Range header (RFC 9110).  (Malformed or not, Starlette also takes some
-# strings no pattern could describe simply: so no pattern here.)
+# asked for with a Range header (RFC 9110).  No pattern: Starlette skips the parts of one
+# that it cannot read, so no simple pattern says which it takes.
 RANGE_REQUESTS: dict[str, Any] = {"parameters": [{
     "name": "Range", "in": "header", "required": False,
     "description": "Only these bytes of the file, e.g. bytes=0-1023 or bytes=0-9,100-: a 206",
@@ -116,10 +116,12 @@ def tagged(model: type[BaseModel], what: str) -> Responses:
                                  "If-None-Match is still current"}}
 
 
-CHUNK_STREAM = wire.CHUNKS_MEDIA_TYPE
 DATA_ERRORS = errors(400, 404, 409, 503, 504, 507)  # subscriber reads that may fetch data
 LOGIN = errors(401, 503)  # every route of a subscriber but /health (see .subscriber.access)
 ROOT_ACCESS = errors(403)  # a subscriber's routes that read or subscribe to a root
+UNVERIFIED = {wire.UNVERIFIED_HEADER: "Present when the answer was served from the cache "
+                                      "without checking it with its source, and why"}
+LAYOUT = {wire.LAYOUT_HEADER: "The array's shape, dtype, chunks and blocks (array answers)"}
 
 # How a client authenticates, for the routes that may answer 401 (see :func:`document`);
 # one requirement of a list is enough, and {} is none (a service may run open).
@@ -137,9 +139,6 @@ SECURITY_SCHEMES: dict[str, dict[str, str]] = {
 }
 PUBLISHERS: Security = [{"brokerToken": [], "publisherKey": []}, {"publisherKey": []}]
 USERS: Security = [{}, {"userKey": []}]
-UNVERIFIED = {wire.UNVERIFIED_HEADER: "Present when the answer was served from the cache "
-                                      "without checking it with its source, and why"}
-LAYOUT = {wire.LAYOUT_HEADER: "The array's shape, dtype, chunks and blocks (array answers)"}
 
 
 # What the services' parameters mean, by name (the same name means the same thing on every

@@ -2,12 +2,15 @@
 schema finds no server error and no answer that contradicts the schema; errors are
 documented as they are answered; ``/docs`` and ``/redoc`` work with no Internet access.
 
-The run is bounded (:data:`MAX_EXAMPLES` generated requests per operation and phase, plus
-the schema's examples and schemathesis' coverage cases), on loopback only, against real
-services of a private deployment: a broker alone (registrations and events are fuzzed
-there, where they cannot disturb anything), and a broker, a publisher of the example root
-as ``foo`` and a subscriber following it (the schemas' parameter examples name its
-datasets, so data routes serve real data too).
+The run is bounded (per operation, :data:`MAX_EXAMPLES` valid requests, as many invalid
+ones, and those made of the schema's examples; the same on every run), on loopback only,
+against real services of a private deployment: a broker alone (registrations and events
+are fuzzed there, where they cannot disturb anything), and a broker, a publisher of the
+example root as ``foo``, a subscriber following it (the schemas' parameter examples name
+its datasets, so data routes serve real data too) and a subscriber requiring logins.
+Requests are made with schemathesis' Python API (``APIOperation.as_strategy``,
+``Case.call_and_validate``): its pytest loader for schemas known only at run time
+(``schemathesis.pytest.from_fixture``) fails on pytest 9.2, which has no ``Node._nodeid``.
 
 Server errors: every 5xx is a failure here, the documented 503, 504 and 507 included.
 Those mean that the data cannot be had now (publisher or broker unreachable, disk full),
