@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import html.parser
+import os
 import re
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
@@ -55,6 +56,8 @@ class Deployment(NamedTuple):
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, example_dir) -> Iterator[Deployment]:
+    if os.environ.get("CATERVA2_USE_EXTERNAL") == "1":
+        pytest.skip("needs its own services (CATERVA2_USE_EXTERNAL=1)")
     state = tmp_path_factory.mktemp("openapi")
     lone, data = Stack(state / "lone"), None
     try:
