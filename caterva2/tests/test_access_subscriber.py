@@ -158,6 +158,10 @@ def test_per_root_rules(stack, roots, tmp_path):
             assert error.value.status_code == 403, error.value
             assert "user 'bob' may not read root 'foo'" in str(error.value)
         assert "dir1/ds-2d.b2nd" in bob.list("bar")
+        with pytest.raises(cat2.ServerError) as error:  # nor drop what others read
+            bob.unsubscribe("bar")
+        assert error.value.status_code == 403
+        assert "dir1/ds-2d.b2nd" in alice.list("bar")
     finally:
         for client in clients.values():
             client.close()

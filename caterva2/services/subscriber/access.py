@@ -11,7 +11,7 @@ Per-root rules, in the configuration file (they apply to logged-in users)::
 
     [access]              # the rules for every root not named below
     read = ["*"]          # who may list, read and download a root's datasets
-    subscribe = ["alice"] # who may make the subscriber follow a root
+    subscribe = ["alice"] # who may make the subscriber follow a root (or stop following it)
 
     [access.secret]       # the rules for root "secret"
     read = ["alice", "bob"]

@@ -60,12 +60,13 @@ async def subscribe(root: str, sub: Sub) -> str:
     return "Ok"
 
 
-@router.post("/api/unsubscribe/{root}", responses=errors(400, 404, 507))
+@router.post("/api/unsubscribe/{root}", responses=errors(400, 404, 507) | ROOT_ACCESS)
 async def unsubscribe(root: str, sub: Sub) -> str:
     """Stop following a root, and drop its cached data and metadata; 404 if it is not
-    subscribed."""
+    subscribed.  Who may subscribe to a root may unsubscribe from it."""
     try:
         paths.check_root_name(root)
+        sub.access.check("subscribe", root)
         await sub.unsubscribe(root)
     except ValueError as e:
         raise HTTPException(400, str(e)) from None
