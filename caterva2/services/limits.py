@@ -1,4 +1,4 @@
-"""A bound on the size of request bodies, checked before they are read into memory.
+"""Bounds on the size of requests: their bodies, and their heads (URL and headers).
 
 uvicorn hands a request's body to the application in pieces, as it arrives (keeping at most
 about 64 kB waiting), and FastAPI gathers all of it before parsing it: without a bound, one
@@ -14,6 +14,7 @@ import json
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from caterva2.config import format_size
 
@@ -70,3 +71,34 @@ class BodyLimit:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
+
+
+MAX_HEAD = 64 << 10  # bytes of a request's URL and headers together
+
+
+class RequestHeadTooLarge(Exception):
+    """A request whose URL and headers pass :data:`MAX_HEAD` (the parser stops there)."""
+
+
+class BoundedHeads(HttpToolsProtocol):
+    """uvicorn's fast HTTP protocol (httptools), with request heads of at most
+    :data:`MAX_HEAD` bytes: a longer URL or more headers end the connection with a 400, as
+    they arrive, instead of growing the service (uvicorn itself would gather a 50 MB URL
+    whole: 150 MB more in the subscriber, measured)."""
+
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # (": " and the line's end)
+        super().on_header(name, value)
+
+    def _count(self, nbytes: int) -> None:
+        self._head_bytes += nbytes
+        if self._head_bytes > MAX_HEAD:  # (raised in a parser callback: a 400, and closed)
+            raise RequestHeadTooLarge(f"request head over {MAX_HEAD} bytes")

@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from caterva2 import config, tls
+from caterva2.services.limits import BoundedHeads
 from caterva2.statefiles import atomic_write
 
 
@@ -92,9 +93,10 @@ def serve(app: FastAPI, sock: socket.socket, address: str, statedir: pathlib.Pat
           loglevel: str, **server_options: Any) -> None:
     """Run ``app`` until SIGINT/SIGTERM.  Writes ``STATEDIR/address`` once listening.
     ``server_options`` go to ``uvicorn.Config``."""
+    options: dict[str, Any] = {"http": BoundedHeads, **server_options}
     server = uvicorn.Server(uvicorn.Config(app, log_level=loglevel, access_log=False,
                                            timeout_graceful_shutdown=3, ws_ping_interval=10,
-                                           **server_options))
+                                           **options))
     logging.getLogger("uvicorn.error").addFilter(_CutResponses())  # (once uvicorn set it up)
     atomic_write(statedir / "address", address)
     server.run(sockets=[sock])

@@ -3,8 +3,10 @@
 Bad requests to the subscriber and the publisher, bad selections in the client library,
 bad commands, addresses and servers for ``cat2cli``, bad settings for the services.
 """
+import contextlib
 import functools
 import http.server
+import socket
 import subprocess
 import sys
 import threading
@@ -113,6 +115,25 @@ def test_publisher_refuses_huge_chunk_lists_without_expanding_them(services):
                       params={"nchunks": nchunks})
         assert r.status_code == 400, r.text
         assert "chunk" in r.json()["detail"], r.text
+
+
+def test_huge_request_heads_are_refused_as_they_arrive(services):
+    """A 20 MB URL, or 20 MB of headers, sent to the publisher and the subscriber: the
+    connection ends at 64 kB, and the service goes on answering others."""
+    if services.publisher is None:
+        pytest.skip("needs the managed services")
+    for address in (services.publisher, services.subscriber):
+        host, port = address.rsplit(":", 1)
+        for head in (b"GET /api/" + b"a" * (20 << 20) + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+                     b"GET /api/roots HTTP/1.1\r\nHost: x\r\n"
+                     + b"X-Junk: " + b"b" * (20 << 20) + b"\r\n\r\n"):
+            with socket.create_connection((host, int(port)), timeout=30) as conn:
+                answer = b""
+                with contextlib.suppress(OSError):  # (reset while still sending: refused)
+                    conn.sendall(head)
+                    answer = conn.recv(100)
+                assert answer == b"" or answer.startswith(b"HTTP/1.1 400"), answer
+        assert httpx.get(f"http://{address}/health").status_code == 200
 
 
 @pytest.mark.parametrize("args, message", [
