@@ -42,23 +42,47 @@ DATASET_WITH_SLICE = re.compile(r"^(?P<dataset>.+?)(?:\[(?P<slice>[^\[\]]*)\])?$
 
 
 def split_selection(text: str) -> tuple[str, str | None]:
-    """``"foo/a.b2nd[1:3]"`` → ``("foo/a.b2nd", "1:3")``."""
+    """``"foo/a.b2nd[1:3]"`` → ``("foo/a.b2nd", "1:3")``.
+
+    A selection left open (``foo/a.b2nd[1:3``) or closed twice (``[1:3]]``) is a
+    SelectionError: said as such rather than taken for part of the dataset's name, which
+    would only give "no such dataset".
+    """
     m = DATASET_WITH_SLICE.match(text.strip())
     if not m:
         raise ValueError(f"cannot read {text!r}: expected DATASET or DATASET[SLICE]")
+    if m["slice"] is None:
+        name = m["dataset"]
+        if name.endswith("]") or name.rfind("[") > name.rfind("]"):
+            raise slicing.SelectionError(
+                f"malformed selection in {text!r}: write DATASET[SLICE], e.g. "
+                f"'foo/ds.b2nd[1:3, ::2]', with one '[' and one ']'")
     paths.split_dataset(m["dataset"])
     return m["dataset"], m["slice"]
 
 
 def jsonable_data(data: object) -> object:
+    """Data as JSON values: text for bytes that decode as UTF-8 (else a list of byte
+    values), nested lists for arrays, and for structured arrays an object per element
+    that keeps the field names (``{"a": 1, "b": 0.5}``)."""
     if isinstance(data, bytes):
         try:
             return data.decode()
         except UnicodeDecodeError:
             return list(data)
-    if isinstance(data, (np.ndarray, np.generic)):  # (structured rows become lists)
+    if isinstance(data, (np.ndarray, np.void)) and data.dtype.names:
+        return records(data)
+    if isinstance(data, (np.ndarray, np.generic)):
         return jsonable(data.tolist())
     return data
+
+
+def records(data: np.ndarray | np.void) -> object:
+    """A structured array as (nested lists of) dicts by field name; nested fields too."""
+    if data.ndim == 0:
+        names = data.dtype.names or ()
+        return {name: jsonable_data(data[name]) for name in names}
+    return [records(item) for item in data]
 
 
 def pretty(value: object) -> None:

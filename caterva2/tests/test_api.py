@@ -166,9 +166,10 @@ def test_cli_info(sub_host, capsys):
     ("foo/dir1/ds-3d.b2nd[2,3,4]", "59.0", 59.0),
     ("foo/dir1/ds-3d.b2nd[2, ..., 4]", "[44. 49. 54. 59.]", [44.0, 49.0, 54.0, 59.0]),
     ("foo/ds-1d.b2nd[5:5]", "[]", []),
-    ("foo/ds-1d-fields.b2nd[1]", "(1, 0.001001001001001001)", [1, 0.001001001001001001]),
+    ("foo/ds-1d-fields.b2nd[1]", "(1, 0.001001001001001001)",
+     {"a": 1, "b": 0.001001001001001001}),
     ("foo/ds-1d-fields.b2nd[:2]", "[(0, 0.      ) (1, 0.001001)]",
-     [[0, 0.0], [1, 0.001001001001001001]]),
+     [{"a": 0, "b": 0.0}, {"a": 1, "b": 0.001001001001001001}]),
 ])
 def test_cli_show(sub_host, capsys, selection, plain, as_json):
     assert run_cli(capsys, "--host", sub_host, "show", selection).strip() == plain

@@ -90,6 +90,8 @@ def test_library_refuses_selections_beyond_basic_indexing_before_asking(sub_host
 @pytest.mark.parametrize("args, message", [
     (["show", "foo/ds-1d.b2nd[1:2:3:4]"], "malformed selection"),
     (["show", "foo/ds-1d.b2nd[..., ...]"], "only one '...'"),
+    (["show", "foo/ds-1d.b2nd[1:3"], "malformed selection in 'foo/ds-1d.b2nd[1:3'"),
+    (["show", "foo/ds-1d.b2nd[1:3]]"], "malformed selection"),
     (["show", "foo/nope.b2nd"], "no dataset 'nope.b2nd'"),
     (["list", "nope"], "no root named 'nope'"),
     (["subscribe", "nope"], "no root named 'nope'"),

@@ -30,6 +30,24 @@ def test_cli_splits_a_dataset_from_its_selection(text, parts):
     assert cli.split_selection(text) == parts
 
 
+@pytest.mark.parametrize("text", ["foo/a.b2nd[1:3", "foo/a.b2nd[1:3]]", "foo/a.b2nd[",
+                                  "foo/b[1].txt[0:"])
+def test_cli_says_an_unclosed_selection_is_malformed(text):
+    with pytest.raises(slicing.SelectionError, match="malformed selection"):
+        cli.split_selection(text)
+
+
+def test_cli_json_keeps_the_field_names_of_structured_arrays():
+    inner = np.dtype([("x", "int8"), ("y", "int8")])
+    data = np.array([(1, (2, 3), [4, 5]), (6, (7, 8), [9, 10])],
+                    dtype=[("a", "int32"), ("p", inner), ("v", "float32", (2,))])
+    rows = [{"a": 1, "p": {"x": 2, "y": 3}, "v": [4.0, 5.0]},
+            {"a": 6, "p": {"x": 7, "y": 8}, "v": [9.0, 10.0]}]
+    assert cli.jsonable_data(data) == rows
+    assert cli.jsonable_data(data[1]) == rows[1]  # (a NumPy scalar: np.void)
+    assert cli.jsonable_data(data.reshape(2, 1)) == [[rows[0]], [rows[1]]]
+
+
 @pytest.mark.parametrize("text", ["a", "1:2:3:4", "1;2", "1.5", "(1,2)", "....", ",", "1,,2",
                                   "1,2,,", ".. .", "1:..."])
 def test_parse_slice_rejects_malformed_text(text):
