@@ -79,7 +79,7 @@ def jsonable_data(data: object) -> object:
 
 def records(data: np.ndarray | np.void) -> object:
     """A structured array as (nested lists of) dicts by field name; nested fields too."""
-    if data.ndim == 0:
+    if isinstance(data, np.void) or data.ndim == 0:
         names = data.dtype.names or ()
         return {name: jsonable_data(data[name]) for name in names}
     return [records(item) for item in data]
@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="machine-readable output")
     common.add_argument("--conf", default=argparse.SUPPRESS,
-                        help="configuration file (default: ./caterva2.toml)")
+                        help="configuration file, which must exist (default: "
+                             "./caterva2.toml, if there is one)")
     common.add_argument("--api-key", default=argparse.SUPPRESS,
                         help="a user's API key, for a subscriber that requires a login "
                              "(default: $CATERVA2_API_KEY, which keeps it out of the "
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     args.json = getattr(args, "json", False)
     try:
         with cat2.Client(getattr(args, "host", None),
-                         conf=getattr(args, "conf", config.CONF_DEFAULT),
+                         conf=getattr(args, "conf", None),
                          api_key=getattr(args, "api_key", None)) as client:
             try:
                 with unverified_as_lines():
@@ -268,15 +269,17 @@ def main(argv: list[str] | None = None) -> None:
                 fail(str(e))
             except httpx.HTTPError as e:
                 fail(f"talking to the subscriber at {client.host}: {type(e).__name__}: {e}")
-    except (ValueError, config.ConfigError, OSError) as e:
+    except config.ConfigError as e:
+        fail(str(e), status=2)  # (as the services and argparse do for a usage mistake)
+    except (ValueError, OSError) as e:
         fail(str(e))
     except KeyboardInterrupt:
         fail("interrupted")
 
 
-def fail(message: str) -> None:
+def fail(message: str, status: int = 1) -> None:
     print(f"cat2cli: error: {message}", file=sys.stderr)
-    sys.exit(1)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -37,18 +37,38 @@ class ConfigError(Exception):
     """A configuration file that cannot be read, or an option with a bad value."""
 
 
-def load(path: str | os.PathLike[str] | None = CONF_DEFAULT) -> dict[str, Any]:
-    """Read a configuration file; a missing file is an empty configuration."""
-    if path is None:
-        return {}
-    path = pathlib.Path(path)
-    if not path.exists():
+def load(path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Read configuration file ``path``: ConfigError if it does not exist or cannot be read.
+
+    ``path`` None is the default, ``./caterva2.toml``, which may be missing (an empty
+    configuration): a file the user named is one they expect to be read, a typo in its
+    name must not start a service with other settings than theirs.
+    """
+    named = path is not None
+    file = pathlib.Path(CONF_DEFAULT if path is None else path)
+    if not file.exists():
+        if named:
+            raise ConfigError(f"configuration file {file} does not exist")
         return {}
     try:
-        with open(path, "rb") as f:
+        with open(file, "rb") as f:
             return tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read configuration file {path}: {e}") from None
+        raise ConfigError(f"cannot read configuration file {file}: {e}") from None
+
+
+def conf_name(path: str | os.PathLike[str] | None) -> str:
+    """The name of configuration file ``path`` for messages (None: the default's)."""
+    return CONF_DEFAULT if path is None else str(path)
+
+
+def check_id(conf: dict[str, Any], kind: str, id_: str | None,
+             path: str | os.PathLike[str] | None) -> None:
+    """ConfigError unless ``--id ID`` has its section ``[kind.ID]`` in the configuration
+    (read from ``path``): an ID without one would silently start with another's settings."""
+    table = conf.get(kind, {})
+    if id_ and not (isinstance(table, dict) and isinstance(table.get(id_), dict)):
+        raise ConfigError(f"--id {id_}: no section [{kind}.{id_}] in {conf_name(path)}")
 
 
 def section(conf: dict[str, Any], name: str, id_: str | None = None) -> dict[str, Any]:
@@ -97,8 +117,8 @@ def service_parser(description: str, kind: str) -> argparse.ArgumentParser:
     p.add_argument("--http", help="HOST:PORT to listen on (port 0: any free port)")
     p.add_argument("--loglevel", help="logging level (default: warning)")
     p.add_argument("--statedir", help="directory for this service's state")
-    p.add_argument("--conf", default=CONF_DEFAULT,
-                   help=f"configuration file (default: ./{CONF_DEFAULT}, may be missing)")
+    p.add_argument("--conf", help=f"configuration file, which must exist (default: "
+                                  f"./{CONF_DEFAULT}, if there is one)")
     p.add_argument("--certfile", help="listen with TLS: the certificate (PEM; with --keyfile)")
     p.add_argument("--keyfile", help="listen with TLS: the certificate's private key (PEM)")
     if kind in ("publisher", "subscriber"):
@@ -112,6 +132,7 @@ def resolve(args: argparse.Namespace, kind: str, defaults: dict[str, Any]) -> di
     """Merge defaults, the configuration file and command-line options for a service."""
     conf = load(args.conf)
     id_ = getattr(args, "id", None)
+    check_id(conf, kind, id_, args.conf)
     settings = dict(defaults)
     if id_ and "statedir" in defaults:
         settings["statedir"] = f"{defaults['statedir']}.{id_}"
@@ -259,9 +280,10 @@ def check_client_host(host: str) -> None:
         parse_host(host)
 
 
-def subscriber_in_conf(conf_path: str | os.PathLike[str] | None = CONF_DEFAULT) -> str | None:
+def subscriber_in_conf(conf_path: str | os.PathLike[str] | None = None) -> str | None:
     """The subscriber named by a configuration file (``[subscriber] url``, else ``http``),
-    or None if the file (which may be missing) names none."""
+    or None if it names none (see :func:`load`: None is the default file, which may be
+    missing)."""
     sub = section(load(conf_path), "subscriber")
     url = sub.get("url")
     if url:
@@ -269,21 +291,22 @@ def subscriber_in_conf(conf_path: str | os.PathLike[str] | None = CONF_DEFAULT) 
     return str(sub["http"]) if "http" in sub else None
 
 
-def client_host(conf_path: str | None = CONF_DEFAULT) -> str:
+def client_host(conf_path: str | None = None) -> str:
     """The subscriber a client talks to: ``[subscriber] url`` or ``http``, else the default."""
     return subscriber_in_conf(conf_path) or SUBSCRIBER_DEFAULT
 
 
 def subscriber_address(explicit: str | None = None,
-                       conf_path: str | os.PathLike[str] | None = CONF_DEFAULT,
+                       conf_path: str | os.PathLike[str] | None = None,
                        environ: Mapping[str, str] | None = None) -> tuple[str, str]:
     """Where a client finds its subscriber, and where that address came from.
 
     In order: ``explicit`` (source ``"argument"``), the environment variable
     ``CATERVA2_SUBSCRIBER`` if set and not empty, ``[subscriber] url`` or ``http`` of the
-    configuration file ``conf_path`` (source: the file's name), ``localhost:8002`` (source
-    ``"the default"``).  ``environ`` defaults to ``os.environ``.  The address is not
-    checked here (see :func:`check_client_host`); ConfigError if the file cannot be read.
+    configuration file ``conf_path`` (None: ``./caterva2.toml`` if there is one; source:
+    the file's name), ``localhost:8002`` (source ``"the default"``).  ``environ`` defaults
+    to ``os.environ``.  The address is not checked here (see :func:`check_client_host`);
+    ConfigError if the file cannot be read, or was named and does not exist.
 
     >>> subscriber_address("example.org:8002")
     ('example.org:8002', 'argument')
@@ -297,5 +320,5 @@ def subscriber_address(explicit: str | None = None,
         return value, SUBSCRIBER_ENV
     from_conf = subscriber_in_conf(conf_path)
     if from_conf is not None:
-        return from_conf, str(conf_path)
+        return from_conf, conf_name(conf_path)
     return SUBSCRIBER_DEFAULT, "the default"

@@ -127,7 +127,8 @@ class Client:
     """A session with one subscriber, owning its connections.
 
     ``host`` is ``HOST:PORT`` or an ``http(s)://`` URL; None finds it as the module
-    docstring says (``CATERVA2_SUBSCRIBER``, then ``conf``, then ``localhost:8002``).
+    docstring says (``CATERVA2_SUBSCRIBER``, then ``conf``, then ``localhost:8002``);
+    ``conf`` None is ``./caterva2.toml`` if there is one, a named file must exist.
     ``http`` is an ``httpx.Client`` for API calls and ``pool`` a
     :class:`~caterva2.http_data.ConnectionPool` for data answers; the client makes its own
     when they are not given, and :meth:`close` closes only those it made.
@@ -138,7 +139,8 @@ class Client:
     the system's; see :mod:`caterva2.tls`).
 
     Raises :class:`caterva2.config.ConfigError` for an address that is not ``HOST:PORT``
-    or a URL (naming where it came from), or a configuration file that cannot be read.
+    or a URL (naming where it came from), or a configuration file that cannot be read
+    (or was named and does not exist).
     """
 
     host: str
@@ -148,10 +150,12 @@ class Client:
     configuration file's name, or ``"the default"``."""
 
     def __init__(self, host: str | None = None, *,
-                 conf: str | os.PathLike[str] | None = config.CONF_DEFAULT,
+                 conf: str | os.PathLike[str] | None = None,
                  http: httpx.Client | None = None,
                  pool: http_data.ConnectionPool | None = None,
                  api_key: str | None = None, ca_bundle: str | None = None):
+        if conf is not None:
+            config.load(conf)  # (a file named must exist, even if an argument comes first)
         self.host, self.host_source = config.subscriber_address(host, conf)
         api_key = api_key or os.environ.get(config.API_KEY_ENV) or None
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -274,7 +278,7 @@ class Client:
             return f"cannot reach the subscriber at {self.host} (is cat2sub running?)"
         if self.host_source == "the default":
             where = (f"the default: neither an argument, {config.SUBSCRIBER_ENV} nor "
-                     f"{self.conf or 'a configuration file'} named another")
+                     f"{config.conf_name(self.conf)} named another")
         else:
             where = f"from {self.host_source}"
         return f"cannot reach the subscriber at {self.host} ({where}; is cat2sub running?)"

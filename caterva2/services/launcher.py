@@ -70,13 +70,14 @@ def wait_ready(address: str, proc: subprocess.Popen) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="cat2run", description="Start a local Caterva2 deployment; Ctrl-C stops it.")
-    parser.add_argument("--conf", default=config.CONF_DEFAULT,
-                        help="configuration file (default: ./caterva2.toml, may be missing)")
+    parser.add_argument("--conf", help="configuration file, which must exist (default: "
+                                       "./caterva2.toml, if there is one)")
     args = parser.parse_args()
     try:
         conf = config.load(args.conf)
     except config.ConfigError as e:
-        sys.exit(f"cat2run: error: {e}")
+        print(f"cat2run: error: {e}", file=sys.stderr)
+        sys.exit(2)  # (as every service says a configuration mistake)
     procs: list[subprocess.Popen] = []
 
     def stop_all() -> None:

@@ -146,7 +146,7 @@ def test_huge_request_heads_are_refused_as_they_arrive(services):
 ])
 def test_cli_refuses_bad_subscriber_addresses(args, message):
     done = cat2cli(*args)
-    assert done.returncode == 1 and message in done.stderr, done.stderr
+    assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
 
 

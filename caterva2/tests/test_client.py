@@ -192,7 +192,8 @@ def test_the_address_comes_from_argument_environment_file_or_default(tmp_path):
     assert config.subscriber_address(None, conf, env) == ("env.example:2", "CATERVA2_SUBSCRIBER")
     assert config.subscriber_address(None, conf, {config.SUBSCRIBER_ENV: ""}) == \
         ("conf.example:1", str(conf))  # (an empty variable is no address)
-    assert config.subscriber_address(None, tmp_path / "none.toml", {}) == \
+    (tmp_path / "empty.toml").write_text("")
+    assert config.subscriber_address(None, tmp_path / "empty.toml", {}) == \
         ("localhost:8002", "the default")
 
 

@@ -53,7 +53,8 @@ def test_configuration_file_sections_and_ids(tmp_path):
     assert config.section(loaded, "publisher", "p1") == {
         "loglevel": "info", "http": "localhost:9001", "name": "foo", "root": "root-example"}
     assert config.client_host(conf) == "http://example.org:8080"
-    assert config.load(tmp_path / "missing.toml") == {}
+    with pytest.raises(config.ConfigError, match="missing.toml does not exist"):
+        config.load(tmp_path / "missing.toml")  # (named: a typo must not go unnoticed)
     (tmp_path / "bad.toml").write_text("[broker\n")
     with pytest.raises(config.ConfigError, match="cannot read"):
         config.load(tmp_path / "bad.toml")
