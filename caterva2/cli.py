@@ -34,7 +34,7 @@ import httpx
 import numpy as np
 
 import caterva2 as cat2
-from caterva2 import config, paths, slicing
+from caterva2 import config, paths, progress, slicing
 from caterva2.jsonable import jsonable
 
 # A selection is a bracketed suffix; names may hold brackets too ("foo/b[1].txt[0:3]").
@@ -149,7 +149,10 @@ def cmd_show(client: cat2.Client, args: argparse.Namespace) -> None:
 
 
 def cmd_download(client: cat2.Client, args: argparse.Namespace) -> None:
-    saved = client.get_dataset(args.dataset).download(args.output_dir)
+    dataset = client.get_dataset(args.dataset)
+    # (a bar on a terminal only: pipes and --json get exactly the output they always got)
+    with progress.terminal_bar(f"Downloading {args.dataset}", enabled=not args.json) as bar:
+        saved = dataset.download(args.output_dir, progress=bar)
     print(json.dumps({"path": str(saved)}) if args.json else f"Dataset saved to {saved}")
 
 

@@ -54,6 +54,7 @@ import numpy as np
 from caterva2 import http_data, paths, slicing, wire
 from caterva2.assembly import ChunkAssembler, IncompleteAnswer
 from caterva2.chunks import chunks_in_region
+from caterva2.progress import Progress
 from caterva2.session import (
     Client,
     ConnectionFailed,
@@ -296,10 +297,12 @@ class File:
         suffix = ".b2" if paths.dataset_kind(self.name) == "file" else ""
         return self.client._url(f"files/{self.path.as_posix()}{suffix}")
 
-    def download(self, directory: str | os.PathLike[str] | None = None) -> pathlib.Path:
+    def download(self, directory: str | os.PathLike[str] | None = None, *,
+                 progress: Progress | None = None) -> pathlib.Path:
         """Save the complete dataset at ``ROOT/PATH`` under ``directory`` (default: the
-        current one) and return that path."""
-        return self.client.download(self._dataset, directory)
+        current one) and return that path; ``progress(done, total)`` is told the bytes
+        received as they come (see :mod:`caterva2.progress`)."""
+        return self.client.download(self._dataset, directory, progress=progress)
 
 
 class Dataset(File):

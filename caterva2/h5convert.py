@@ -287,14 +287,32 @@ def copy_chunk(dset: h5py.Dataset, layout: Layout, out: blosc2.NDArray, nchunk: 
     write_chunk(out, layout, nchunk, read_chunk(dset, layout, nchunk))
 
 
-def copy_chunks(dset: h5py.Dataset, layout: Layout, out: blosc2.NDArray) -> None:
-    """Copy every chunk of ``dset`` into ``out``, one at a time (memory: about two chunks).
+def copy_chunks(dset: h5py.Dataset, layout: Layout, out: blosc2.NDArray,
+                done: Callable[[int], None] | None = None) -> None:
+    """Copy every chunk of ``dset`` into ``out``, one at a time (memory: about two chunks);
+    ``done(nbytes)`` is told the data bytes of each chunk copied (for a progress bar).
 
     Reading in a separate thread was measured slower: h5py keeps the GIL while HDF5
     decompresses, so nothing overlaps and the hand-over only adds cost.
     """
     for n in range(layout.nchunks):
         copy_chunk(dset, layout, out, n)
+        if done is not None:
+            region = chunk_slices(n, layout.shape, layout.chunks)
+            done(math.prod(r.stop - r.start for r in region) * layout.dtype.itemsize)
+
+
+def dataset_nbytes(dset: h5py.Dataset) -> int:
+    """The bytes of data ``dset`` holds (as stored in memory: a variable-length value
+    counts as one pointer)."""
+    return (dset.size or 0) * dset.dtype.itemsize  # (size None: no dataspace)
+
+
+def file_nbytes(h5: h5py.File) -> int:
+    """The bytes of data of every dataset :func:`walk` finds in ``h5`` (progress bars'
+    total; warnings are left to the conversion itself)."""
+    return sum(dataset_nbytes(obj) for _, obj in walk(h5, lambda message: None)
+               if isinstance(obj, h5py.Dataset))
 
 
 # ---------------------------------------------------------------------------

@@ -225,14 +225,20 @@ def records(response: http.client.HTTPResponse, max_length: int,
         raise httpx.RemoteProtocolError(str(e)) from None
 
 
-def save(response: http.client.HTTPResponse, out: BinaryIO) -> int:
-    """Write the whole body to ``out``; returns its size."""
+def save(response: http.client.HTTPResponse, out: BinaryIO,
+         progress: Callable[[int, int | None], None] | None = None) -> int:
+    """Write the whole body to ``out``; returns its size.  ``progress(done, total)`` is
+    told the bytes written so far after each read (``total``: the Content-Length, if
+    any; see :mod:`caterva2.progress`)."""
     buffer = bytearray(READ_BUFFER)
     view, total = memoryview(buffer), 0
+    length = response.getheader("content-length")
+    expected = int(length) if length is not None and length.isdigit() else None
     while n := response.readinto(buffer):
         out.write(view[:n])
         total += n
-    length = response.getheader("content-length")
+        if progress is not None:
+            progress(total, expected)
     if length is not None and total != int(length):
         raise httpx.RemoteProtocolError(f"download cut short ({total} of {length} bytes)")
     return total

@@ -44,6 +44,7 @@ import blosc2
 import httpx
 
 from caterva2 import config, http_data, paths, slicing, tls, wire
+from caterva2.progress import Progress
 
 if TYPE_CHECKING:
     from caterva2.client import File, Root
@@ -239,14 +240,19 @@ class Client:
             content = r.read()
         return wire.decode_selection(content, paths.dataset_kind(str(dataset)) == "ndarray")
 
-    def download(self, dataset: str,
-                 directory: str | os.PathLike[str] | None = None) -> pathlib.Path:
+    def download(self, dataset: str, directory: str | os.PathLike[str] | None = None, *,
+                 progress: Progress | None = None) -> pathlib.Path:
         """Save the complete ``dataset`` at ``ROOT/PATH`` under ``directory`` (default: the
         current one); returns that path.  Ordinary files are decompressed back to their
-        original bytes."""
+        original bytes.
+
+        ``progress(done, total)`` is told the bytes received as they come (``total``:
+        the size of what is sent, a Blosc2 file); see :mod:`caterva2.progress`.
+        """
         paths.split_dataset(dataset)
         url = self._get(f"api/download/{dataset}", warn=False)  # (the file's answer does)
-        return self._download_url(url, pathlib.Path(directory or "") / dataset, dataset)
+        return self._download_url(url, pathlib.Path(directory or "") / dataset, dataset,
+                                  progress)
 
     def cache(self) -> dict[str, Any]:
         """The subscriber's cache figures since it started: ``usage`` and ``limit`` in
@@ -334,8 +340,8 @@ class Client:
                              dataset or urllib.parse.urlsplit(url).path)
             yield r
 
-    def _download_url(self, url: str, local: pathlib.Path,
-                      dataset: str | None = None) -> pathlib.Path:
+    def _download_url(self, url: str, local: pathlib.Path, dataset: str | None = None,
+                      progress: Progress | None = None) -> pathlib.Path:
         """Stream ``url`` (of ``dataset``) to ``local`` (atomically); unpack ``.b2`` files to
         their original bytes."""
         local.parent.mkdir(parents=True, exist_ok=True)
@@ -344,7 +350,7 @@ class Client:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f, self._data(url, dataset=dataset) as r:
-                http_data.save(r, f)
+                http_data.save(r, f, progress)
             if url.endswith(".b2"):
                 packed, tmp = tmp, tmp + ".unpacked"
                 schunk = blosc2.open(packed)

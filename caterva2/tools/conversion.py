@@ -6,20 +6,26 @@ from collections.abc import Callable
 from typing import Any
 
 from caterva2.h5convert import ConversionError
+from caterva2.progress import Progress, terminal_bar
 
 
-def run_conversion(prog: str, verb: str, convert: Callable[[Callable[[str], None]], Any],
+def run_conversion(prog: str, verb: str, doing: str,
+                   convert: Callable[[Callable[[str], None], Progress | None], Any],
                    target: str, quiet: bool) -> None:
-    """Run ``convert(warn)``; report its result, or fail with one line and exit status 1.
+    """Run ``convert(warn, progress)``; report its result, or fail with one line and exit
+    status 1.
 
-    ``convert`` returns a report with ``datasets``, ``nbytes`` and ``skipped``.
+    ``convert`` returns a report with ``datasets``, ``nbytes`` and ``skipped``.  On a
+    terminal, ``progress`` draws a bar labelled ``doing`` (see :mod:`caterva2.progress`;
+    warnings are printed above it); elsewhere it is None and the output is as without bars.
     """
     def warn(message: str) -> None:
-        if not quiet:
+        if not quiet:  # (sys.stderr looked up now: rich puts its own in while drawing)
             print(f"{prog}: warning: {message}", file=sys.stderr)
 
     try:
-        report = convert(warn)
+        with terminal_bar(doing) as progress:
+            report = convert(warn, progress)
     except ConversionError as e:
         sys.exit(f"{prog}: error: {e}")
     except KeyboardInterrupt:

@@ -5,9 +5,12 @@ import argparse
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 
 import blosc2
 import numpy as np
+
+from caterva2.progress import Counter, Progress
 
 try:
     import h5py
@@ -61,8 +64,12 @@ BYTES_CPARAMS = blosc2.CParams(codec=blosc2.Codec.ZSTD, clevel=5, typesize=1,
 
 
 def export_root(source: str | os.PathLike, target: str | os.PathLike,
-                warn: Warn = print) -> Report:
-    """Convert root directory ``source`` into a new HDF5 file ``target``."""
+                warn: Warn = print, progress: Progress | None = None) -> Report:
+    """Convert root directory ``source`` into a new HDF5 file ``target``.
+
+    ``progress(done, total)`` is told how far it got, in bytes of the root's files
+    (as stored, compressed), out of all of them (see :mod:`caterva2.progress`).
+    """
     source, target = pathlib.Path(source), pathlib.Path(target)
     if not source.is_dir():
         problem = "not a directory" if source.exists() else "no such directory"
@@ -73,6 +80,8 @@ def export_root(source: str | os.PathLike, target: str | os.PathLike,
     def skip(message: str) -> None:
         report.skip(message, warn)
 
+    counter = Counter(progress, sum(size for _, size in _root_files(source))
+                      if progress else None)
     try:
         with h5py.File(tmp, "w") as h5:
             for dirpath, dirnames, filenames in os.walk(source):
@@ -82,19 +91,46 @@ def export_root(source: str | os.PathLike, target: str | os.PathLike,
                 for name in sorted(f for f in filenames if not f.startswith(".")):
                     before = set(group)
                     path = name if rel == "." else f"{rel}/{name}"
+                    file, start = pathlib.Path(dirpath, name), counter.done
                     try:
-                        _export_one(pathlib.Path(dirpath, name), path, group, skip, report)
+                        _export_one(file, path, group, skip, report,
+                                    _per_chunk(counter, _size(file)))
                     except (Unsupported, RuntimeError, ValueError) as e:
                         # Blosc2 raises RuntimeError/ValueError on a damaged file.
                         for dataset_name in (name, name.removesuffix(".b2nd")):
                             if dataset_name in group and dataset_name not in before:
                                 del group[dataset_name]
                         skip(f"{path}: {e}, skipped")
+                    counter.add(start + _size(file) - counter.done)  # (exact per file)
         os.rename(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return report
+
+
+def _root_files(source: pathlib.Path):
+    """(path, size) of every file export_root converts (hidden ones left out, as there)."""
+    for dirpath, dirnames, filenames in os.walk(source):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith("."):
+                file = pathlib.Path(dirpath, name)
+                yield file, _size(file)
+
+
+def _size(file: pathlib.Path) -> int:
+    try:
+        return file.stat().st_size
+    except OSError:  # (gone meanwhile: reported when converted)
+        return 0
+
+
+def _per_chunk(counter: Counter, size: int) -> Callable[[int], None]:
+    """``tick(nchunks)``: one chunk of ``nchunks`` done, as an even share of ``size``."""
+    def tick(nchunks: int) -> None:
+        counter.add(size // max(nchunks, 1))
+    return tick
 
 
 def _open_blosc2(file: pathlib.Path, path: str):
@@ -104,7 +140,8 @@ def _open_blosc2(file: pathlib.Path, path: str):
         raise Unsupported(f"not readable as Blosc2 ({e})") from None
 
 
-def _export_one(file: pathlib.Path, path: str, group, skip: Warn, report: Report) -> None:
+def _export_one(file: pathlib.Path, path: str, group, skip: Warn, report: Report,
+                tick: Callable[[int], None]) -> None:
     name = file.name
     if name == GROUP_ATTRS:
         obj = _open_blosc2(file, path)
@@ -119,7 +156,7 @@ def _export_one(file: pathlib.Path, path: str, group, skip: Warn, report: Report
     if name in group:
         raise Unsupported(f"dataset name {name!r} clashes with another file")
     if file.name.endswith(".b2nd"):
-        dset = _export_array(array, name, group)
+        dset = _export_array(array, name, group, tick)
         vlmeta = dict(array.schunk.vlmeta.getall())
         if vlmeta.get(KIND_ATTR) == NULL_KIND:
             del vlmeta[KIND_ATTR]  # said by the dataset itself: no dataspace
@@ -142,7 +179,7 @@ def _export_one(file: pathlib.Path, path: str, group, skip: Warn, report: Report
     report.nbytes += nbytes
 
 
-def _export_array(array: blosc2.NDArray, name: str, group):
+def _export_array(array: blosc2.NDArray, name: str, group, tick: Callable[[int], None]):
     dtype = h5_dtype(array.dtype)
     kind = array.schunk.vlmeta.get(KIND_ATTR) if KIND_ATTR in array.schunk.vlmeta else None
     if array.ndim == 0:
@@ -160,6 +197,7 @@ def _export_array(array: blosc2.NDArray, name: str, group):
     exporter = ChunkExporter(array, dset)
     for n in range(array.schunk.nchunks):
         exporter.write(n)
+        tick(array.schunk.nchunks)
     return dset
 
 
@@ -191,8 +229,10 @@ def main(argv: list[str] | None = None) -> None:
     if MISSING is not None:
         sys.exit(f"cat2export: error: {MISSING}; install with: pip install 'caterva2[hdf5]'")
 
-    run_conversion("cat2export", "Exported",
-                   lambda warn: export_root(args.source, args.target, warn),
+    def convert(warn: Warn, progress: Progress | None) -> Report:
+        return export_root(args.source, args.target, warn, progress)
+
+    run_conversion("cat2export", "Exported", f"Exporting {args.source}", convert,
                    args.target, args.quiet)
 
 

@@ -7,10 +7,13 @@ import os
 import pathlib
 import shutil
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import blosc2
 import numpy as np
+
+from caterva2.progress import Counter, Progress
 
 try:
     import h5py
@@ -25,6 +28,8 @@ try:
         check_hdf5,
         copy_chunks,
         dataset_layout,
+        dataset_nbytes,
+        file_nbytes,
         new_array,
         partial_path,
         read_attrs,
@@ -68,11 +73,14 @@ CODECS = {"zstd": blosc2.Codec.ZSTD, "lz4": blosc2.Codec.LZ4, "lz4hc": blosc2.Co
 
 
 def import_hdf5(source: str | os.PathLike, target: str | os.PathLike, warn: Warn = print,
-                cparams: dict[str, Any] | None = None) -> Report:
+                cparams: dict[str, Any] | None = None,
+                progress: Progress | None = None) -> Report:
     """Convert HDF5 file ``source`` into a new root directory ``target``.
 
     Objects that cannot be converted are reported through ``warn`` (one line each) and
     listed in the returned report.  Raises ConversionError for bad input.
+    ``progress(done, total)`` is told the bytes of data converted so far, out of all the
+    file's (see :mod:`caterva2.progress`).
     """
     source, target = pathlib.Path(source), pathlib.Path(target)
     check_hdf5(source)
@@ -85,6 +93,7 @@ def import_hdf5(source: str | os.PathLike, target: str | os.PathLike, warn: Warn
     try:
         tmp.mkdir()
         with h5py.File(source, "r", locking=False) as h5:
+            counter = Counter(progress, file_nbytes(h5) if progress else None)
             _write_group_attrs(h5, tmp, "", skip)
             for path, obj in walk(h5, skip):
                 dest = tmp / path
@@ -95,7 +104,10 @@ def import_hdf5(source: str | os.PathLike, target: str | os.PathLike, warn: Warn
                     dest.mkdir()
                     _write_group_attrs(obj, dest, path, skip)
                 else:
-                    _import_dataset(obj, path, dest, cparams, skip, report)
+                    start = counter.done
+                    _import_dataset(obj, path, dest, cparams, skip, report, counter.add)
+                    # (what was skipped counts as done too: the bar ends full)
+                    counter.add(start + dataset_nbytes(obj) - counter.done)
         os.rename(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -112,7 +124,7 @@ def _write_group_attrs(group, dest: pathlib.Path, where: str, warn: Warn) -> Non
 
 
 def _import_dataset(dset, path: str, dest: pathlib.Path, cparams: dict[str, Any] | None,
-                    skip: Warn, report: Report) -> None:
+                    skip: Warn, report: Report, done: Callable[[int], None]) -> None:
     try:
         layout = dataset_layout(dset, cparams)
     except Unsupported as e:
@@ -136,10 +148,10 @@ def _import_dataset(dset, path: str, dest: pathlib.Path, cparams: dict[str, Any]
         return
     try:
         if is_bytes:
-            _import_bytes(dset, dest, kind, attrs)
+            _import_bytes(dset, dest, kind, attrs, done)
         else:
             out = new_array(layout, str(dest), attrs)
-            copy_chunks(dset, layout, out)
+            copy_chunks(dset, layout, out, done)
             del out
     except OSError as e:
         if e.errno is not None:
@@ -151,11 +163,18 @@ def _import_dataset(dset, path: str, dest: pathlib.Path, cparams: dict[str, Any]
     report.nbytes += math.prod(layout.shape) * layout.dtype.itemsize
 
 
-def _import_bytes(dset, dest: pathlib.Path, kind: str, attrs: dict[str, Any]) -> None:
+def _import_bytes(dset, dest: pathlib.Path, kind: str, attrs: dict[str, Any],
+                  done: Callable[[int], None]) -> None:
     """A 1-D uint8 dataset written by cat2export back into a SChunk or an ordinary file."""
     size = dset.shape[0]
     step = dset.chunks[0] if dset.chunks else 1 << 20
-    pieces = (dset[i:i + step].tobytes() for i in range(0, size, step))
+
+    def read(start: int) -> bytes:
+        piece = dset[start:start + step].tobytes()
+        done(len(piece))
+        return piece
+
+    pieces = (read(i) for i in range(0, size, step))
     if kind == "file":
         with open(dest, "wb") as f:
             f.writelines(pieces)
@@ -187,8 +206,10 @@ def main(argv: list[str] | None = None) -> None:
     cparams = {"codec": CODECS[args.codec], "clevel": args.clevel,
                "filters": [blosc2.Filter.SHUFFLE]}
 
-    run_conversion("cat2import", "Imported",
-                   lambda warn: import_hdf5(args.source, args.target, warn, cparams),
+    def convert(warn: Warn, progress: Progress | None) -> Report:
+        return import_hdf5(args.source, args.target, warn, cparams, progress)
+
+    run_conversion("cat2import", "Imported", f"Importing {args.source}", convert,
                    args.target, args.quiet)
 
 
