@@ -174,7 +174,7 @@ class Root:
         return f"<Root: {self.name}>"
 
     def __getitem__(self, node: str) -> File:
-        return dataset_object(node, self.name, self.client)
+        return self.client.get_dataset(f"{self.name}/{node}")
 
 
 class File:
@@ -190,7 +190,7 @@ class File:
         self.name, self.root, self.host = name, root, self.client.host
         self.path = pathlib.Path(f"{root}/{name}")
         paths.split_dataset(f"{root}/{name}")  # ValueError for unsafe names
-        self.meta: dict[str, Any] = self.client.info(self._dataset)
+        self.meta: dict[str, Any] = self.client._info(self._dataset)  # (as named: its kind)
 
     @property
     def _dataset(self) -> str:

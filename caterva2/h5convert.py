@@ -12,7 +12,12 @@ Mapping (the same in all three uses):
 - ``.b2frame`` SChunks and ordinary files become 1-D ``uint8`` datasets with the attribute
   ``caterva2_kind`` set to ``"b2frame"`` or ``"file"``, and come back as such on import;
 - a null-dataspace HDF5 dataset (``h5py.Empty``) becomes an empty 1-D NDArray whose vlmeta
-  has ``caterva2_kind = "hdf5-null"``.
+  has ``caterva2_kind = "hdf5-null"``;
+- variable-length strings (h5py's default for ``str``) become fixed-size ones as long as the
+  longest: Unicode (``<U``) for UTF-8 text, bytes (``S``) for ASCII (see
+  :func:`fixed_string_dtype`);
+- a soft link to a dataset is that dataset, converted at the link's path too; soft links to
+  groups, dangling soft links and external links are skipped.
 
 Everything works chunk by chunk: memory stays bounded by a few chunks.
 """
@@ -63,8 +68,16 @@ class ConversionError(Exception):
 # Types and attributes
 # ---------------------------------------------------------------------------
 
+def vlen_string(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is h5py's variable-length string (its default for ``str``)."""
+    info = h5py.check_string_dtype(dtype)
+    return info is not None and info.length is None
+
+
 def unsupported_reason(dtype: np.dtype) -> str | None:
     """Why an HDF5 dataset of ``dtype`` cannot be converted, or None if it can."""
+    if vlen_string(dtype):
+        return None  # (made fixed-size: see fixed_string_dtype)
     if h5py.check_dtype(ref=dtype) is not None:
         return "object or region references"
     if h5py.check_dtype(vlen=dtype) is not None:
@@ -236,14 +249,44 @@ def dataset_layout(dset: h5py.Dataset, cparams: dict[str, Any] | None = None) ->
     if reason:
         raise Unsupported(reason)
     cparams = dict(cparams or IMPORT_CPARAMS)
+    if vlen_string(dtype):
+        dtype = fixed_string_dtype(dset)
     if dset.shape is None:
         return Layout((0,), dtype, (0,), (0,), cparams, False, null=True)
     shape = tuple(dset.shape)
-    found = _blosc2_layout(dset)
+    found = _blosc2_layout(dset) if dtype == dset.dtype else None
     if found:
         return Layout(shape, dtype, tuple(dset.chunks), found[0], found[1], True)
     chunks, blocks = blosc2.compute_chunks_blocks(shape, chunks=dset.chunks, dtype=dtype)
     return Layout(shape, dtype, tuple(chunks), tuple(blocks), cparams, False)
+
+
+STRING_SCAN_ELEMENTS = 1 << 20  # strings read at a time to find the longest (bounded memory)
+
+
+def _strings(dset: h5py.Dataset, region: Any = ()) -> np.ndarray:
+    """A region of a variable-length string dataset as an object array of ``str`` (UTF-8
+    text, undecodable bytes replaced) or of ``bytes`` (ASCII)."""
+    if h5py.check_string_dtype(dset.dtype).encoding == "utf-8":
+        return np.asarray(dset.asstr(errors="replace")[region], dtype=object)
+    return np.asarray(dset[region], dtype=object)
+
+
+def fixed_string_dtype(dset: h5py.Dataset) -> np.dtype:
+    """The fixed-size dtype for a dataset of variable-length strings: ``<U`` (UTF-8 text)
+    or ``S`` (ASCII) as long as its longest string (at least 1), found by reading it a
+    slab at a time."""
+    longest = 0
+    if dset.shape:
+        row = math.prod(dset.shape[1:]) or 1
+        step = max(1, STRING_SCAN_ELEMENTS // row)
+        for start in range(0, dset.shape[0], step):
+            values = _strings(dset, slice(start, start + step)).ravel()
+            longest = max(longest, max(map(len, values), default=0))
+    elif dset.shape == ():
+        longest = len(_strings(dset)[()])
+    kind = "U" if h5py.check_string_dtype(dset.dtype).encoding == "utf-8" else "S"
+    return np.dtype(f"{'<' if kind == 'U' else ''}{kind}{max(longest, 1)}")
 
 
 def new_array(layout: Layout, urlpath: str | None = None,
@@ -260,6 +303,9 @@ def new_array(layout: Layout, urlpath: str | None = None,
 def read_chunk(dset: h5py.Dataset, layout: Layout, nchunk: int) -> bytes | np.ndarray:
     """Chunk ``nchunk`` of ``dset``: the stored Blosc2 chunk when it can be copied as is,
     else the decompressed data (a NumPy array)."""
+    if layout.dtype != dset.dtype and vlen_string(dset.dtype):
+        region = chunk_slices(nchunk, layout.shape, layout.chunks) if layout.shape else ()
+        return _strings(dset, region).astype(layout.dtype)
     if not layout.shape:
         return np.asarray(dset[()])
     region = chunk_slices(nchunk, layout.shape, layout.chunks)
@@ -323,8 +369,10 @@ def walk(group: h5py.Group, warn: Warn, prefix: str = "",
          _seen: set | None = None) -> Iterator[tuple[str, h5py.Group | h5py.Dataset]]:
     """Every group and dataset below ``group`` as (path, object), parents first.
 
-    Soft and external links and further hard links to a group already visited are
-    skipped (with a warning), so no object is visited through a cycle.
+    A soft link to a dataset gives that dataset at the link's path.  External links, soft
+    links to groups (their group is walked at its own path), dangling soft links and
+    further hard links to a group already visited are skipped (with a warning), so no
+    object is visited through a cycle.
     """
     seen = _seen if _seen is not None else {group.id}
     for name in group:
@@ -334,10 +382,12 @@ def walk(group: h5py.Group, warn: Warn, prefix: str = "",
             if isinstance(link, h5py.ExternalLink):
                 warn(f"{path}: external link to {link.filename}:{link.path}, skipped")
                 continue
-            if isinstance(link, h5py.SoftLink):
-                warn(f"{path}: soft link to {link.path}, skipped")
+            soft = isinstance(link, h5py.SoftLink)
+            obj = group.get(name) if soft else group[name]
+            if soft and not isinstance(obj, h5py.Dataset):
+                what = "dangling soft link" if obj is None else "soft link to a group"
+                warn(f"{path}: {what} ({link.path}), skipped")
                 continue
-            obj = group[name]
         except Exception as e:  # noqa: BLE001 - h5py raises several kinds
             warn(f"{path}: unreadable ({e}), skipped")
             continue

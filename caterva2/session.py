@@ -37,8 +37,8 @@ import threading
 import urllib.parse
 import uuid
 import warnings
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import blosc2
 import httpx
@@ -49,6 +49,7 @@ from caterva2.progress import Progress
 if TYPE_CHECKING:
     from caterva2.client import File, Root
 
+T = TypeVar("T")
 TIMEOUT = httpx.Timeout(300, connect=5)
 _EXPLICIT = "argument"  # the source of an address given by the caller
 
@@ -223,7 +224,7 @@ class Client:
     def info(self, dataset: str) -> dict[str, Any]:
         """Metadata of ``dataset`` (``ROOT/PATH``), as a dict."""
         paths.split_dataset(dataset)
-        return self._get(f"api/info/{dataset}", dataset=dataset)
+        return self._or_b2nd(dataset, self._info)
 
     def fetch(self, dataset: str, slice_: Any = None) -> Any:
         """A selection of ``dataset`` (``ROOT/PATH``), cut by the subscriber: a NumPy array
@@ -235,10 +236,14 @@ class Client:
         """
         paths.split_dataset(dataset)
         text = slice_ if isinstance(slice_, str) else slicing.format_slice(slice_)
-        with self._data(self._url(f"api/fetch/{dataset}"), {"slice_": text},
-                        dataset=dataset) as r:
-            content = r.read()
-        return wire.decode_selection(content, paths.dataset_kind(str(dataset)) == "ndarray")
+
+        def fetch(name: str) -> Any:
+            with self._data(self._url(f"api/fetch/{name}"), {"slice_": text},
+                            dataset=name) as r:
+                content = r.read()
+            return wire.decode_selection(content, paths.dataset_kind(name) == "ndarray")
+
+        return self._or_b2nd(str(dataset), fetch)
 
     def download(self, dataset: str, directory: str | os.PathLike[str] | None = None, *,
                  progress: Progress | None = None) -> pathlib.Path:
@@ -250,7 +255,8 @@ class Client:
         the size of what is sent, a Blosc2 file); see :mod:`caterva2.progress`.
         """
         paths.split_dataset(dataset)
-        url = self._get(f"api/download/{dataset}", warn=False)  # (the file's answer does)
+        dataset, url = self._or_b2nd(dataset, lambda name: (
+            name, self._get(f"api/download/{name}", warn=False)))  # (the file's answer warns)
         return self._download_url(url, pathlib.Path(directory or "") / dataset, dataset,
                                   progress)
 
@@ -273,9 +279,30 @@ class Client:
         from caterva2.client import dataset_object
 
         root, path = paths.split_dataset(dataset)
-        return dataset_object(path, root, self)
+        return self._or_b2nd(dataset, lambda name: dataset_object(name[len(root) + 1:],
+                                                                  root, self))
 
     # -- internals (used by File too) --------------------------------------------------
+    def _info(self, dataset: str) -> dict[str, Any]:
+        """The metadata of ``dataset`` named exactly so (see :meth:`info`)."""
+        return self._get(f"api/info/{dataset}", dataset=dataset)
+
+    def _or_b2nd(self, dataset: str, call: Callable[[str], T]) -> T:
+        """``call(dataset)``, or, if the subscriber has no such dataset and its name has no
+        Blosc2 suffix, ``call(dataset + ".b2nd")``: datasets of HDF5 roots are listed as
+        ``GROUP/NAME.b2nd`` and may be named as in the file, ``GROUP/NAME``.  A name that
+        exists as given always wins; if neither does, the error is the one for the name
+        as given."""
+        try:
+            return call(dataset)
+        except ServerError as e:
+            if e.status_code != 404 or paths.dataset_kind(dataset) != "file":
+                raise
+            try:
+                return call(dataset + ".b2nd")
+            except ServerError:
+                raise e from None
+
     def _url(self, path: str) -> str:
         return f"{self.base_url}/{urllib.parse.quote(path)}"
 

@@ -13,9 +13,18 @@ import numpy as np
 NUMERIC = ["i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16",
            "?", ">i4", ">f8"]
 # Objects the importer must skip, and the words its warning must contain.
-SKIPPED = {"vlen_str": "variable-length", "vlen_int": "variable-length",
+SKIPPED = {"vlen_int": "variable-length",
            "refs": "reference", "array_type": "array type", "opaque": "opaque",
-           "soft": "soft link", "external": "external link"}
+           "soft_group": "soft link to a group", "dangling": "dangling soft link",
+           "external": "external link"}
+# Variable-length strings, converted to fixed-size ones: name -> (dtype, values).
+VLEN_STRINGS = {
+    "vlen_str": ("<U2", ["a", "bb"]),
+    "vlen_text": ("<U6", [["héllo", "", "ü"], ["naïve!", "x", "yz"]]),
+    "vlen_ascii": ("S4", [b"x", b"yyyy", b""]),
+    "vlen_scalar": ("<U11", "scalar text"),
+}
+SOFT_LINKS = {"soft": "blosc2/line", "images/latest": "images/stack_gzip"}  # link -> target
 SKIPPED_ATTRS = {"ref_attr": "reference"}
 
 
@@ -76,13 +85,21 @@ def make_h5(path: pathlib.Path) -> pathlib.Path:
                                    chunks=(5, 4))
         f.create_dataset("enum", data=np.arange(3, dtype="i1"),
                          dtype=h5py.enum_dtype({"a": 0, "b": 1, "c": 2}, basetype="i1"))
-        # What must be skipped.
         f.create_dataset("vlen_str", data=["a", "bb"], dtype=h5py.string_dtype())
+        f.create_dataset("vlen_text", data=np.array(VLEN_STRINGS["vlen_text"][1], dtype=object),
+                         dtype=h5py.string_dtype(), chunks=(1, 2))
+        f.create_dataset("vlen_ascii", data=VLEN_STRINGS["vlen_ascii"][1],
+                         dtype=h5py.string_dtype("ascii"))
+        f.create_dataset("vlen_scalar", data="scalar text", dtype=h5py.string_dtype())
+        for link, target in SOFT_LINKS.items():
+            f[link] = h5py.SoftLink(f"/{target}")
+        # What must be skipped.
         f.create_dataset("vlen_int", shape=(2,), dtype=h5py.vlen_dtype("i4"))
         f.create_dataset("refs", data=[images.ref], dtype=h5py.ref_dtype)
         f.create_dataset("array_type", shape=(3,), dtype=np.dtype(("f4", (2,))))
         f.create_dataset("opaque", data=np.zeros(3, dtype="V4"))
-        f["soft"] = h5py.SoftLink("/contiguous")
+        f["soft_group"] = h5py.SoftLink("/images")
+        f["dangling"] = h5py.SoftLink("/nowhere")
         f["external"] = h5py.ExternalLink("elsewhere.h5", "/x")
         f["contiguous"].attrs["ref_attr"] = images.ref
     return path

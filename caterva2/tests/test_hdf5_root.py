@@ -19,7 +19,7 @@ pytest.importorskip("hdf5plugin")
 
 import caterva2 as cat2
 from caterva2 import h5convert
-from caterva2.tests.h5samples import SKIPPED, make_h5
+from caterva2.tests.h5samples import SKIPPED, SOFT_LINKS, VLEN_STRINGS, make_h5
 from caterva2.tests.harness import PublishedRoot, Stack, wait_until
 
 pytestmark = pytest.mark.skipif(os.environ.get("CATERVA2_USE_EXTERNAL") == "1",
@@ -84,7 +84,43 @@ def test_every_convertible_dataset_is_listed(published):
             if isinstance(obj, h5py.Dataset) and name.split("/")[-1] not in SKIPPED:
                 expected.add(f"{name}.b2nd")
         f.visititems(add)
+    expected |= {f"{link}.b2nd" for link in SOFT_LINKS}  # (not visited: links, not objects)
     assert set(cat2.get_list("h5", host)) == expected
+
+
+def test_variable_length_strings_and_soft_links_are_served(published):
+    host = published.host
+    for name, (dtype, values) in VLEN_STRINGS.items():
+        assert_same(cat2.fetch(f"h5/{name}.b2nd", host=host), np.array(values, dtype=dtype),
+                    name)
+    for link, target in SOFT_LINKS.items():
+        assert_same(cat2.fetch(f"h5/{link}.b2nd", host=host),
+                    cat2.fetch(f"h5/{target}.b2nd", host=host), link)
+
+
+def cat2cli(host: str, *args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "caterva2.cli", "--host", host, *args],
+                          check=False, capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_datasets_can_be_named_as_in_the_file(published, tmp_path):
+    """``h5/images/stack_gzip`` is ``h5/images/stack_gzip.b2nd``, for cat2cli and the
+    library alike; listings keep the suffix."""
+    host = published.host
+    shown = cat2cli(host, "show", "h5/blosc2/line[95:100]")
+    assert shown.stdout == "[95 96 97 98 99]\n", shown.stderr
+    info = cat2cli(host, "info", "h5/images/stack_gzip", "--json")
+    assert json.loads(info.stdout)["shape"] == [24, 64, 48], info.stderr
+    saved = cat2cli(host, "download", "h5/vlen_text", cwd=tmp_path)
+    assert saved.stdout == "Dataset saved to h5/vlen_text.b2nd\n", saved.stderr
+    dataset = cat2.Root("h5", host=host)["images/stack_gzip"]
+    assert isinstance(dataset, cat2.Dataset) and dataset.path.name == "stack_gzip.b2nd"
+    assert_same(dataset[2, 0:3, 0:4], h5_read(published.source, "images/stack_gzip",
+                                              "2, 0:3, 0:4"))
+    assert cat2.get_info("h5/scalar", host)["shape"] == []
+    missing = cat2cli(host, "show", "h5/images/nope")
+    assert missing.returncode == 1
+    assert "no dataset 'images/nope' in root 'h5'" in missing.stderr, missing.stderr
 
 
 def test_metadata_matches_the_file(published):

@@ -55,14 +55,16 @@ cat2pub can then publish.
     are, without recompressing; other chunks are decompressed by HDF5 and compressed
     with --codec/--clevel.
   - Scalar and empty datasets, fixed-length strings, compound types and all numeric types
-    are converted.  A dataset with no dataspace (h5py.Empty) becomes an empty 1-D array
-    with the user attribute caterva2_kind="hdf5-null".  1-D uint8 datasets written by
-    cat2export with caterva2_kind="b2frame" or "file" become .b2frame SChunks and
-    ordinary files again.
+    are converted.  Variable-length strings (h5py's default for str) become fixed-size
+    strings as long as the longest one: Unicode for UTF-8 text, bytes for ASCII.  A
+    dataset with no dataspace (h5py.Empty) becomes an empty 1-D array with the user
+    attribute caterva2_kind="hdf5-null".  1-D uint8 datasets written by cat2export with
+    caterva2_kind="b2frame" or "file" become .b2frame SChunks and ordinary files again.
+  - A soft link to a dataset becomes a copy of that dataset at the link's path.
   - What cannot be converted is skipped with one warning line each and listed at the
-    end: object and region references, variable-length types (strings, sequences),
-    HDF5 array types, opaque types, external and soft links (the target of a soft link
-    is converted at its own path), named datatypes, unreadable datasets.
+    end: object and region references, other variable-length types (sequences), HDF5
+    array types, opaque types, external links, soft links to groups (the group is
+    converted at its own path) and dangling ones, named datatypes, unreadable datasets.
 
 The conversion works chunk by chunk, so memory stays bounded by a few chunks whatever the
 file size.  ROOTDIR is written under a hidden name and renamed when complete: it never
