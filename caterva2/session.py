@@ -222,7 +222,11 @@ class Client:
         return self._get(f"api/list/{paths.check_root_name(root)}")
 
     def info(self, dataset: str) -> dict[str, Any]:
-        """Metadata of ``dataset`` (``ROOT/PATH``), as a dict."""
+        """Metadata of ``dataset`` (``ROOT/PATH``), as a dict.
+
+        Here and in :meth:`fetch`, :meth:`download` and :meth:`get_dataset`, a dataset of
+        an HDF5 root may be named as in its file, without the ``.b2nd`` its listing shows
+        (``h5/images/frames`` for ``h5/images/frames.b2nd``)."""
         paths.split_dataset(dataset)
         return self._or_b2nd(dataset, self._info)
 

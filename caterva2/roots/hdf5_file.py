@@ -2,7 +2,9 @@
 
 Each dataset ``a/b`` of the file appears as the NDArray ``a/b.b2nd`` (groups are
 directories; a group's attributes are the vlmeta of ``GROUP/__attrs__.b2frame``), laid out
-as ``cat2import`` would write it (see :mod:`caterva2.h5convert`).  Nothing is converted up
+as ``cat2import`` would write it (see :mod:`caterva2.h5convert`: variable-length strings
+are served as fixed-size ones, a soft link to a dataset as that dataset; clients may name
+``a/b`` without its suffix, see :meth:`caterva2.Client.info`).  Nothing is converted up
 front: a chunk is converted when a subscriber first asks for it, and kept in a per-version
 sparse replica (:class:`caterva2.replica.SparseReplica`) under the publisher's state
 directory, ``hdf5-cache/VERSION/PATH``, from which it is served as stored.
