@@ -282,7 +282,7 @@ class Client:
         ``.b2frame`` paths, a :class:`File` otherwise.  Its root must be subscribed."""
         from caterva2.client import dataset_object
 
-        root, path = paths.split_dataset(dataset)
+        root, _ = paths.split_dataset(dataset)
         return self._or_b2nd(dataset, lambda name: dataset_object(name[len(root) + 1:],
                                                                   root, self))
 

@@ -4,6 +4,7 @@ the output stays exactly what it was."""
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import pathlib
@@ -125,14 +126,14 @@ def test_import_and_export_tell_progress_up_to_the_total(h5file, tmp_path):
                 progress=lambda done, total: seen.append((done, total)))
     assert len(seen) > 40  # (chunk by chunk: 40 chunks of x)
     assert seen[-1] == (32_000_010, 32_000_010)
-    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
 
     seen.clear()
     export_root(tmp_path / "root", tmp_path / "back.h5", lambda m: None,
                 progress=lambda done, total: seen.append((done, total)))
     on_disk = sum(f.stat().st_size for f in (tmp_path / "root").rglob("*") if f.is_file())
     assert len(seen) > 40 and seen[-1] == (on_disk, on_disk)
-    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
 
 
 # -- cat2cli download --------------------------------------------------------------------
