@@ -62,6 +62,15 @@ def test_no_bar_off_a_terminal_or_when_disabled():
     assert console.file.getvalue() == ""
 
 
+def test_without_rich_there_is_no_bar_and_no_error(monkeypatch):
+    rich_console = pytest.importorskip("rich.console")
+    console = rich_console.Console(file=io.StringIO(), force_terminal=True)
+    monkeypatch.setitem(sys.modules, "rich.progress", None)  # (as if not installed)
+    with progress.terminal_bar("Downloading", console=console) as bar:
+        assert bar is None
+    assert console.file.getvalue() == ""
+
+
 def test_a_terminal_gets_a_bar_with_its_label_and_figures():
     rich_console = pytest.importorskip("rich.console")
     out = io.StringIO()
