@@ -65,7 +65,8 @@ def test_no_bar_off_a_terminal_or_when_disabled():
 def test_without_rich_there_is_no_bar_and_no_error(monkeypatch):
     rich_console = pytest.importorskip("rich.console")
     console = rich_console.Console(file=io.StringIO(), force_terminal=True)
-    monkeypatch.setitem(sys.modules, "rich.progress", None)  # (as if not installed)
+    for name in ("rich", "rich.progress"):  # (as if not installed)
+        monkeypatch.setitem(sys.modules, name, None)
     with progress.terminal_bar("Downloading", console=console) as bar:
         assert bar is None
     assert console.file.getvalue() == ""
