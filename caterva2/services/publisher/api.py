@@ -7,13 +7,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from caterva2 import wire
 from caterva2.blocks import block_count, pieces_to_send
-from caterva2.roots import DatasetNotFound, DatasetUnavailable, VersionMismatch
+from caterva2.roots import (
+    DatasetNotFound,
+    DatasetUnavailable,
+    SourceUnreachable,
+    VersionMismatch,
+)
 from caterva2.services.errors import safe_relpath
 from caterva2.services.metrics import PublisherMetrics
 from caterva2.services.responses import LargeFileResponse, chunk_stream
@@ -42,8 +47,11 @@ def _tagged(request: Request, etag: str, body: bytes) -> Response:
 
 
 @router.get("/api/root")
-async def get_root(catalog: CatalogDep) -> dict[str, str]:
-    return {"name": catalog.name}
+async def get_root(catalog: CatalogDep) -> dict[str, Any]:
+    """The root's name, this publisher's id, and the root's hops to its origin (none if
+    it is the origin; see :mod:`caterva2.provenance`)."""
+    return {"name": catalog.name, "publisher_id": catalog.publisher_id,
+            "hops": [hop.model_dump() for hop in catalog.root.hops()]}
 
 
 @router.get("/api/list")
@@ -112,6 +120,8 @@ async def _read_or_http_error(catalog: Catalog, path: str, version: str, read):
         raise catalog.not_current(path, version) from None
     except DatasetNotFound:
         raise catalog.not_found(path) from None
+    except SourceUnreachable as e:  # (a re-published root: 502, not "being rewritten")
+        raise HTTPException(502, str(e)) from None
     except DatasetUnavailable as e:
         raise HTTPException(503, str(e)) from None
 
@@ -156,6 +166,8 @@ async def get_digests(path: str, catalog: CatalogDep,
         current, digests = await asyncio.to_thread(catalog.digests, safe_relpath(path), version)
     except DatasetNotFound:
         raise catalog.not_found(path) from None
+    except SourceUnreachable as e:
+        raise HTTPException(502, str(e)) from None
     except DatasetUnavailable as e:
         raise HTTPException(503, str(e)) from None
     return Response(digests, media_type="application/octet-stream", headers={"ETag": current})

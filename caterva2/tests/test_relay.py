@@ -1,0 +1,116 @@
+"""Re-publishing: a root served onward through two relays (origin → A → B → C), each
+site with its own broker; what crosses each long link is counted."""
+from __future__ import annotations
+
+import pathlib
+import threading
+
+import blosc2
+import httpx
+import numpy as np
+import pytest
+
+import caterva2 as cat2
+from caterva2.tests.relay_chain import Chain, example_source
+
+EXAMPLES = ["README.md", "ds-hello.b2frame", "ds-1d.b2nd", "ds-1d-b.b2nd", "ds-1d-fields.b2nd",
+            "ds-sc-attr.b2nd", "dir1/ds-2d.b2nd", "dir1/ds-3d.b2nd", "dir2/ds-4d.b2nd"]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("relay")
+    c = Chain(tmp / "state", example_source(tmp / "data"))
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def origin_sub(chain: Chain) -> str:
+    """Site A's subscriber: it reads the origin directly (one hop)."""
+    cat2.subscribe("data", chain.subs["A"].address)
+    return chain.subs["A"].address
+
+
+def test_listing_info_and_data_identical_to_the_origin(chain):
+    near = origin_sub(chain)
+    assert cat2.get_list("bdata", chain.host) == cat2.get_list("data", near)
+    for path in EXAMPLES:
+        far = cat2.Root("bdata", host=chain.host)[path]
+        here = cat2.Root("data", host=near)[path]
+        assert far.meta == here.meta, path
+        assert_same(far.fetch(), here.fetch(), path)
+    ds = cat2.Root("bdata", host=chain.host)["dir2/ds-4d.b2nd"]
+    np.testing.assert_array_equal(ds[1, 1:3, ::2], cat2.Root("data", host=near)[
+        "dir2/ds-4d.b2nd"][1, 1:3, ::2])
+
+
+def assert_same(a, b, what):
+    if isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=what)
+    else:
+        assert a == b, what
+
+
+def test_downloads_identical_to_the_origin(chain, tmp_path, monkeypatch):
+    near = origin_sub(chain)
+    for path in ["README.md", "dir1/ds-2d.b2nd", "ds-hello.b2frame"]:
+        monkeypatch.chdir(tmp_path)
+        far_path = cat2.Root("bdata", host=chain.host)[path].download()
+        monkeypatch.chdir(tmp_path.parent)
+        here = cat2.Root("data", host=near)[path].download()
+        assert_same_file(tmp_path / far_path, tmp_path.parent / here, path)
+
+
+def assert_same_file(a: pathlib.Path, b: pathlib.Path, what: str) -> None:
+    """Same chunks, as stored, and same data (chunks may lie in another order in the file:
+    the order in which they were fetched)."""
+    if a.suffix != ".b2nd" and a.suffix != ".b2frame":
+        assert a.read_bytes() == b.read_bytes(), what
+        return
+    x, y = blosc2.open(str(a)), blosc2.open(str(b))
+    xs, ys = getattr(x, "schunk", x), getattr(y, "schunk", y)
+    assert xs.nchunks == ys.nchunks, what
+    for n in range(xs.nchunks):
+        assert xs.get_chunk(n) == ys.get_chunk(n), f"{what}: chunk {n}"
+    assert x[:] == y[:] if isinstance(x, blosc2.SChunk) else np.array_equal(x[:], y[:]), what
+
+
+def test_n_clients_move_the_data_across_each_link_once(chain):
+    stored = (chain.source / "big.b2nd").stat().st_size
+    before = chain.moved()
+    results: list[np.ndarray] = []
+
+    def read() -> None:
+        results.append(cat2.Root("bdata", host=chain.host)["big.b2nd"][:])
+
+    threads = [threading.Thread(target=read) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 4
+    origin = blosc2.open(str(chain.source / "big.b2nd"))[:]
+    for got in results:
+        np.testing.assert_array_equal(got, origin)
+    moved = {site: n - before[site] for site, n in chain.moved().items()}
+    for site, n in moved.items():
+        assert stored * 0.9 <= n <= stored * 1.1 + 100_000, \
+            f"link from {site}: {n} bytes moved for {stored} stored ({moved})"
+    # Read again: all cached at C, nothing moves anywhere.
+    again = chain.moved()
+    np.testing.assert_array_equal(cat2.Root("bdata", host=chain.host)["big.b2nd"][:], origin)
+    assert chain.moved() == again
+
+
+def test_unknown_upstream_root_is_a_clear_error_at_start(chain, tmp_path):
+    from caterva2.tests.harness import Service
+    with pytest.raises(RuntimeError, match="no root named 'nope'"):
+        Service("publisher", ["x", f"http://{chain.subs['A'].address}/nope"],
+                tmp_path / "pub.x", broker=chain.stacks["A"].broker.address)
+
+
+def test_relay_endpoints_need_a_subscribed_root(chain):
+    r = httpx.get(f"http://{chain.host}/api/relay/nope/index")
+    assert r.status_code == 404
