@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import caterva2 as cat2
+from caterva2.tests.harness import wait_until
 from caterva2.tests.relay_chain import Chain, example_source
 
 EXAMPLES = ["README.md", "ds-hello.b2frame", "ds-1d.b2nd", "ds-1d-b.b2nd", "ds-1d-fields.b2nd",
@@ -114,3 +115,44 @@ def test_unknown_upstream_root_is_a_clear_error_at_start(chain, tmp_path):
 def test_relay_endpoints_need_a_subscribed_root(chain):
     r = httpx.get(f"http://{chain.host}/api/relay/nope/index")
     assert r.status_code == 404
+
+
+def test_changes_reach_the_end_of_the_chain_and_no_site_mixes_versions(chain):
+    import time
+
+    from caterva2.tests.relay_chain import big_array
+    old = big_array(chain.source, "changing.b2nd", seed=10)
+    chain.wait_listed("changing.b2nd")
+    ds = cat2.Root("bdata", host=chain.host)["changing.b2nd"]
+    np.testing.assert_array_equal(ds[:], old)  # (cached all along the chain)
+
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def keep_reading() -> None:  # every answer is one version, whole
+        while not stop.is_set():
+            got = ds[:]
+            seen.append("old" if np.array_equal(got, old) else
+                        "new" if np.array_equal(got, new) else "mixed")
+
+    started = time.monotonic()
+    new = big_array(chain.source, "changing.b2nd", seed=11)
+    reader = threading.Thread(target=keep_reading)
+    reader.start()
+    try:
+        wait_until(lambda: np.array_equal(ds[:], new), timeout=15,
+                   what="the new version at the end of the chain")
+    finally:
+        stop.set()
+        reader.join(60)
+    took = time.monotonic() - started
+    print(f"change crossed three hops in {took:.2f} s; reads seen: {len(seen)}")
+    assert "mixed" not in seen, seen
+    assert took < 10, f"a change took {took:.1f} s to cross three hops"
+
+    # A dataset added, then deleted, at the origin: listed, then gone, at the end.
+    big_array(chain.source, "added.b2nd", seed=12)
+    chain.wait_listed("added.b2nd")
+    (chain.source / "added.b2nd").unlink()
+    wait_until(lambda: "added.b2nd" not in cat2.get_list("bdata", chain.host), timeout=15,
+               what="added.b2nd gone at the end of the chain")
