@@ -17,7 +17,7 @@ def chain(tmp_path):
     datasets = {name: big_array(source, name, seed=n)
                 for n, name in enumerate(["one.b2nd", "two.b2nd", "three.b2nd"])}
     c = Chain(tmp_path / "state", source)
-    c.data = datasets  # type: ignore[attr-defined]
+    c.data = datasets
     try:
         yield c
     finally:
