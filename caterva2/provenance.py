@@ -73,13 +73,3 @@ def describe(hops: list[Hop]) -> str:
     """The chain in words, nearest hop first."""
     return ", from ".join(f"root {hop.root!r} of the subscriber at {hop.subscriber} "
                           f"(published by {hop.publisher})" for hop in hops)
-
-
-def hop_lines(hops: list[Hop]) -> list[str]:
-    """One line per hop, as ``cat2cli url`` prints them under the publisher's URL."""
-    lines = []
-    for n, hop in enumerate(hops):
-        origin = " (the origin)" if n == len(hops) - 1 else ""
-        lines.append(f"  re-publishes root {hop.root!r} of the subscriber at "
-                     f"{hop.subscriber}, published by {hop.publisher}{origin}")
-    return lines

@@ -3,6 +3,8 @@ site with its own broker; what crosses each long link is counted."""
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 import threading
 
 import blosc2
@@ -156,3 +158,33 @@ def test_changes_reach_the_end_of_the_chain_and_no_site_mixes_versions(chain):
     (chain.source / "added.b2nd").unlink()
     wait_until(lambda: "added.b2nd" not in cat2.get_list("bdata", chain.host), timeout=15,
                what="added.b2nd gone at the end of the chain")
+
+
+def cli(host: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "caterva2.cli", "--host", host, *args],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_url_and_info_say_hop_by_hop_where_a_root_comes_from(chain):
+    source = cat2.Client(chain.host).source("bdata")
+    assert source["publisher"] == f"http://{chain.links['B'].address}"
+    assert [(h["root"], h["subscriber"], h["publisher"]) for h in source["hops"]] == [
+        ("adata", f"http://{chain.upstream['B'].address}", f"http://{chain.links['A'].address}"),
+        ("data", f"http://{chain.upstream['A'].address}", f"http://{chain.links['O'].address}")]
+    assert cat2.Client(chain.subs["A"].address).source("data")["hops"] == []  # the origin
+
+    done = cli(chain.host, "url", "bdata")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"http://{chain.links['B'].address}"
+    assert lines[1] == (f"  re-publishes root 'adata' of the subscriber at "
+                        f"http://{chain.upstream['B'].address}, served by "
+                        f"http://{chain.links['A'].address}")
+    assert lines[2].endswith(f"served by http://{chain.links['O'].address} (the origin)")
+    assert len(lines) == 3
+
+    done = cli(chain.host, "info", "bdata/dir1/ds-2d.b2nd")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-3:] == ["source:", *lines[1:]]
+    plain = cli(chain.subs["A"].address, "url", "data")  # served by its origin: one line
+    assert plain.stdout.splitlines() == [f"http://{chain.links['O'].address}"]

@@ -89,3 +89,18 @@ def test_restarted_pieces_resynchronise_by_themselves(chain):
     # The last site's own subscriber restarted: it keeps its subscription and cache.
     chain.subs["C"].restart()
     np.testing.assert_array_equal(read(chain.host, "bdata", "two.b2nd"), newer)
+
+
+def test_a_loop_is_refused_at_start_with_a_clear_error(chain):
+    # The origin's publisher (same key) would re-publish bdata, which comes from it.
+    chain.pubs["O"].stop()
+    with pytest.raises(RuntimeError) as info:
+        chain.stacks["O"].publisher("data", f"http://{chain.subs['C'].address}/bdata",
+                                    id_="data")
+    assert "it would be a loop" in str(info.value), str(info.value)
+    assert "root 'adata'" in str(info.value) and "root 'data'" in str(info.value)
+    # The origin, started again as it was, serves the chain as before.
+    chain.pubs["O"].start()
+    wait_until(lambda: np.array_equal(read(chain.host, "bdata", "one.b2nd"),
+                                      chain.data["one.b2nd"]), timeout=30,
+               what="one.b2nd from the origin started again")
