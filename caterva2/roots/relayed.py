@@ -115,9 +115,13 @@ class RelayedRoot(PublishedRoot):
             detail = r.json()["detail"]
         except (ValueError, KeyError, TypeError):
             detail = r.text[:200]
+        hint = ""
+        if r.status_code in (401, 403):
+            hint = (" [this publisher presents the key in CATERVA2_API_KEY, or api_key in "
+                    "[publisher]: " + ("given" if self.headers else "none given") + "]")
         raise ValueError(f"the subscriber at {self.subscriber} refused to let this "
                          f"publisher {doing} (root {self.upstream_root!r}, "
-                         f"{r.status_code}): {detail}")
+                         f"{r.status_code}): {detail}{hint}")
 
     def _chain(self, client: httpx.Client) -> list[provenance.Hop]:
         r = client.get(f"{self.subscriber}/api/source/"

@@ -20,7 +20,15 @@ import blosc2
 import numpy as np
 
 import caterva2 as cat2
-from caterva2.tests.harness import CountingProxy, Service, Stack, free_ports, wait_until
+from caterva2.config import API_KEY_ENV
+from caterva2.tests.harness import (
+    CountingProxy,
+    Service,
+    Stack,
+    cat2admin,
+    free_ports,
+    wait_until,
+)
 from caterva2.tools import make_root_example
 
 BIG_SHAPE, BIG_CHUNKS, BIG_BLOCKS = (1000, 1000), (100, 1000), (10, 1000)  # 8 MB, 10 chunks
@@ -37,11 +45,13 @@ def big_array(directory: pathlib.Path, name: str = "big.b2nd", seed: int = 1) ->
 class Chain:
     """The sites of the chain (see the module's docstring), started in order."""
 
-    def __init__(self, statedir: pathlib.Path, source: pathlib.Path,
-                 relay_env: dict[str, str] | None = None,
-                 sub_args: dict[str, list[str]] | None = None):
-        self.statedir, self.source = statedir, source
-        self.relay_env, self.sub_args = relay_env or {}, sub_args or {}
+    def __init__(self, statedir: pathlib.Path, source: pathlib.Path, login: str = ""):
+        """``login``: the sites whose subscribers require a login (``--require-login``),
+        e.g. ``"AC"``; each has a user ``relay`` whose key (in ``keys``) the relay
+        reading it presents, and the tests use."""
+        self.statedir, self.source, self.login = statedir, source, login
+        self.keys: dict[str, str] = {}
+        self.clients: dict[str, cat2.Client] = {}
         self.stacks: dict[str, Stack] = {}
         self.links: dict[str, CountingProxy] = {}
         self.upstream: dict[str, CountingProxy] = {}  # relay → the subscriber it reads
@@ -53,18 +63,35 @@ class Chain:
             self.stop()
             raise
 
-    def _publisher(self, site: str, name: str, root: str) -> None:
+    def _publisher(self, site: str, name: str, root: str, upstream: str | None = None) -> None:
         port = free_ports(1)[0]
         self.links[site] = link = CountingProxy(f"127.0.0.1:{port}")
+        key = self.keys.get(upstream or "")
         self.pubs[site] = self.stacks[site].publisher(
             name, root, http=f"127.0.0.1:{port}", args=["--url", link.address],
-            env=self.relay_env if site != "O" else None)
+            env={API_KEY_ENV: key} if key else None)
 
     def _subscriber(self, broker_site: str, site: str, root: str) -> Service:
-        sub = self.stacks[broker_site].subscriber(f"sub.{site}", self.sub_args.get(site, []))
+        args = []
+        if site in self.login:
+            statedir = self.stacks[broker_site].statedir / f"sub.{site}"
+            statedir.mkdir(parents=True, exist_ok=True)
+            done = cat2admin("--statedir", statedir, "adduser", "relay")
+            assert done.returncode == 0, done.stderr
+            self.keys[site] = done.stdout.split()[-1]
+            args = ["--require-login"]
+        sub = self.stacks[broker_site].subscriber(f"sub.{site}", args)
         self.subs[site] = sub
-        wait_until(lambda: root in cat2.get_roots(sub.address), what=f"{root} at site {site}")
+        wait_until(lambda: root in self.client(site).roots(), what=f"{root} at site {site}")
         return sub
+
+    def client(self, site: str) -> cat2.Client:
+        """A client of the subscriber of ``site`` (as user ``relay`` where login is
+        required)."""
+        if site not in self.clients:
+            self.clients[site] = cat2.Client(self.subs[site].address,
+                                             api_key=self.keys.get(site))
+        return self.clients[site]
 
     def _start(self) -> None:
         for site in "OAB":
@@ -74,10 +101,10 @@ class Chain:
         for site, name in (("A", "adata"), ("B", "bdata")):
             sub = self._subscriber(previous[0], site, previous[1])
             self.upstream[site] = proxy = CountingProxy(sub.address)
-            self._publisher(site, name, f"http://{proxy.address}/{previous[1]}")
+            self._publisher(site, name, f"http://{proxy.address}/{previous[1]}", site)
             previous = (site, name)
         self._subscriber("B", "C", "bdata")
-        cat2.subscribe("bdata", self.host)
+        self.client("C").subscribe("bdata")
 
     @property
     def host(self) -> str:
@@ -93,6 +120,8 @@ class Chain:
                    what=f"{path} listed at the end of the chain")
 
     def stop(self) -> None:
+        for client in self.clients.values():
+            client.close()
         for stack in reversed(list(self.stacks.values())):
             stack.stop()
         for proxy in [*self.links.values(), *self.upstream.values()]:
