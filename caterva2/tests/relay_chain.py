@@ -45,11 +45,14 @@ def big_array(directory: pathlib.Path, name: str = "big.b2nd", seed: int = 1) ->
 class Chain:
     """The sites of the chain (see the module's docstring), started in order."""
 
-    def __init__(self, statedir: pathlib.Path, source: pathlib.Path, login: str = ""):
+    def __init__(self, statedir: pathlib.Path, source: pathlib.Path, login: str = "",
+                 counted: bool = True):
         """``login``: the sites whose subscribers require a login (``--require-login``),
         e.g. ``"AC"``; each has a user ``relay`` whose key (in ``keys``) the relay
-        reading it presents, and the tests use."""
+        reading it presents, and the tests use.  Without ``counted``, no proxies
+        (benchmarks: nothing between the services but loopback)."""
         self.statedir, self.source, self.login = statedir, source, login
+        self.counted = counted
         self.keys: dict[str, str] = {}
         self.clients: dict[str, cat2.Client] = {}
         self.stacks: dict[str, Stack] = {}
@@ -64,12 +67,15 @@ class Chain:
             raise
 
     def _publisher(self, site: str, name: str, root: str, upstream: str | None = None) -> None:
+        key = self.keys.get(upstream or "")
+        env = {API_KEY_ENV: key} if key else None
+        if not self.counted:
+            self.pubs[site] = self.stacks[site].publisher(name, root, env=env)
+            return
         port = free_ports(1)[0]
         self.links[site] = link = CountingProxy(f"127.0.0.1:{port}")
-        key = self.keys.get(upstream or "")
         self.pubs[site] = self.stacks[site].publisher(
-            name, root, http=f"127.0.0.1:{port}", args=["--url", link.address],
-            env={API_KEY_ENV: key} if key else None)
+            name, root, http=f"127.0.0.1:{port}", args=["--url", link.address], env=env)
 
     def _subscriber(self, broker_site: str, site: str, root: str) -> Service:
         args = []
@@ -100,8 +106,11 @@ class Chain:
         previous = ("O", "data")
         for site, name in (("A", "adata"), ("B", "bdata")):
             sub = self._subscriber(previous[0], site, previous[1])
-            self.upstream[site] = proxy = CountingProxy(sub.address)
-            self._publisher(site, name, f"http://{proxy.address}/{previous[1]}", site)
+            address = sub.address
+            if self.counted:
+                self.upstream[site] = proxy = CountingProxy(sub.address)
+                address = proxy.address
+            self._publisher(site, name, f"http://{address}/{previous[1]}", site)
             previous = (site, name)
         self._subscriber("B", "C", "bdata")
         self.client("C").subscribe("bdata")
