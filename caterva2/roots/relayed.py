@@ -43,7 +43,7 @@ from .base import (
 
 log = logging.getLogger("caterva2.publisher")
 INDEX_FILE = "relay-index.json"
-WAIT_S = 20  # how long each index request may be held upstream
+WAIT_S = 30  # how long each index request may be held upstream (the subscriber may cut)
 CHUNK_TIMEOUT = (3.0, 60.0)  # seconds to connect upstream, and to wait for each piece
 API_TIMEOUT = httpx.Timeout(10, connect=3)
 

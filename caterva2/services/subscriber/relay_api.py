@@ -43,7 +43,10 @@ from caterva2.services.subscriber.node import Subscriber
 from caterva2.services.subscriber.reads import lookup, subscribed_root, with_chunks
 
 router = APIRouter()
-MAX_WAIT_S = 30.0  # longest a relay's index request is held
+# Longest a relay's index request is held: less than the time uvicorn lets answers in
+# flight finish when the subscriber stops (3 s), so that held requests never delay a stop
+# beyond it.  The relay asks again at once: a few small requests a minute.
+MAX_WAIT_S = 2.5
 INDEX_POLL_S = 0.1  # how often a held index request looks for a change
 SOURCE_TIMEOUT = httpx.Timeout(5, connect=2)
 
@@ -94,6 +97,8 @@ async def relay_index(root: str, sub: Sub, request: Request, wait: float = 0) ->
     deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT_S)
     while etag == known and loop.time() < deadline:
         await asyncio.sleep(INDEX_POLL_S)
+        if await request.is_disconnected():  # (the relay stopped: stop waiting for it)
+            break
         latest = await _current_index(sub, root)
         if latest is not index:
             index = latest
