@@ -188,3 +188,26 @@ def test_url_and_info_say_hop_by_hop_where_a_root_comes_from(chain):
     assert done.stdout.splitlines()[-3:] == ["source:", *lines[1:]]
     plain = cli(chain.subs["A"].address, "url", "data")  # served by its origin: one line
     assert plain.stdout.splitlines() == [f"http://{chain.links['O'].address}"]
+
+
+def test_one_chunk_changed_at_the_origin_moves_that_chunk_across_each_link(chain):
+    from caterva2.tests.relay_chain import big_array
+    data = big_array(chain.source, "delta.b2nd", seed=20)
+    chain.wait_listed("delta.b2nd")
+    ds = cat2.Root("bdata", host=chain.host)["delta.b2nd"]
+    np.testing.assert_array_equal(ds[:], data)  # cached all along the chain
+
+    before = chain.moved()
+    changed = np.random.default_rng(21).normal(size=(100, 1000))
+    source = blosc2.open(str(chain.source / "delta.b2nd"), mode="a")
+    source[300:400] = changed
+    chunk_size = len(source.schunk.get_chunk(3))
+    del source
+    data[300:400] = changed
+    wait_until(lambda: np.array_equal(ds[300, :5], changed[0, :5]), timeout=15,
+               what="the change at the end of the chain")
+    np.testing.assert_array_equal(ds[:], data)
+    moved = {site: n - before[site] for site, n in chain.moved().items()}
+    for site, n in moved.items():
+        assert n <= 1.5 * chunk_size + 100_000, \
+            f"link from {site}: {n} bytes moved for one changed chunk of {chunk_size}"

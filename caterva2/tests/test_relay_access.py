@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from caterva2.config import API_KEY_ENV
-from caterva2.tests.harness import wait_until
+from caterva2.tests.harness import Service, wait_until
 from caterva2.tests.relay_chain import Chain, big_array
 
 
@@ -47,7 +47,14 @@ def test_a_relay_without_a_key_upstream_is_refused_with_a_clear_error(chain, tmp
         assert "(root 'data', 401)" in str(info.value), str(info.value)
         assert "CATERVA2_API_KEY, or api_key in [publisher]: " + (
             "given" if env else "none given") in str(info.value)
-    # With api_key in [publisher] of its configuration file instead, it starts.
+    # Named in the configuration file (root = "http://...", api_key), it starts.
     conf = tmp_path / "caterva2.toml"
-    conf.write_text(f'[publisher]\napi_key = "{chain.keys["A"]}"\n')
-    chain.stacks["A"].publisher("other", upstream, id_="other9", args=["--conf", str(conf)])
+    conf.write_text(f'[publisher]\nname = "other"\nroot = "{upstream}"\n'
+                    f'api_key = "{chain.keys["A"]}"\n')
+    other = Service("publisher", ["--conf", str(conf)], tmp_path / "pub.other",
+                    broker=chain.stacks["A"].broker.address)
+    try:
+        r = httpx.get(f"http://{other.address}/api/root")
+        assert r.json()["name"] == "other" and r.json()["hops"][0]["root"] == "data"
+    finally:
+        other.stop()
