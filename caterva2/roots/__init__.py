@@ -1,5 +1,6 @@
 """Sources of published data: a root is anything that implements :class:`PublishedRoot`."""
 from .base import (
+    BlockPieces,
     DatasetNotFound,
     DatasetUnavailable,
     PublishedRoot,
@@ -7,7 +8,7 @@ from .base import (
     VersionMismatch,
 )
 
-__all__ = ["DatasetNotFound", "DatasetUnavailable", "PublishedRoot", "SourceUnreachable",
+__all__ = ["BlockPieces", "DatasetNotFound", "DatasetUnavailable", "PublishedRoot", "SourceUnreachable",
            "VersionMismatch", "open_root"]
 
 

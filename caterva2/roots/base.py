@@ -10,6 +10,9 @@ from caterva2.models import DatasetEntry
 from caterva2.provenance import Hop
 
 
+BlockPieces = tuple[list[tuple[int, bytes]], int]  # (offset, bytes) pieces, chunk digest
+
+
 class DatasetNotFound(KeyError):
     """No dataset at that path in this root."""
 
@@ -93,6 +96,17 @@ class PublishedRoot(abc.ABC):
     #: Whether chunk digests of a whole version can be had cheaply (by reading its stored
     #: chunks once): they let subscribers keep unchanged chunks when a dataset changes.
     offers_digests = True
+
+    #: Whether :meth:`read_blocks` reads blocks of a chunk without the whole chunk.
+    reads_blocks = False
+
+    def read_blocks(self, path: str, nchunk: int, blocks: list[int],
+                    version: str) -> BlockPieces:
+        """Blocks ``blocks`` of chunk ``nchunk`` of an array: the ``(offset, bytes)``
+        pieces of the chunk to send (its head, then each block; or the whole chunk if its
+        blocks cannot move alone, see :func:`caterva2.blocks.pieces_to_send`) and the
+        whole chunk's digest.  Only for roots with ``reads_blocks``."""
+        raise NotImplementedError
 
     def known_digests(self, path: str, version: str) -> bytes | None:
         """The digests of every chunk of ``version`` if the root knows them without reading

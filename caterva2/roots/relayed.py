@@ -34,6 +34,7 @@ from caterva2.models import DatasetEntry, RootIndex
 from caterva2.statefiles import atomic_write
 
 from .base import (
+    BlockPieces,
     DatasetNotFound,
     DatasetUnavailable,
     PublishedRoot,
@@ -232,6 +233,35 @@ class RelayedRoot(PublishedRoot):
         if any(n not in got for n in nchunks):
             raise VersionMismatch(path)  # cut short upstream: the dataset changed there
         return [got[n] for n in nchunks]
+
+    reads_blocks = True
+
+    def read_blocks(self, path: str, nchunk: int, blocks: list[int],
+                    version: str) -> BlockPieces:
+        """Blocks of one chunk, asked upstream for just those (the subscriber there
+        fetches only them from its source, if it does not hold the chunk)."""
+        entry = self.entry(path)
+        assert entry.meta is not None
+        params = {"nchunk": str(nchunk), "blocks": wire.format_chunk_list(blocks),
+                  "version": version}
+        max_length = entry.meta.schunk.chunksize + blosc2.MAX_OVERHEAD
+        try:
+            with self.pool.get(f"{self._relay}/blocks/{urllib.parse.quote(path)}", params,
+                               headers=self.headers) as r:
+                if r.status != 200:
+                    self._data_error(r, path, version)
+                chunk_digest = int(r.getheader(wire.CHUNK_DIGEST_HEADER) or "")
+                pieces = [(offset, bytes(piece)) for offset, piece, _ in
+                          wire.read_digested_records(r, max_length)]
+        except httpx.HTTPError as e:
+            raise SourceUnreachable(f"the subscriber at {self.subscriber} is unreachable "
+                                    f"({e})", version) from None
+        except (wire.StreamCut, wire.AnswerCut, ValueError) as e:
+            raise SourceUnreachable(f"blocks of {path} from the subscriber at "
+                                    f"{self.subscriber}: {e}", version) from None
+        if not pieces:
+            raise VersionMismatch(path)  # cut short upstream: the dataset changed there
+        return pieces, chunk_digest
 
     def _data_error(self, r, path: str, version: str) -> None:
         """Raise what an upstream answer other than 200 means for a read."""

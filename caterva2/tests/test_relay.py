@@ -211,3 +211,26 @@ def test_one_chunk_changed_at_the_origin_moves_that_chunk_across_each_link(chain
     for site, n in moved.items():
         assert n <= 1.5 * chunk_size + 100_000, \
             f"link from {site}: {n} bytes moved for one changed chunk of {chunk_size}"
+
+
+def test_a_small_read_moves_only_its_blocks_on_every_link(chain):
+    data = np.random.default_rng(30).normal(size=(1000, 1000))
+    array = blosc2.asarray(data, urlpath=str(chain.source / "onechunk.b2nd"), mode="w",
+                           chunks=(1000, 1000), blocks=(50, 1000))
+    chunk = array.schunk.get_chunk(0)  # one 8 MB chunk of 20 blocks
+    chain.wait_listed("onechunk.b2nd")
+    ds = cat2.Root("bdata", host=chain.host)["onechunk.b2nd"]
+
+    before = chain.moved()
+    small = (slice(500, 510), slice(500, 510))  # inside block 10
+    np.testing.assert_array_equal(ds[small], data[small])
+    moved = {site: n - before[site] for site, n in chain.moved().items()}
+    for site, n in moved.items():
+        assert n < len(chunk) / 10, f"link from {site}: {n} bytes for a 10x10 read ({moved})"
+    print(f"a 10x10 read in one {len(chunk):,}-byte chunk moved {moved}")
+
+    # The whole array then: what is still missing moves, about one chunk in all per link.
+    np.testing.assert_array_equal(ds[:], data)
+    moved = {site: n - before[site] for site, n in chain.moved().items()}
+    for site, n in moved.items():
+        assert n <= 1.15 * len(chunk) + 100_000, f"link from {site}: {n} ({moved})"

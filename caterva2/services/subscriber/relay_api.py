@@ -15,6 +15,9 @@ a user who may read the root, like every endpoint.
   chunk stream (see :mod:`caterva2.wire`), digests in the records; 412 if V is not the
   current version, and a stream cut short if it changes meanwhile (never a chunk of
   another version);
+- ``GET /api/relay/{root}/blocks/{path}?nchunk=N&blocks=0-3,7&version=V``: blocks of one
+  chunk of an array, as a publisher's ``/api/blocks`` (see :mod:`caterva2.blocks`): a small
+  read downstream moves only the blocks it touches, on every link;
 - ``GET /api/relay/{root}/digests/{path}?version=V``: the digests of every chunk, as the
   root's publisher gives them;
 - ``GET /api/source/{root}``: where the root comes from (a
@@ -32,13 +35,16 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import ValidationError
 
 from caterva2 import tls, wire
-from caterva2.models import RootIndex
+from caterva2.blocks import blocks_per_chunk, pieces_to_send
+from caterva2.models import ArrayMeta, RootIndex
 from caterva2.provenance import Source
 from caterva2.services import responses
 from caterva2.services.metrics import counted
 from caterva2.services.subscriber.cache import Index
 from caterva2.services.subscriber.data_api import stream_chunks
+from caterva2.replica import ChunkDamaged, SparseReplica
 from caterva2.services.subscriber.deps import Sub
+from caterva2.services.subscriber.errors import Gone, Stale, Unavailable
 from caterva2.services.subscriber.node import Subscriber
 from caterva2.services.subscriber.reads import lookup, subscribed_root, with_chunks
 
@@ -130,6 +136,50 @@ async def relay_chunks(root: str, path: str, nchunks: str, sub: Sub,
     body = counted(stream_chunks(sub, found, replica, wanted, arrivals, sizes),
                    functools.partial(sub.metrics.bytes_out, root))
     return responses.chunk_stream(body, {"ETag": found.entry.version, **found.headers}, sizes)
+
+
+@router.get("/api/relay/{root}/blocks/{path:path}")
+async def relay_blocks(root: str, path: str, nchunk: int, blocks: str, sub: Sub,
+                       version: str | None = None) -> Response:
+    """Blocks of one chunk of an array, as a publisher's ``/api/blocks`` sends them: from
+    the cache, or fetched from the source (just those blocks, if the chunk is not held)."""
+    found = await lookup(sub, root, path)
+    meta = found.meta
+    if version is not None and found.entry.version != version:
+        raise _not_current(root, path, version)
+    if not isinstance(meta, ArrayMeta):
+        raise HTTPException(400, f"{root}/{path} is not an array: read whole chunks")
+    if not 0 <= nchunk < meta.schunk.nchunks:
+        raise HTTPException(400, f"chunk numbers must be in 0..{meta.schunk.nchunks - 1}")
+    try:
+        wanted = wire.parse_chunk_list(blocks, blocks_per_chunk(meta.chunks, meta.blocks),
+                                       "block")
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
+    replica = await asyncio.to_thread(sub.cache.replica, root, path, found.entry)
+    try:
+        await sub.fetcher.blocks.fetch(root, path, found.entry, replica, nchunk, wanted)
+        chunk, digest = await asyncio.to_thread(_held_blocks, replica, nchunk, wanted)
+        pieces = pieces_to_send(chunk, wanted)
+    except Unavailable as e:
+        raise HTTPException(504 if e.timeout else 503, str(e)) from None
+    except (Stale, Gone):
+        raise _not_current(root, path, found.entry.version) from None
+    except (ValueError, ChunkDamaged, FileNotFoundError) as e:  # (evicted, or damaged)
+        raise HTTPException(503, f"blocks of {root}/{path} not held now ({e}); ask "
+                                 "again") from None
+    sub.metrics.bytes_out(root, sum(len(piece) for _, piece in pieces))
+    return responses.block_stream(pieces, digest, {"ETag": found.entry.version,
+                                                   **found.headers})
+
+
+def _held_blocks(replica: SparseReplica, nchunk: int, wanted: list[int]) -> tuple[bytes, int]:
+    """The chunk (whole if held, else its head and blocks ``wanted`` in place) and the
+    whole chunk's digest; each part checked against its digest."""
+    if not replica.missing([nchunk]):
+        [chunk] = replica.read_chunks([nchunk])
+        return chunk, replica.digest(nchunk, chunk)
+    return bytes(replica.partial.assembled(nchunk, wanted)), replica.partial.chunk_digest(nchunk)
 
 
 def _not_current(root: str, path: str, version: str) -> HTTPException:
