@@ -11,8 +11,9 @@ subscriber's relay endpoints (:mod:`caterva2.services.subscriber.relay_api`):
   from its source once; they pass on as stored, each checked against its digest here.
 
 Versions are the origin's version tags, unchanged, so no site ever mixes versions.  The
-last index is kept in ``STATEDIR/relay-index.json``: a relay restarted while the
-subscriber is out of reach serves (and announces) what it knew.  It presents its own key
+last index is kept in ``STATEDIR/relay-index.json`` (and the hops to the origin in
+``relay-hops.json``): a relay restarted while the subscriber is out of reach serves (and
+announces) what it knew.  It presents its own key
 upstream (``CATERVA2_API_KEY``, or ``api_key`` in ``[publisher]``) as
 ``Authorization: Bearer KEY``, and checks certificates with ``CATERVA2_CA_BUNDLE`` (or
 ``ca_bundle``).
@@ -27,7 +28,7 @@ from collections.abc import AsyncIterator
 
 import blosc2
 import httpx
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from caterva2 import http_data, paths, provenance, tls, wire
 from caterva2.models import DatasetEntry, RootIndex
@@ -44,9 +45,11 @@ from .base import (
 
 log = logging.getLogger("caterva2.publisher")
 INDEX_FILE = "relay-index.json"
+HOPS_FILE = "relay-hops.json"  # the hops to the origin, as learnt at the last start
 WAIT_S = 30  # how long each index request may be held upstream (the subscriber may cut)
 CHUNK_TIMEOUT = (3.0, 60.0)  # seconds to connect upstream, and to wait for each piece
 API_TIMEOUT = httpx.Timeout(10, connect=3)
+_HOPS = TypeAdapter(list[provenance.Hop])
 
 
 def split_url(url: str) -> tuple[str, str]:
@@ -73,6 +76,7 @@ class RelayedRoot(PublishedRoot):
         self.url = f"{self.subscriber}/{urllib.parse.quote(self.upstream_root)}"
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.state_file = pathlib.Path(statedir) / INDEX_FILE
+        self.hops_file = pathlib.Path(statedir) / HOPS_FILE
         self.pool = http_data.ConnectionPool(timeout=CHUNK_TIMEOUT,
                                              ssl_context=tls.client_context())
         self._relay = f"{self.subscriber}/api/relay/{urllib.parse.quote(self.upstream_root)}"
@@ -91,6 +95,7 @@ class RelayedRoot(PublishedRoot):
                 self._subscribe(client)
                 self._hops = self._chain(client)
                 provenance.check_chain(own_id, name, self._hops)
+                atomic_write(self.hops_file, _HOPS.dump_json(self._hops))
                 r = client.get(f"{self._relay}/index")
                 self._refused(r, "read its index")
                 self._set_index(r.content, r.headers.get("etag"))
@@ -141,6 +146,7 @@ class RelayedRoot(PublishedRoot):
     def _load_kept(self) -> bool:
         try:
             self._set_index(self.state_file.read_bytes(), None, keep=False)
+            self._hops = _HOPS.validate_json(self.hops_file.read_bytes())
         except (OSError, ValueError):
             return False
         return True

@@ -2,6 +2,7 @@
 the chain restarted (origin → A → B → C, see :mod:`caterva2.tests.relay_chain`)."""
 from __future__ import annotations
 
+import httpx
 import numpy as np
 import pytest
 
@@ -81,6 +82,8 @@ def test_restarted_pieces_resynchronise_by_themselves(chain):
     chain.subs["B"].stop()
     chain.pubs["B"].restart()
     np.testing.assert_array_equal(read(chain.host, "bdata", "one.b2nd"), new)
+    hops = httpx.get(f"http://{chain.pubs['B'].address}/api/root").json()["hops"]
+    assert [hop["root"] for hop in hops] == ["adata", "data"]  # (kept from the last start)
     chain.subs["B"].start()
     newer = big_array(chain.source, "two.b2nd", seed=101)
     wait_until(lambda: np.array_equal(read(chain.host, "bdata", "two.b2nd"), newer),
