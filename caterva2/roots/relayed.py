@@ -100,6 +100,10 @@ class RelayedRoot(PublishedRoot):
                 self._refused(r, "read its index")
                 self._set_index(r.content, r.headers.get("etag"))
         except httpx.HTTPError as e:
+            if "CERTIFICATE_VERIFY_FAILED" in str(e):  # (no use waiting: say why now)
+                raise ValueError(f"the certificate of the subscriber at {self.subscriber} "
+                                 f"cannot be trusted ({tls.verify_failure(e)}); give its CA "
+                                 "in CATERVA2_CA_BUNDLE, or ca_bundle in [publisher]") from None
             if not self._load_kept():
                 raise ValueError(f"cannot reach the subscriber at {self.subscriber} to "
                                  f"re-publish its root {self.upstream_root!r}: {e}") from None
