@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from caterva2.models import DatasetEntry
 from caterva2.provenance import Hop
 
-
 BlockPieces = tuple[list[tuple[int, bytes]], int]  # (offset, bytes) pieces, chunk digest
 
 

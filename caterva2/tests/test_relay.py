@@ -83,6 +83,7 @@ def assert_same_file(a: pathlib.Path, b: pathlib.Path, what: str) -> None:
 def test_n_clients_move_the_data_across_each_link_once(chain):
     stored = (chain.source / "big.b2nd").stat().st_size
     before = chain.moved()
+    relays_before = relays_read(chain)
     results: list[np.ndarray] = []
 
     def read() -> None:
@@ -101,10 +102,18 @@ def test_n_clients_move_the_data_across_each_link_once(chain):
     for site, n in moved.items():
         assert stored * 0.9 <= n <= stored * 1.1 + 100_000, \
             f"link from {site}: {n} bytes moved for {stored} stored ({moved})"
+    # Each relay, too, reads it once from the subscriber it re-publishes.
+    for site, n in relays_read(chain).items():
+        assert n - relays_before[site] <= stored * 1.1 + 100_000, (site, n, stored)
     # Read again: all cached at C, nothing moves anywhere.
     again = chain.moved()
     np.testing.assert_array_equal(cat2.Root("bdata", host=chain.host)["big.b2nd"][:], origin)
     assert chain.moved() == again
+
+
+def relays_read(chain: Chain) -> dict[str, int]:
+    """Bytes each relay has read from the subscriber it re-publishes."""
+    return {site: proxy.counters().down for site, proxy in chain.upstream.items()}
 
 
 def test_unknown_upstream_root_is_a_clear_error_at_start(chain, tmp_path):

@@ -38,11 +38,11 @@ from caterva2 import tls, wire
 from caterva2.blocks import blocks_per_chunk, pieces_to_send
 from caterva2.models import ArrayMeta, RootIndex
 from caterva2.provenance import Source
+from caterva2.replica import ChunkDamaged, SparseReplica
 from caterva2.services import responses
 from caterva2.services.metrics import counted
 from caterva2.services.subscriber.cache import Index
 from caterva2.services.subscriber.data_api import stream_chunks
-from caterva2.replica import ChunkDamaged, SparseReplica
 from caterva2.services.subscriber.deps import Sub
 from caterva2.services.subscriber.errors import Gone, Stale, Unavailable
 from caterva2.services.subscriber.node import Subscriber
