@@ -18,6 +18,7 @@ Writes ``relay.md`` next to this file and prints the table.
 from __future__ import annotations
 
 import datetime
+import os
 import pathlib
 import statistics
 import sys
@@ -85,11 +86,15 @@ def table(results: dict[int, tuple[float, float]]) -> str:
 
 
 def main() -> None:
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="caterva2-relay-") as tmp:
         results = measure(pathlib.Path(tmp))
+    load = f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     text = (f"# Reading through re-publishing sites\n\n{datetime.date.today()}, "
-            "`bench/relay.py`; see its docstring.  Goals: cold at 2 hops at most 1.5x "
-            "one hop; warm the same as one hop.\n\n" + table(results) + "\n")
+            f"`bench/relay.py` on {os.cpu_count()} cores ({load}); see its docstring.  "
+            "Goals: cold at 2 hops at most 1.5x one hop; warm the same as one hop.  On a "
+            "busy machine the chain's extra processes compete for the cores: cold ratios "
+            "grow with the load.\n\n" + table(results) + "\n")
     (HERE / "relay.md").write_text(text)
     print(text)
 
