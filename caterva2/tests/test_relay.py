@@ -243,3 +243,18 @@ def test_a_small_read_moves_only_its_blocks_on_every_link(chain):
     moved = {site: n - before[site] for site, n in chain.moved().items()}
     for site, n in moved.items():
         assert n <= 1.15 * len(chunk) + 100_000, f"link from {site}: {n} ({moved})"
+
+
+def test_relay_index_is_held_until_it_changes(chain):
+    import time
+
+    base = f"http://{chain.subs['A'].address}/api/relay/data/index"
+    first = httpx.get(base)
+    assert first.status_code == 200 and "ds-1d.b2nd" in first.json()["datasets"]
+    etag = first.headers["etag"]
+    started = time.monotonic()
+    held = httpx.get(base, params={"wait": "0.5"}, headers={"If-None-Match": etag})
+    assert held.status_code == 304 and time.monotonic() - started >= 0.4
+    bad = httpx.get(f"http://{chain.subs['A'].address}/api/relay/data/chunks/ds-1d.b2nd",
+                    params={"nchunks": "0", "version": "not-a-version"})
+    assert bad.status_code == 412, bad.text
