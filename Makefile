@@ -27,6 +27,7 @@ example: $(VENV)/.installed-all
 bench: $(VENV)/.installed-all
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/link_bytes.py
+	$(BIN)/python bench/relay.py
 
 clean:
 	rm -rf $(VENV) _caterva2 _caterva2_tests *.egg-info

@@ -123,7 +123,9 @@ def cmd_list(client: cat2.Client, args: argparse.Namespace) -> None:
 
 def cmd_url(client: cat2.Client, args: argparse.Namespace) -> None:
     urls = client.url(args.name)
-    print(json.dumps(urls) if args.json else "\n".join(urls))
+    if args.json:
+        return print(json.dumps(urls))
+    print("\n".join(urls + hop_lines(client, args.name.split("/", 1)[0])))
 
 
 def cmd_info(client: cat2.Client, args: argparse.Namespace) -> None:
@@ -131,6 +133,28 @@ def cmd_info(client: cat2.Client, args: argparse.Namespace) -> None:
     if args.json:
         return print(json.dumps(info))
     pretty(info)
+    lines = hop_lines(client, args.dataset.split("/", 1)[0])
+    if lines:
+        print("\n".join(["source:", *lines]))
+
+
+def hop_lines(client: cat2.Client, root: str) -> list[str]:
+    """Where a re-published root comes from, one line per hop, nearest first (none for a
+    root served by its origin, or if the subscriber cannot say)."""
+    try:
+        source = client.source(root)
+    except cat2.ServerError:
+        return []  # (a subscriber without re-publishing: every root is its own origin)
+    hops = source.get("hops") or []
+    lines = []
+    for n, hop in enumerate(hops):
+        last = n == len(hops) - 1
+        lines.append(f"  re-publishes root {hop['root']!r} of the subscriber at "
+                     f"{hop['subscriber']}, served by {hop['publisher']}"
+                     + (" (the origin)" if last else ""))
+    if source.get("hops") is None:
+        lines.append("  (its publisher could not be asked whether it re-publishes)")
+    return lines
 
 
 def cmd_show(client: cat2.Client, args: argparse.Namespace) -> None:

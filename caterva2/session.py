@@ -217,6 +217,15 @@ class Client:
         """Where the publisher serves a root (``ROOT``) or a dataset (``ROOT/PATH``)."""
         return self._get(f"api/url/{paths.check_name(name)}")
 
+    def source(self, root: str) -> dict[str, Any]:
+        """Where ``root`` comes from: ``{"root", "publisher", "publisher_id", "hops"}``.
+        ``hops`` lists, nearest first, the sites a re-published root passes through to its
+        origin (each ``{"root", "subscriber", "publisher", "publisher_id"}``: root
+        ``root`` of the subscriber at ``subscriber``, which gets it from ``publisher``);
+        it is empty for a root served by its origin, and null if the publisher could not
+        be asked."""
+        return self._get(f"api/source/{paths.check_root_name(root)}")
+
     def list(self, root: str) -> list[str]:
         """Dataset paths of a subscribed root, relative to the root."""
         return self._get(f"api/list/{paths.check_root_name(root)}")

@@ -7,6 +7,9 @@ import pathlib
 from collections.abc import AsyncIterator
 
 from caterva2.models import DatasetEntry
+from caterva2.provenance import Hop
+
+BlockPieces = tuple[list[tuple[int, bytes]], int]  # (offset, bytes) pieces, chunk digest
 
 
 class DatasetNotFound(KeyError):
@@ -38,6 +41,10 @@ def without_paths(error: Exception, *places: pathlib.Path) -> str:
     for place in places:
         text = text.replace(f"{pathlib.Path(place).resolve()}{os.sep}", "")
     return text
+
+
+class SourceUnreachable(DatasetUnavailable):
+    """A re-published root's upstream cannot be reached, or cannot give the data now."""
 
 
 class VersionMismatch(Exception):
@@ -88,6 +95,27 @@ class PublishedRoot(abc.ABC):
     #: Whether chunk digests of a whole version can be had cheaply (by reading its stored
     #: chunks once): they let subscribers keep unchanged chunks when a dataset changes.
     offers_digests = True
+
+    #: Whether :meth:`read_blocks` reads blocks of a chunk without the whole chunk.
+    reads_blocks = False
+
+    def read_blocks(self, path: str, nchunk: int, blocks: list[int],
+                    version: str) -> BlockPieces:
+        """Blocks ``blocks`` of chunk ``nchunk`` of an array: the ``(offset, bytes)``
+        pieces of the chunk to send (its head, then each block; or the whole chunk if its
+        blocks cannot move alone, see :func:`caterva2.blocks.pieces_to_send`) and the
+        whole chunk's digest.  Only for roots with ``reads_blocks``."""
+        raise NotImplementedError
+
+    def known_digests(self, path: str, version: str) -> bytes | None:
+        """The digests of every chunk of ``version`` if the root knows them without reading
+        its chunks (a re-published root asks upstream); None: read the chunks."""
+        return None
+
+    def hops(self) -> list[Hop]:
+        """Where the root's data comes from, nearest first (see :mod:`caterva2.provenance`):
+        none for a root that is its own origin."""
+        return []
 
     def stored_file(self, path: str) -> pathlib.Path | None:
         """A file holding the whole dataset as stored, if the root has one (for downloads)."""

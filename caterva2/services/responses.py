@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -67,3 +67,17 @@ def chunk_stream(body: AsyncIterator[Buffer], headers: dict[str, str],
     if sizes is not None:
         headers = {**headers, "Content-Length": str(wire.stream_length(sizes))}
     return StreamingResponse(body, media_type=wire.CHUNKS_MEDIA_TYPE, headers=headers)
+
+
+def block_stream(pieces: Sequence[tuple[int, Buffer]], chunk_digest: int,
+                 headers: dict[str, str]) -> StreamingResponse:
+    """A block stream answer (see :mod:`caterva2.wire`): ``(offset, bytes)`` pieces of one
+    chunk, each with its own digest, and the whole chunk's digest in
+    :data:`caterva2.wire.CHUNK_DIGEST_HEADER`."""
+    async def records() -> AsyncIterator[Buffer]:
+        for offset, piece in pieces:
+            yield wire.record_header(offset, len(piece), wire.chunk_digest(piece))
+            yield piece
+
+    return chunk_stream(records(), {**headers, wire.CHUNK_DIGEST_HEADER: str(chunk_digest)},
+                        [len(piece) for _, piece in pieces])

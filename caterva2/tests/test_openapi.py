@@ -251,7 +251,8 @@ CONFIG = {
                "positive_data_acceptance": {"expected-statuses": ACCEPTED},
                "ignored_auth": {"enabled": False}},
     "operations": [{
-        "include-path-regex": r"^/api/(chunks|blocks|fetch)/|^/files/|^/api/download/\{path\}$",
+        "include-path-regex": (r"^/api/(relay/\{root\}/)?(chunks|blocks|fetch)/|^/files/"
+                               r"|^/api/download/\{path\}$"),
         "checks": {"positive_data_acceptance": {"expected-statuses": [*ACCEPTED, "400",
                                                                       "416"]}}}],
 }

@@ -95,7 +95,10 @@ def stored_chunk(example, path: str, n: int) -> bytes:
 
 @pytest.mark.anyio
 async def test_root_name_and_listing(client):
-    assert (await client.get("/api/root")).json() == {"name": "foo"}
+    root = (await client.get("/api/root")).json()
+    assert root["name"] == "foo"
+    assert root["hops"] == []  # a directory is its own origin (see caterva2.provenance)
+    assert len(root["publisher_id"]) == 16  # a fingerprint of the key, never the key
     assert (await client.get("/api/list")).json() == EXAMPLE
 
 

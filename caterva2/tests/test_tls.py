@@ -90,3 +90,31 @@ def test_tls_settings_are_checked_at_start(pki, tmp_path):
                                *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 2, done.stderr
         assert said in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_re_publishing_from_a_subscriber_over_tls(pki, tmp_path, monkeypatch):
+    """``cat2pub NAME https://HOST:PORT/ROOT``: the relay checks the subscriber's
+    certificate with CATERVA2_CA_BUNDLE, and says why it cannot when it has no CA."""
+    listen = ["--certfile", pki["cert"], "--keyfile", pki["key"]]
+    monkeypatch.setenv("CATERVA2_CA_BUNDLE", pki["ca"])
+    origin, there = Stack(tmp_path / "origin", broker_args=listen), Stack(tmp_path / "there")
+    try:
+        source = make_root_example.make(tmp_path / "root-example")
+        origin.publisher("foo", source, args=listen)
+        near = origin.subscriber(args=listen)
+        assert near.address.startswith("https://")
+        with cat2.Client(near.address, ca_bundle=pki["ca"]) as client:
+            wait_until(lambda: "foo" in client.roots(), what="root foo")
+        there.publisher("far", f"{near.address}/foo")
+        sub = there.subscriber()
+        wait_until(lambda: "far" in cat2.get_roots(sub.address), what="root far")
+        cat2.subscribe("far", sub.address)
+        np.testing.assert_array_equal(cat2.fetch("far/dir1/ds-2d.b2nd", sub.address),
+                                      np.arange(200, dtype="uint16").reshape(10, 20))
+
+        with pytest.raises(RuntimeError) as error:  # (no CA: the system's do not know it)
+            there.publisher("far2", f"{near.address}/foo", env={"CATERVA2_CA_BUNDLE": ""})
+        assert "cannot be trusted" in str(error.value), str(error.value)
+    finally:
+        there.stop()
+        origin.stop()

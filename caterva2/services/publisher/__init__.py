@@ -20,6 +20,9 @@ Endpoints (paths relative to the root):
 - ``GET /api/download/{path}``: the stored file (ordinary files as their ``.b2`` SChunk);
 - ``GET /metrics``, ``GET /health``: for operators (:mod:`caterva2.services.metrics`).
 
+ROOT may also be ``http://HOST:PORT/ROOT`` (or ``https://``): the root ROOT of the
+subscriber at HOST:PORT, re-published (see :mod:`caterva2.roots.relayed`).
+
 It announces itself to the broker at its ``--http`` address, or at ``--url`` (``url`` in
 ``[publisher]``) when subscribers reach it through a proxy or NAT, with its own key
 (``STATEDIR/publisher.key``: the root's name is bound to it at the broker) and the
@@ -37,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import pathlib
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +50,7 @@ from fastapi import FastAPI
 
 from caterva2 import config, paths, tls
 from caterva2.config import broker_token
+from caterva2.provenance import publisher_id
 from caterva2.roots import PublishedRoot, open_root
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.metrics import PublisherMetrics, mount_observability
@@ -107,7 +112,8 @@ def build_app(settings: PublisherSettings, root: PublishedRoot,
         root.close()
 
     app = FastAPI(title=f"Caterva2 publisher of {settings.name}", lifespan=lifespan)
-    app.state.catalog = Catalog(settings.name, root)
+    own_id = publisher_id(private_key(settings.statedir / KEY_FILE))
+    app.state.catalog = Catalog(settings.name, root, own_id)
     app.state.metrics = metrics = PublisherMetrics()
     install_error_handlers(app)
     document(app)
@@ -119,12 +125,23 @@ def build_app(settings: PublisherSettings, root: PublishedRoot,
     return app
 
 
+def upstream_key(settings: dict[str, Any]) -> str | None:
+    """The API key a re-publishing publisher presents to the subscriber it re-publishes
+    from: ``api_key`` in its section, else ``CATERVA2_API_KEY``, else None."""
+    key = settings.get("api_key") or os.environ.get(config.API_KEY_ENV) or None
+    if key is not None and not isinstance(key, str):
+        raise config.ConfigError("api_key must be a string")
+    return key
+
+
 def main() -> None:
     """``cat2pub``: parse options, open the root and serve it."""
     def add_arguments(parser) -> None:
         parser.add_argument("name", nargs="?", help="name of the root, e.g. foo")
         parser.add_argument("root", nargs="?",
-                            help="directory (or HDF5 file) to publish, e.g. root-example")
+                            help="directory (or HDF5 file) to publish, e.g. root-example; "
+                                 "or http://HOST:PORT/ROOT to re-publish root ROOT of the "
+                                 "subscriber at HOST:PORT")
         parser.add_argument("--url", help="http://HOST:PORT (or HOST:PORT) announced to the "
                                           "broker: where subscribers reach this publisher "
                                           "(behind a proxy or NAT; default: --http)")
@@ -138,8 +155,9 @@ def main() -> None:
                                       settings["broker"], settings["statedir"],
                                       settings.get("url"), broker_token(settings.get("token")))
         log.info("announcing %s at %s", publisher.name, publisher.announced)  # (checks url)
-        private_key(publisher.statedir / KEY_FILE)  # (made now: a bad key file stops here)
-        root = open_root(settings["root"], settings["statedir"])
+        key = private_key(publisher.statedir / KEY_FILE)  # (made now: a bad one stops here)
+        root = open_root(str(settings["root"]), settings["statedir"], name=publisher.name,
+                         own_id=publisher_id(key), api_key=upstream_key(settings))
         return build_app(publisher, root)
 
     run_service("publisher", "Caterva2 publisher: serves one root of datasets.",

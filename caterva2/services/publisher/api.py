@@ -7,14 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 
 from caterva2 import wire
-from caterva2.blocks import block_count, pieces_to_send
-from caterva2.models import DatasetEntry, RootIndex
-from caterva2.roots import DatasetNotFound, DatasetUnavailable, VersionMismatch
+from caterva2.blocks import block_count, blocks_per_chunk, pieces_to_send
+from caterva2.models import ArrayMeta, DatasetEntry, RootIndex
+from caterva2.roots import (
+    BlockPieces,
+    DatasetNotFound,
+    DatasetUnavailable,
+    SourceUnreachable,
+    VersionMismatch,
+)
 from caterva2.services.errors import safe_relpath
 from caterva2.services.metrics import PublisherMetrics
 from caterva2.services.openapi import (
@@ -26,7 +32,7 @@ from caterva2.services.openapi import (
     file_answers,
     tagged,
 )
-from caterva2.services.responses import LargeFileResponse, chunk_stream
+from caterva2.services.responses import LargeFileResponse, block_stream, chunk_stream
 
 from .catalog import Catalog, entry_json
 
@@ -52,8 +58,11 @@ def _tagged(request: Request, etag: str, body: bytes) -> Response:
 
 
 @router.get("/api/root")
-async def get_root(catalog: CatalogDep) -> dict[str, str]:
-    return {"name": catalog.name}
+async def get_root(catalog: CatalogDep) -> dict[str, Any]:
+    """The root's name, this publisher's id, and the root's hops to its origin (none if
+    it is the origin; see :mod:`caterva2.provenance`)."""
+    return {"name": catalog.name, "publisher_id": catalog.publisher_id,
+            "hops": [hop.model_dump() for hop in catalog.root.hops()]}
 
 
 @router.get("/api/list")
@@ -124,6 +133,8 @@ async def _read_or_http_error(catalog: Catalog, path: str, version: str, read):
         raise catalog.not_current(path, version) from None
     except DatasetNotFound:
         raise catalog.not_found(path) from None
+    except SourceUnreachable as e:  # (a re-published root: 502, not "being rewritten")
+        raise HTTPException(502, str(e)) from None
     except DatasetUnavailable as e:
         raise HTTPException(503, str(e)) from None
 
@@ -142,6 +153,10 @@ async def get_blocks(path: str, nchunk: int, blocks: str, catalog: CatalogDep,
     current, meta = await asyncio.to_thread(catalog.readable, safe_relpath(path), version)
     if not 0 <= nchunk < meta.schunk.nchunks:
         raise HTTPException(400, f"chunk numbers must be in 0..{meta.schunk.nchunks - 1}")
+    if isinstance(meta, ArrayMeta) and catalog.root.reads_blocks:
+        relayed = await _relayed_blocks(catalog, path, nchunk, blocks, meta, current)
+        request.app.state.metrics.chunks_served(catalog.name, [p for _, p in relayed[0]])
+        return block_stream(relayed[0], relayed[1], {"ETag": current})
 
     def read() -> bytes:
         [chunk] = catalog.root.read_chunks(path, [nchunk], current)
@@ -154,14 +169,21 @@ async def get_blocks(path: str, nchunk: int, blocks: str, catalog: CatalogDep,
     except ValueError as e:
         raise HTTPException(400, str(e)) from None
     request.app.state.metrics.chunks_served(catalog.name, [piece for _, piece in pieces])
+    return block_stream(pieces, wire.chunk_digest(chunk), {"ETag": current})
 
-    async def records():
-        for offset, piece in pieces:
-            yield wire.record_header(offset, len(piece), wire.chunk_digest(piece))
-            yield piece
 
-    headers = {"ETag": current, wire.CHUNK_DIGEST_HEADER: str(wire.chunk_digest(chunk))}
-    return chunk_stream(records(), headers, [len(piece) for _, piece in pieces])
+async def _relayed_blocks(catalog: Catalog, path: str, nchunk: int, blocks: str,
+                          meta: ArrayMeta, version: str) -> BlockPieces:
+    """The pieces of a chunk's blocks from a root that reads blocks itself (a re-published
+    root asks upstream for just those), and the whole chunk's digest."""
+    try:
+        wanted = wire.parse_chunk_list(blocks, blocks_per_chunk(meta.chunks, meta.blocks),
+                                       "block")
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
+    return await _read_or_http_error(
+        catalog, path, version,
+        lambda: catalog.root.read_blocks(path, nchunk, wanted, version))
 
 
 @router.get("/api/digests/{path:path}", response_class=Response, responses=binary(
@@ -174,6 +196,8 @@ async def get_digests(path: str, catalog: CatalogDep,
         current, digests = await asyncio.to_thread(catalog.digests, safe_relpath(path), version)
     except DatasetNotFound:
         raise catalog.not_found(path) from None
+    except SourceUnreachable as e:
+        raise HTTPException(502, str(e)) from None
     except DatasetUnavailable as e:
         raise HTTPException(503, str(e)) from None
     return Response(digests, media_type="application/octet-stream", headers={"ETag": current})

@@ -30,8 +30,8 @@ class Catalog:
     Methods that read the root block (call them in a thread).
     """
 
-    def __init__(self, name: str, root: PublishedRoot):
-        self.name, self.root = name, root
+    def __init__(self, name: str, root: PublishedRoot, publisher_id: str | None = None):
+        self.name, self.root, self.publisher_id = name, root, publisher_id
         self._index: tuple[str, bytes] | None = None  # the last complete index and its ETag
         self._digests: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._digests_lock = threading.Lock()  # (endpoints call in from several threads)
@@ -101,6 +101,12 @@ class Catalog:
             if found is not None:
                 self._digests.move_to_end(key)
                 return current, found
+        try:
+            known = self.root.known_digests(path, current)
+        except VersionMismatch:
+            raise self.not_current(path, current) from None
+        if known is not None:
+            return current, known
         digests = np.zeros(meta.schunk.nchunks, dtype="<u8")
         for batch in wire.batched(list(range(len(digests))), DIGEST_BATCH):
             try:
