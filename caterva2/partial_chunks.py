@@ -70,12 +70,8 @@ class PartialChunks:
             return None
         return np.frombuffer(raw, dtype="<u8").copy() if len(raw) % 8 == 0 else None
 
-    def layout(self, nchunk: int) -> BlockLayout | None:
-        """The chunk's block layout if its head is held (and checks out), else None."""
-        with self.lock:
-            return self._layout(nchunk)
-
-    def _layout(self, nchunk: int) -> BlockLayout | None:
+    def _held(self, nchunk: int) -> tuple[BlockLayout, np.ndarray] | None:
+        """The chunk's block layout and digests, if its head is held and checks out."""
         digests = self._digests(nchunk)
         if digests is None or len(digests) < _FIRST_BLOCK or not digests[_HEAD]:
             return None
@@ -89,16 +85,15 @@ class PartialChunks:
             return None
         if wire.chunk_digest(head) != digests[_HEAD] or len(digests) != 2 + layout.nblocks:
             return None
-        return layout
+        return layout, digests
 
     def missing_blocks(self, nchunk: int, wanted: list[int]) -> list[int] | None:
         """Which of blocks ``wanted`` are not held; None if not even the head is."""
         with self.lock:
-            layout = self._layout(nchunk)
-            digests = self._digests(nchunk)
-            if layout is None or digests is None:
+            held = self._held(nchunk)
+            if held is None:
                 return None
-            return [b for b in wanted if not digests[_FIRST_BLOCK + b]]
+            return [b for b in wanted if not held[1][_FIRST_BLOCK + b]]
 
     def chunk_digest(self, nchunk: int) -> int:
         """The whole chunk's digest as its source gave it (0: unknown)."""
@@ -129,9 +124,10 @@ class PartialChunks:
                     digest: int) -> None:
         """Store the bytes of blocks at ``offset`` (checked against ``digest`` already)."""
         with self.lock:
-            layout, digests = self._layout(nchunk), self._digests(nchunk)
-            if layout is None or digests is None:  # (held whole meanwhile, or evicted)
+            held = self._held(nchunk)
+            if held is None:  # (held whole meanwhile, or evicted)
                 raise FileNotFoundError(f"chunk {nchunk} is no longer held in part")
+            layout, digests = held
             blocks = [b for b, extent in enumerate(layout.extents)
                       if extent == (offset, offset + len(piece))]
             if not blocks:
@@ -165,45 +161,48 @@ class PartialChunks:
         checked against its digest: PiecesDamaged (and forgotten) if one does not match,
         ValueError if one is not held."""
         with self.lock:
-            layout, digests = self._layout(nchunk), self._digests(nchunk)
-            if layout is None or digests is None:
+            held = self._held(nchunk)
+            if held is None:
                 raise ValueError(f"chunk {nchunk} is not held in part")
-            chunk = bytearray(layout.cbytes)
-            with open(self._file(nchunk), "rb") as f:
-                f.readinto(memoryview(chunk)[:layout.head])
-                bad = []
-                for b in sorted(set(wanted), key=lambda b: layout.extents[b]):
-                    if not digests[_FIRST_BLOCK + b]:
-                        raise ValueError(f"block {b} of chunk {nchunk} is not held")
-                    start, stop = layout.extents[b]
-                    f.seek(start)
-                    piece = memoryview(chunk)[start:stop]
-                    f.readinto(piece)
-                    if wire.chunk_digest(piece) != digests[_FIRST_BLOCK + b]:
-                        bad.append(b)
-            if bad:
-                digests[[_FIRST_BLOCK + b for b in bad]] = 0
-                self._digests_file(nchunk).write_bytes(digests.tobytes())
-                raise PiecesDamaged(f"{len(bad)} blocks of chunk {nchunk} of "
-                                    f"{self.replica_file.name} do not match their digests")
-            return chunk
+            return self._assembled(nchunk, wanted, *held)
+
+    def _assembled(self, nchunk: int, wanted: list[int], layout: BlockLayout,
+                   digests: np.ndarray) -> bytearray:
+        chunk = bytearray(layout.cbytes)
+        with open(self._file(nchunk), "rb") as f:
+            f.readinto(memoryview(chunk)[:layout.head])
+            bad = []
+            for b in sorted(set(wanted), key=lambda b: layout.extents[b]):
+                if not digests[_FIRST_BLOCK + b]:
+                    raise ValueError(f"block {b} of chunk {nchunk} is not held")
+                start, stop = layout.extents[b]
+                f.seek(start)
+                piece = memoryview(chunk)[start:stop]
+                f.readinto(piece)
+                if wire.chunk_digest(piece) != digests[_FIRST_BLOCK + b]:
+                    bad.append(b)
+        if bad:
+            digests[[_FIRST_BLOCK + b for b in bad]] = 0
+            self._digests_file(nchunk).write_bytes(digests.tobytes())
+            raise PiecesDamaged(f"{len(bad)} blocks of chunk {nchunk} of "
+                                f"{self.replica_file.name} do not match their digests")
+        return chunk
 
     def whole(self, nchunk: int) -> tuple[memoryview, int] | None:
         """The whole chunk and its digest, if every block is held and the chunk put back
         together matches its source's digest; None if blocks are missing.  A chunk that
         does not match is forgotten (PiecesDamaged)."""
-        layout = self.layout(nchunk)
-        if layout is None:
-            return None
-        if self.missing_blocks(nchunk, list(range(layout.nblocks))):
-            return None
-        chunk = memoryview(self.assembled(nchunk, list(range(layout.nblocks))))
-        digest = self.chunk_digest(nchunk)
-        if wire.chunk_digest(chunk) != digest:
-            self.remove(nchunk)
-            raise PiecesDamaged(f"chunk {nchunk} of {self.replica_file.name}, put back "
-                                "together, does not match its source's digest")
-        return chunk, digest
+        with self.lock:
+            held = self._held(nchunk)
+            if held is None or not held[1][_FIRST_BLOCK:].all():
+                return None
+            layout, digests = held
+            chunk = memoryview(self._assembled(nchunk, list(range(layout.nblocks)), *held))
+            if wire.chunk_digest(chunk) != digests[_WHOLE]:
+                self._remove(nchunk)
+                raise PiecesDamaged(f"chunk {nchunk} of {self.replica_file.name}, put back "
+                                    "together, does not match its source's digest")
+            return chunk, int(digests[_WHOLE])
 
 
 def read_region(chunk: bytes | bytearray, chunks: tuple[int, ...], blocks: tuple[int, ...],

@@ -154,9 +154,9 @@ async def get_blocks(path: str, nchunk: int, blocks: str, catalog: CatalogDep,
     if not 0 <= nchunk < meta.schunk.nchunks:
         raise HTTPException(400, f"chunk numbers must be in 0..{meta.schunk.nchunks - 1}")
     if isinstance(meta, ArrayMeta) and catalog.root.reads_blocks:
-        relayed = await _relayed_blocks(catalog, path, nchunk, blocks, meta, current)
-        request.app.state.metrics.chunks_served(catalog.name, [p for _, p in relayed[0]])
-        return block_stream(relayed[0], relayed[1], {"ETag": current})
+        upstream, digest = await _relayed_blocks(catalog, path, nchunk, blocks, meta, current)
+        request.app.state.metrics.chunks_served(catalog.name, [piece for _, piece in upstream])
+        return block_stream(upstream, digest, {"ETag": current})
 
     def read() -> bytes:
         [chunk] = catalog.root.read_chunks(path, [nchunk], current)

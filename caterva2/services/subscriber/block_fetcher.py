@@ -77,8 +77,8 @@ class BlockFetcher:
                 if whole is not None:
                     await asyncio.to_thread(replica.store, nchunk, *whole)
                     return
-                if not replica.missing([nchunk]):  # (it came whole: unsplittable)
-                    return
+                if not await asyncio.to_thread(replica.missing, [nchunk]):
+                    return  # (it came whole: unsplittable)
             raise Unavailable(f"chunk {nchunk} of {root}/{path} could not be put back "
                               "together from its blocks")
 
