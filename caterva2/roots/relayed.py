@@ -80,6 +80,7 @@ class RelayedRoot(PublishedRoot):
         self.subscriber, self.upstream_root = split_url(url)
         self.url = f"{self.subscriber}/{urllib.parse.quote(self.upstream_root)}"
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.upstream_headers = self.headers
         self.state_file = pathlib.Path(statedir) / INDEX_FILE
         self.hops_file = pathlib.Path(statedir) / HOPS_FILE
         self.pool = http_data.ConnectionPool(timeout=CHUNK_TIMEOUT,
@@ -280,6 +281,14 @@ class RelayedRoot(PublishedRoot):
         if not pieces:
             raise VersionMismatch(path)  # cut short upstream: the dataset changed there
         return pieces, chunk_digest
+
+    def download_url(self, path: str) -> str:
+        """The upstream subscriber's complete file of the dataset (ordinary files as their
+        ``.b2`` SChunk, as a publisher serves them)."""
+        self.entry(path)
+        stored = f"{path}.b2" if paths.dataset_kind(path) == "file" else path
+        return (f"{self.subscriber}/files/{urllib.parse.quote(self.upstream_root)}/"
+                f"{urllib.parse.quote(stored)}")
 
     def _data_error(self, r, path: str, version: str) -> None:
         """Raise what an upstream answer other than 200 means for a read."""

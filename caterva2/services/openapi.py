@@ -47,6 +47,8 @@ WHY = {
     412: "The version asked for is no longer the current one",
     413: "The request body is larger than this service takes",
     416: "The Range asked for starts beyond the file's end",
+    502: "A re-published root's source upstream (another site's subscriber) is "
+         "unreachable, or answered with an error",
     503: "Cannot be answered now: the data's publisher or the broker is unreachable, the "
          "dataset is being rewritten or cannot be read (or, at a subscriber requiring "
          "logins, its users cannot be read); try again later",
