@@ -59,10 +59,11 @@ Health = Callable[[], dict[str, Any]]
 
 def mount_observability(app: FastAPI, registry: CollectorRegistry, service: str,
                         health: Health | None = None,
-                        metrics_responses: openapi.Responses | None = None) -> None:
+                        metrics_responses: openapi.Responses | None = None) -> Counter:
     """Add ``GET /metrics`` (``registry``, plus a count of HTTP requests) and ``GET /health``
     (``{"status": "ok", "service": service}`` updated with ``health()``) to ``app``.
-    ``metrics_responses``: what else ``/metrics`` may answer (for its OpenAPI schema)."""
+    ``metrics_responses``: what else ``/metrics`` may answer (for its OpenAPI schema).
+    Returns the count of HTTP requests (by method, route and status)."""
     requests = Counter("caterva2_http_requests", "HTTP requests answered",
                        ["method", "route", "status"], registry=registry)
     app.add_middleware(_CountRequests, counter=requests)
@@ -84,6 +85,8 @@ def mount_observability(app: FastAPI, registry: CollectorRegistry, service: str,
         if health is not None:
             answer.update(health())
         return answer
+
+    return requests
 
 
 class _CountRequests:

@@ -89,24 +89,25 @@ class _CutResponses(logging.Filter):
         return True
 
 
-def serve(app: FastAPI, sock: socket.socket, address: str, statedir: pathlib.Path,
+def serve(app: FastAPI, sockets: list[socket.socket], address: str, statedir: pathlib.Path,
           loglevel: str, **server_options: Any) -> None:
-    """Run ``app`` until SIGINT/SIGTERM.  Writes ``STATEDIR/address`` once listening.
-    ``server_options`` go to ``uvicorn.Config``."""
+    """Run ``app`` on ``sockets`` until SIGINT/SIGTERM.  Writes ``STATEDIR/address`` once
+    listening.  ``server_options`` go to ``uvicorn.Config``."""
     options: dict[str, Any] = {"http": BoundedHeads, **server_options}
     server = uvicorn.Server(uvicorn.Config(app, log_level=loglevel, access_log=False,
                                            timeout_graceful_shutdown=3, ws_ping_interval=10,
                                            **options))
     logging.getLogger("uvicorn.error").addFilter(_CutResponses())  # (once uvicorn set it up)
     atomic_write(statedir / "address", address)
-    server.run(sockets=[sock])
+    server.run(sockets=sockets)
 
 
 def run_service(kind: str, description: str, defaults: dict[str, Any],
                 make_app: Callable[[dict[str, Any]], FastAPI],
                 add_arguments: Callable | None = None, **server_options: Any) -> None:
     """Parse options, build the service's app with ``make_app(settings)`` and serve it
-    (``server_options`` go to ``uvicorn.Config``).
+    (``server_options`` go to ``uvicorn.Config``).  ``settings["sockets"]`` holds the
+    bound listening socket; ``make_app`` may add more sockets to serve the app on.
 
     Configuration errors end with one clear line on stderr and exit status 2.
     """
@@ -126,13 +127,14 @@ def run_service(kind: str, description: str, defaults: dict[str, Any],
         if "ssl_certfile" in server_options:
             address = f"https://{address}"
         settings["address"] = address
+        settings["sockets"] = [sock]
         app = make_app(settings)
     except (config.ConfigError, FileNotFoundError, ValueError, OSError) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         sys.exit(2)
     keep_freed_memory()
     print(f"{parser.prog}: listening on {tls.base_url(address)}", file=sys.stderr, flush=True)
-    serve(app, sock, address, statedir, settings["loglevel"], **server_options)
+    serve(app, settings["sockets"], address, statedir, settings["loglevel"], **server_options)
 
 
 def tls_options(settings: dict[str, Any]) -> dict[str, str]:

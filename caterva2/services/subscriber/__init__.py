@@ -40,6 +40,8 @@ from caterva2.services.subscriber import api, data_api, page, relay_api
 from caterva2.services.subscriber.access import Access, AccessRules, RequireLogin
 from caterva2.services.subscriber.leases import leasing
 from caterva2.services.subscriber.node import Subscriber, SubscriberSettings
+from caterva2.services.subscriber.worker_link import OwnerReports
+from caterva2.services.subscriber.workers import Fronts, parse_workers
 
 __all__ = ["Subscriber", "SubscriberSettings", "build_app", "main"]
 
@@ -47,9 +49,11 @@ UPSTREAM_LIMITS = httpx.Limits(max_connections=64, max_keepalive_connections=32)
 UPSTREAM_TIMEOUT = httpx.Timeout(30, connect=3)
 
 
-def build_app(settings: SubscriberSettings) -> FastAPI:
+def build_app(settings: SubscriberSettings, fronts: Fronts | None = None) -> FastAPI:
     """The subscriber's web application; its parts live on ``app.state.subscriber`` while
-    it runs (one shared HTTP client to the broker and publishers)."""
+    it runs (one shared HTTP client to the broker and publishers).  With ``fronts`` (``cat2sub
+    --workers N``, N > 1), it is the owner worker, and its front workers run while it does
+    (see :mod:`.workers`)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -57,7 +61,11 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
                                      verify=tls.client_context()) as client:
             async with Subscriber(settings, client, metrics, access).running() as subscriber:
                 app.state.subscriber = subscriber
-                yield
+                if fronts is None:
+                    yield
+                    return
+                async with fronts.running(subscriber, requests):
+                    yield
 
     def health() -> dict[str, Any]:
         subscriber: Subscriber | None = getattr(app.state, "subscriber", None)
@@ -71,9 +79,14 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
     document(app, security=USERS)
     for module in (api, data_api, relay_api, page):
         app.include_router(module.router, responses=LOGIN)
-    mount_observability(app, metrics.registry, "subscriber", health, metrics_responses=LOGIN)
+    requests = mount_observability(app, metrics.registry, "subscriber", health,
+                                   metrics_responses=LOGIN)
     app.add_middleware(LeaseReplicas)
     app.add_middleware(RequireLogin, access=access, statedir=str(settings.statedir))
+    if fronts is not None:  # (outermost: fronts' reports need no login and are not counted)
+        app.add_middleware(OwnerReports, secret=fronts.secret,
+                           private_port=lambda: fronts.private_port, apply=fronts.apply,
+                           state=fronts.state)
     return app
 
 
@@ -103,6 +116,9 @@ def main() -> None:
         parser.add_argument("--require-login", action="store_true", default=None,
                             help="every request needs a user's API key (users: cat2admin "
                                  "--statedir STATEDIR adduser NAME); default: open")
+        parser.add_argument("--workers", metavar="N",
+                            help="processes serving clients, sharing this port and the cache "
+                                 "(default 1; more use more cores for reads of cached data)")
 
     def make_app(settings: dict[str, Any]) -> FastAPI:
         cache_size = config.parse_size(settings.get("cache_size"), "cache_size")
@@ -115,10 +131,16 @@ def main() -> None:
             require_login=require_login,
             access_rules=AccessRules.from_config(settings.get("access", {})))
         access = Access.for_settings(subscriber_settings)
-        for message in (f"cache limit: {config.format_size(cache_size)}", access.describe()):
+        workers = parse_workers(settings.get("workers", 1))
+        fronts = None
+        if workers > 1:
+            fronts = Fronts(workers, settings["sockets"][0], settings)
+            settings["sockets"].append(fronts.private)
+        for message in (f"cache limit: {config.format_size(cache_size)}", access.describe(),
+                        f"workers: {workers}"):
             print(f"cat2sub: {message}", file=sys.stderr, flush=True)
             logging.getLogger("caterva2.subscriber").info(message)
-        return build_app(subscriber_settings)
+        return build_app(subscriber_settings, fronts)
 
     service.run_service("subscriber", "Caterva2 subscriber: follows roots and serves clients.",
                         {"http": config.SUBSCRIBER_DEFAULT, "statedir": "_caterva2/sub",

@@ -270,6 +270,14 @@ class Cache:
                 self.sizes.move_to_end(directory)
             return replica
 
+    def touch(self, root: str, path: str, version: str) -> None:
+        """Count a replica as just used by a read made elsewhere (a front worker, see
+        :mod:`.front`), for the order of eviction.  ValueError for a bad name."""
+        directory = self._replica_dir((root, path, version))
+        with self.lock:
+            if directory in self.sizes:
+                self.sizes.move_to_end(directory)
+
     def _new_replica(self, directory: pathlib.Path, entry: DatasetEntry) -> SparseReplica:
         """Open (or create) the replica in ``directory``, within the bound, with the files
         beside it: its entry (for reuse by the next version) and its digests."""
