@@ -57,6 +57,7 @@ log = logging.getLogger("caterva2.front")
 FETCH_ROUTE = "/api/fetch/{root}/{path:path}"
 INFO_ROUTE = "/api/info/{root}/{path:path}"
 LIST_ROUTE = "/api/list/{root}"
+FIGURES = ("/metrics", "/api/cache")  # the owner's figures, which fronts' reports add to
 TRUE, FALSE = {"true", "1", "yes", "on", "t", "y"}, {"false", "0", "no", "off", "f", "n"}
 OWNER_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=64)
 OWNER_TIMEOUT = httpx.Timeout(None, connect=5)  # (answers may take as long as the owner's)
@@ -120,6 +121,9 @@ class FrontApp:
                 log.debug("passing on %s: %s", scope["path"], e)
         if answer is None:
             assert self.pass_on is not None
+            if scope["path"] in FIGURES:  # (so that they include this front's, to the last)
+                await self.tally.report(self.pass_on.client, self.settings.owner_url,
+                                        self.settings.secret, self.settings.name)
             await self.pass_on(scope, receive, send)
             return
         await send({"type": "http.response.start", "status": answer.status,
@@ -216,14 +220,14 @@ class FrontApp:
             # (verify=False: the owner is this subscriber's own process on loopback; its
             # certificate names the public host, and the secret authenticates the link)
             self.pass_on = PassOn(s.owner_url, client, s.name)
-            await self.tally.report(client, s.owner_url, s.secret)
+            await self.tally.report(client, s.owner_url, s.secret, s.name)
             task = asyncio.create_task(self._keep_in_touch(client))
             await send({"type": "lifespan.startup.complete"})
             await receive()  # (shutdown)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await self.tally.report(client, s.owner_url, s.secret)  # (the last figures)
+            await self.tally.report(client, s.owner_url, s.secret, s.name)  # (the last figures)
             self.replicas.close()
         await send({"type": "lifespan.shutdown.complete"})
 
@@ -237,7 +241,7 @@ class FrontApp:
                 log.warning("%s: the subscriber's main worker is gone; stopping", s.name)
                 self.stop()
                 return
-            await self.tally.report(client, s.owner_url, s.secret)
+            await self.tally.report(client, s.owner_url, s.secret, s.name)
             await asyncio.to_thread(self.replicas.prune)
 
 
@@ -263,6 +267,7 @@ def build_front(settings: FrontSettings, stop: Callable[[], None]) -> Any:
 def main() -> None:
     settings = FrontSettings(**json.loads(sys.stdin.read()))
     setup_logging(settings.loglevel)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # (not a line per request passed on)
     sock = socket.socket(fileno=settings.fd)
     server: uvicorn.Server | None = None
 

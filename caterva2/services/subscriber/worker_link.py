@@ -43,6 +43,7 @@ class RequestCount(BaseModel):
 class FrontReport(BaseModel):
     """What a front did since its last report."""
 
+    front: str = ""  # its name, "front 1"...
     hits: dict[str, int] = {}  # root -> chunks read from the cache
     bytes_out: dict[str, int] = {}  # root -> bytes of data answers
     requests: list[RequestCount] = []
@@ -149,9 +150,11 @@ class FrontTally:
         for r in report.requests:
             self.requests[(r.method, r.route, r.status)] += r.count
 
-    async def report(self, client: httpx.AsyncClient, owner_url: str, secret: str) -> bool:
+    async def report(self, client: httpx.AsyncClient, owner_url: str, secret: str,
+                     front: str) -> bool:
         """Send the figures to the owner and take its state; False if it did not answer."""
         report = self._take()
+        report.front = front
         try:
             response = await client.post(owner_url + REPORT_PATH,
                                          content=report.model_dump_json(),

@@ -72,6 +72,10 @@ class Fronts:
         self.stopping = False
         self.subscriber: Subscriber | None = None
         self.requests: Counter | None = None
+        self.front_answers = Counter("caterva2_front_answers", "requests a front worker "
+                                     "answered itself (also counted in "
+                                     "caterva2_http_requests_total)", ["worker"],
+                                     registry=None)  # (the subscriber's, once running)
 
     # -- the owner's side of the link ---------------------------------------------------
     def apply(self, report: FrontReport) -> None:
@@ -83,9 +87,10 @@ class Fronts:
             sub.metrics.hit(root, n)
         for root, n in report.bytes_out.items():
             sub.metrics.bytes_out(root, n)
-        if self.requests is not None:
-            for r in report.requests:
+        for r in report.requests:
+            if self.requests is not None:
                 self.requests.labels(r.method, r.route, str(r.status)).inc(r.count)
+            self.front_answers.labels(report.front).inc(r.count)
         for root, path, version in report.used:
             with contextlib.suppress(ValueError):
                 sub.cache.touch(root, path, version)
@@ -103,6 +108,7 @@ class Fronts:
                       ) -> AsyncIterator[None]:
         """Fronts run while in the block."""
         self.subscriber, self.requests = subscriber, requests
+        subscriber.metrics.registry.register(self.front_answers)
         for i in range(len(self.procs)):
             self._start(i)
         watcher = asyncio.create_task(self._watch())

@@ -1,0 +1,233 @@
+"""``cat2sub --workers N``: several processes serve one port and one cache.
+
+Real processes throughout: a publisher behind a counting proxy (so that every byte it sends
+is seen), a subscriber with two workers (the owner and one front), clients that open a new
+connection for every request (so that both workers get some).
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import blosc2
+import httpx
+import numpy as np
+import pytest
+
+import caterva2 as cat2
+from caterva2 import wire
+from caterva2.tests.harness import CountingProxy, free_ports, wait_until
+
+SHAPE, CHUNKS = (400, 400), (100, 100)  # 16 chunks of 80 kB
+NCHUNKS = 16
+DEADLINE_S = 60  # no loop below runs longer than this
+
+
+def workers_of(pid: int) -> list[int]:
+    """The front workers of the subscriber ``pid`` (its child processes)."""
+    children = []
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+def read(host: str, dataset: str, slice_: str, shape, dtype="f8") -> np.ndarray:
+    """One read on a connection of its own (so that any worker may take it)."""
+    r = httpx.get(f"http://{host}/api/fetch/{dataset}",
+                  params={"slice_": slice_, "buffer": "true"},
+                  headers={"Connection": "close"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return wire.decompress_items(r.content, np.dtype(dtype), shape)
+
+
+@pytest.fixture
+def site(stack, tmp_path):
+    """Root ``data`` published behind a counting proxy, and a subscriber with two workers
+    following it."""
+    src = tmp_path / "data"
+    src.mkdir()
+    port = free_ports(1)[0]
+    link = CountingProxy(f"127.0.0.1:{port}")
+
+    class Site:
+        source = src
+        publisher = stack.publisher("data", src, http=f"127.0.0.1:{port}",
+                                    args=["--url", link.address])
+        sub = stack.subscriber(args=["--workers", "2"])
+        counted = link
+
+        def cache(self) -> dict:
+            return httpx.get(f"http://{self.sub.address}/api/cache", timeout=30).json()
+
+    wait_until(lambda: "data" in cat2.get_roots(Site.sub.address), what="root data")
+    assert cat2.subscribe("data", Site.sub.address) == "Ok"
+    try:
+        yield Site()
+    finally:
+        link.close()
+
+
+def publish(site, data: np.ndarray, name: str = "a.b2nd") -> None:
+    blosc2.asarray(data, urlpath=str(site.source / name), mode="w", chunks=CHUNKS,
+                   blocks=CHUNKS)
+    wait_until(lambda: name in cat2.get_list("data", site.sub.address), what=name)
+
+
+def test_concurrent_cold_reads_fetch_each_chunk_once_and_keep_the_cache_whole(site):
+    data = np.random.default_rng(1).normal(size=SHAPE)
+    publish(site, data)
+    host = site.sub.address
+    assert len(workers_of(site.sub.proc.pid)) == 1  # one front beside the owner
+    source = blosc2.open(str(site.source / "a.b2nd"))
+    cbytes = sum(len(source.schunk.get_chunk(n)) for n in range(NCHUNKS))
+    before = site.counted.counters().down
+    selections = [(":,:", (slice(None), slice(None))), ("0:200,0:400", (slice(0, 200),)),
+                  ("100:400,0:200", (slice(100, 400), slice(0, 200)))]
+    errors: list[str] = []
+
+    def client(k: int) -> None:
+        try:
+            for i in range(6):
+                text, key = selections[(k + i) % len(selections)]
+                expected = data[key]
+                out = read(host, "data/a.b2nd", text, expected.shape)
+                if not np.array_equal(out, expected):
+                    errors.append(f"client {k}: wrong data for [{text}]")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(f"client {k}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE_S)
+    assert not errors, errors
+    moved = site.counted.counters().down - before
+    # Each chunk crossed the link once (80 kB each: a second copy of any would show).
+    assert cbytes <= moved < cbytes + 20_000, f"{moved} bytes moved for {cbytes} of chunks"
+    figures = site.cache()
+    assert figures["bytes_in"] == cbytes, figures
+
+    # Cached reads, spread over both workers: the figures of both add up.
+    time.sleep(1)  # (the front's last report is in)
+    hits = site.cache()["hits"]
+    for _ in range(20):
+        np.testing.assert_array_equal(read(host, "data/a.b2nd", "0:100,0:100", (100, 100)),
+                                      data[:100, :100])
+    # (the front reports every half second; asked of the front, the figures include its
+    # last reads at once, asked of the owner, within half a second)
+    wait_until(lambda: site.cache()["hits"] == hits + 20, timeout=5, what="hits added up")
+    time.sleep(1)
+    assert site.cache()["hits"] == hits + 20  # (each counted once)
+    metrics = httpx.get(f"http://{host}/metrics").text
+    fronts = [line for line in metrics.splitlines()
+              if line.startswith("caterva2_front_answers_total")]
+    assert fronts, "the front answered nothing itself"
+    assert site.counted.counters().down == before + moved  # (nothing fetched again)
+
+    # The cache as written is whole: one worker after a restart finds every chunk there.
+    site.sub.stop()
+    site.sub.args = ["--workers", "1"]
+    site.sub.start()
+    np.testing.assert_array_equal(cat2.Root("data", host=site.sub.address)["a.b2nd"][:], data)
+    figures = site.cache()  # (since the restart)
+    assert figures["bytes_in"] == 0 and figures["digest_mismatches"] == 0, figures
+    assert figures["hits"] == NCHUNKS, figures
+
+
+def test_a_dataset_changed_while_both_workers_serve_it_is_never_mixed(site):
+    publish(site, np.full(SHAPE, 0.0))
+    host = site.sub.address
+    read(host, "data/a.b2nd", ":,:", SHAPE)  # (cached: fronts can answer)
+    stop = threading.Event()
+    seen: list[float] = []
+    errors: list[str] = []
+
+    def client() -> None:
+        deadline = time.monotonic() + DEADLINE_S
+        while not stop.is_set() and time.monotonic() < deadline:
+            r = httpx.get(f"http://{host}/api/fetch/data/a.b2nd",
+                          params={"slice_": ":,:", "buffer": "true"},
+                          headers={"Connection": "close"}, timeout=30)
+            if r.status_code != 200:  # (409/503 while it keeps changing: read again)
+                continue
+            out = wire.decompress_items(r.content, np.dtype("f8"), SHAPE)
+            values = np.unique(out)
+            if len(values) != 1:
+                errors.append(f"one answer mixes versions {values.tolist()}")
+            seen.append(float(values[0]))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for version in range(1, 6):
+            publish(site, np.full(SHAPE, float(version)))
+            wait_until(lambda v=version: read(host, "data/a.b2nd", "0:1,0:1", (1, 1))[0, 0] == v,
+                       timeout=DEADLINE_S, what=f"version {version} served")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(DEADLINE_S)
+    assert not errors, errors[:3]
+    assert seen and set(seen) <= {0.0, 1.0, 2.0, 3.0, 4.0, 5.0}
+    for _ in range(10):  # once the last version is served, only it is, by every worker
+        assert np.all(read(host, "data/a.b2nd", ":,:", SHAPE) == 5.0)
+
+
+def test_stopping_stops_every_worker_and_a_dead_front_is_replaced(site):
+    publish(site, np.arange(SHAPE[0] * SHAPE[1], dtype="f8").reshape(SHAPE))
+    host, owner = site.sub.address, site.sub.proc.pid
+    [front] = workers_of(owner)
+    os.kill(front, signal.SIGKILL)
+    wait_until(lambda: [p for p in workers_of(owner) if p != front and alive(p)],
+               timeout=DEADLINE_S, what="a new front")
+    for _ in range(10):
+        assert read(host, "data/a.b2nd", "0:2,0:2", (2, 2))[1, 1] == SHAPE[1] + 1
+    [new_front] = [p for p in workers_of(owner) if alive(p)]
+    site.sub.stop()
+    wait_until(lambda: not alive(new_front), timeout=DEADLINE_S, what="the front stopped")
+    assert "starting it again" in site.sub.log_tail(200)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_workers_must_be_a_whole_number_of_at_least_one(tmp_path, value):
+    done = subprocess.run([sys.executable, "-m", "caterva2.services.subscriber",
+                           "--http", "127.0.0.1:0", "--statedir", str(tmp_path / "s"),
+                           "--broker", "127.0.0.1:9", "--workers", value],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().endswith(
+        f"error: workers must be a whole number of processes, at least 1 (got '{value}')"), \
+        done.stderr
+
+
+def test_workers_in_the_configuration_file_is_checked_too(tmp_path):
+    (tmp_path / "caterva2.toml").write_text("[subscriber]\nworkers = 0\n")
+    done = subprocess.run([sys.executable, "-m", "caterva2.services.subscriber",
+                           "--http", "127.0.0.1:0", "--statedir", str(tmp_path / "s"),
+                           "--broker", "127.0.0.1:9"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          check=False)
+    assert done.returncode == 2, done.stderr
+    assert "workers must be a whole number of processes, at least 1 (got 0)" in done.stderr
