@@ -18,6 +18,11 @@ between processes:
   once the answer is built the files' identity is checked again: a write that happened
   meanwhile (the frame grew) voids the answer.  A torn or stale chunk is never served.
 
+  A handle remembers the chunks it checked: as long as the files keep their identity, the
+  bytes are those it checked, so a chunk is checked again only after
+  :data:`RECHECK_S` (as a guard against the disk itself).  Reading and hashing a 2 MB chunk
+  for every 10x10 read was half of a front's time per read (0.28 of 0.55 ms, measured).
+
 A replica removed by the owner (eviction, new version) stays readable through an open
 handle until it is closed: handles of files that changed or vanished are closed at the next
 :meth:`ReplicaHandles.prune` (the front calls it twice a second), so a removed file does not
@@ -29,6 +34,7 @@ import logging
 import os
 import pathlib
 import threading
+import time
 from collections import OrderedDict
 from typing import Any
 
@@ -42,6 +48,7 @@ from caterva2.services.subscriber.cache import _INDEX, REPLICA_FILE, Index, vers
 
 log = logging.getLogger("caterva2.front")
 MAX_HANDLES = 64  # replicas a front keeps open
+RECHECK_S = 1.0  # a chunk checked against its digest is checked again after this long
 
 Identity = tuple[int, int, int, int]  # inode, size, mtime (ns), device
 
@@ -106,14 +113,20 @@ class ReadOnlyReplica:
             raise ValueError(f"{file} does not have the layout of its dataset")
         self.digests = (np.memmap(digests, dtype="<u8", mode="r", shape=(nchunks,))
                         if nchunks else np.zeros(0, dtype="<u8"))
+        self.checked: dict[int, float] = {}  # chunk -> when it last matched its digest
 
     def verified(self, nchunks: list[int]) -> bool:
-        """Whether every chunk of ``nchunks`` is held and matches its digest."""
+        """Whether every chunk of ``nchunks`` is held and matches its digest (see the
+        module's docstring: checked again after :data:`RECHECK_S`)."""
+        now = time.monotonic()
         with self.lock:
             for n in nchunks:
+                if now - self.checked.get(n, -RECHECK_S) < RECHECK_S:
+                    continue
                 digest = int(self.digests[n])
                 if not digest or wire.chunk_digest(self.schunk.get_chunk(n)) != digest:
                     return False
+                self.checked[n] = now
         return True
 
     def read_array(self, region: tuple[slice, ...]) -> np.ndarray:
