@@ -231,3 +231,45 @@ def test_workers_in_the_configuration_file_is_checked_too(tmp_path):
                           check=False)
     assert done.returncode == 2, done.stderr
     assert "workers must be a whole number of processes, at least 1 (got 0)" in done.stderr
+
+
+def front_answers(host: str, headers: dict | None = None) -> float:
+    """Requests the fronts answered themselves, as the owner's figures say."""
+    text = httpx.get(f"http://{host}/metrics", headers=headers, timeout=30).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("caterva2_front_answers_total"))
+
+
+def test_every_worker_applies_the_same_logins_and_rules(stack, tmp_path):
+    from caterva2.tests.harness import cat2admin
+    from caterva2.tools import make_root_example
+
+    stack.publisher("foo", make_root_example.make(tmp_path / "root-example"))
+    conf = tmp_path / "caterva2.toml"
+    conf.write_text('[access.foo]\nread = ["alice"]\n')
+    sub = stack.subscriber(args=["--workers", "2", "--require-login", "--conf", conf])
+    alice, bob = ({"Authorization": "Bearer " + cat2admin(
+        "--statedir", sub.statedir, "adduser", name).stdout.split()[-1]}
+        for name in ("alice", "bob"))
+    base = f"http://{sub.address}"
+    wait_until(lambda: httpx.post(f"{base}/api/subscribe/foo", headers=alice).status_code
+               == 200, what="foo subscribed")
+    expected = np.arange(200, dtype="uint16").reshape(10, 20)[2:7, 3:9]
+    url = f"{base}/api/fetch/foo/dir1/ds-2d.b2nd"
+    params = {"slice_": "2:7,3:9", "buffer": "true"}
+    assert httpx.get(url, params=params, headers=alice).status_code == 200  # (now cached)
+    time.sleep(1)  # (the fronts know foo is subscribed)
+    answered = front_answers(sub.address, alice)
+    for _ in range(16):  # (a new connection each: both workers get some)
+        for headers, status in [({}, 401), (bob, 403), (alice, 200)]:
+            r = httpx.get(url, params=params, headers={**headers, "Connection": "close"})
+            assert r.status_code == status, (headers, r.text)
+        np.testing.assert_array_equal(
+            wire.decompress_items(r.content, np.dtype("uint16"), expected.shape), expected)
+        for path in ["/api/list/foo", "/api/info/foo/dir1/ds-2d.b2nd"]:
+            assert httpx.get(base + path, headers={**bob, "Connection": "close"}
+                             ).status_code == 403
+            assert httpx.get(base + path, headers={**alice, "Connection": "close"}
+                             ).status_code == 200
+    wait_until(lambda: front_answers(sub.address, alice) > answered, timeout=5,
+               what="answers from the front")
