@@ -37,8 +37,8 @@ import numpy as np
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # the checkout's caterva2, also when not installed
 
-import caterva2 as cat2  # noqa: E402
-from caterva2.tests.harness import Stack, wait_until  # noqa: E402
+import caterva2 as cat2
+from caterva2.tests.harness import Stack, wait_until
 
 SHAPE, CHUNKS, BLOCKS = (2000, 2000), (500, 500), (100, 100)  # as bench/scaling.py (c)
 CLIENTS = [1, 8, 32]
@@ -147,8 +147,8 @@ def environment(load_start: str) -> str:
     return "\n".join([
         f"- when: {datetime.datetime.now().isoformat(timespec='seconds')}",
         f"- code: commit {git('rev-parse', '--short', 'HEAD')}",
-        f"- machine: {os.cpu_count()} CPUs, {platform.machine()}, Python "
-        f"{platform.python_version()}, blosc2 {blosc2.__version__}",
+        (f"- machine: {os.cpu_count()} CPUs, {platform.machine()}, Python "
+         f"{platform.python_version()}, blosc2 {blosc2.__version__}"),
         f"- load average at start / end: {load_start} / "
         + " ".join(f"{x:.2f}" for x in os.getloadavg()),
     ])
@@ -158,10 +158,10 @@ def report(rows: list[dict], args, load_start: str) -> str:
     lines = ["# Subscriber workers: cached 10x10 reads\n",
              "Produced by `bench/workers.py`; see `bench/README.md`.\n",
              environment(load_start),
-             f"- each cell: median of {args.rounds} rounds of {args.seconds:g} s; the clients "
-             "(separate processes) share the CPUs with the subscriber\n",
-             "| workers | clients | reads/s | vs 1 worker | p50 (ms) | p99 (ms) | "
-             "sub CPU/read (ms) | data correct |",
+             (f"- each cell: median of {args.rounds} rounds of {args.seconds:g} s; the "
+              "clients (separate processes) share the CPUs with the subscriber\n"),
+             ("| workers | clients | reads/s | vs 1 worker | p50 (ms) | p99 (ms) | "
+              "sub CPU/read (ms) | data correct |"),
              "|---|---|---|---|---|---|---|---|"]
     base = {r["clients"]: r["reads_per_s"] for r in rows if r["workers"] == 1}
     for r in rows:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ import pytest
 import caterva2 as cat2
 from caterva2 import wire
 from caterva2.tests.harness import CountingProxy, free_ports, wait_until
+from caterva2.tests.test_tls import pki  # noqa: F401 - a fixture
 
 SHAPE, CHUNKS = (400, 400), (100, 100)  # 16 chunks of 80 kB
 NCHUNKS = 16
@@ -233,9 +235,10 @@ def test_workers_in_the_configuration_file_is_checked_too(tmp_path):
     assert "workers must be a whole number of processes, at least 1 (got 0)" in done.stderr
 
 
-def front_answers(host: str, headers: dict | None = None) -> float:
-    """Requests the fronts answered themselves, as the owner's figures say."""
-    text = httpx.get(f"http://{host}/metrics", headers=headers, timeout=30).text
+def front_answers(base: str, **options) -> float:
+    """Requests the fronts answered themselves, as the owner's figures say (``options``:
+    for httpx)."""
+    text = httpx.get(f"{base}/metrics", timeout=30, **options).text
     return sum(float(line.split()[-1]) for line in text.splitlines()
                if line.startswith("caterva2_front_answers_total"))
 
@@ -259,7 +262,7 @@ def test_every_worker_applies_the_same_logins_and_rules(stack, tmp_path):
     params = {"slice_": "2:7,3:9", "buffer": "true"}
     assert httpx.get(url, params=params, headers=alice).status_code == 200  # (now cached)
     time.sleep(1)  # (the fronts know foo is subscribed)
-    answered = front_answers(sub.address, alice)
+    answered = front_answers(base, headers=alice)
     for _ in range(16):  # (a new connection each: both workers get some)
         for headers, status in [({}, 401), (bob, 403), (alice, 200)]:
             r = httpx.get(url, params=params, headers={**headers, "Connection": "close"})
@@ -271,5 +274,38 @@ def test_every_worker_applies_the_same_logins_and_rules(stack, tmp_path):
                              ).status_code == 403
             assert httpx.get(base + path, headers={**alice, "Connection": "close"}
                              ).status_code == 200
-    wait_until(lambda: front_answers(sub.address, alice) > answered, timeout=5,
+    wait_until(lambda: front_answers(base, headers=alice) > answered, timeout=5,
                what="answers from the front")
+
+
+def test_workers_over_tls(pki, tmp_path, monkeypatch):  # noqa: F811 - the fixture
+    from caterva2.tests.harness import Stack
+    from caterva2.tools import make_root_example
+
+    listen = ["--certfile", pki["cert"], "--keyfile", pki["key"]]
+    monkeypatch.setenv("CATERVA2_CA_BUNDLE", pki["ca"])
+    stack = Stack(tmp_path / "state")
+    try:
+        stack.publisher("foo", make_root_example.make(tmp_path / "root-example"))
+        sub = stack.subscriber(args=[*listen, "--workers", "2"])
+        assert sub.address.startswith("https://")
+        trust = ssl.create_default_context(cafile=pki["ca"])
+        with httpx.Client(verify=trust) as client:
+            wait_until(lambda: client.post(f"{sub.address}/api/subscribe/foo").status_code
+                       == 200, what="foo subscribed")
+        url = f"{sub.address}/api/fetch/foo/dir1/ds-2d.b2nd"
+        params = {"slice_": "2:7,3:9", "buffer": "true"}
+        expected = np.arange(200, dtype="uint16").reshape(10, 20)[2:7, 3:9]
+        assert httpx.get(url, params=params, verify=trust).status_code == 200
+        time.sleep(1)  # (the front knows foo is subscribed)
+        answered = front_answers(sub.address, verify=trust)
+        for _ in range(16):  # (a new connection each: both workers get some)
+            r = httpx.get(url, params=params, verify=trust)
+            assert r.status_code == 200, r.text
+            np.testing.assert_array_equal(
+                wire.decompress_items(r.content, np.dtype("uint16"), expected.shape),
+                expected)
+        wait_until(lambda: front_answers(sub.address, verify=trust) > answered, timeout=5,
+                   what="answers from the front")
+    finally:
+        stack.stop()
