@@ -309,3 +309,59 @@ def test_workers_over_tls(pki, tmp_path, monkeypatch):  # noqa: F811 - the fixtu
                    what="answers from the front")
     finally:
         stack.stop()
+
+
+def open_deleted_files(pid: int) -> list[str]:
+    """Files process ``pid`` holds open that were removed."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.endswith(" (deleted)") and "/cache/" in target:
+            found.append(target)
+    return found
+
+
+def test_the_cache_bound_holds_for_all_workers(stack, tmp_path):
+    src = tmp_path / "big"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    data = {}
+    for name in "abcd":  # 1 MiB each, incompressible, in chunks of 256 KiB
+        data[name] = rng.normal(size=2**17)
+        blosc2.asarray(data[name], urlpath=str(src / f"{name}.b2nd"), mode="w",
+                       chunks=(2**15,), blocks=(2**12,))
+    stack.publisher("big", src)
+    sub = stack.subscriber(args=["--workers", "2", "--cache-size", "3MiB"])
+    wait_until(lambda: "big" in cat2.get_roots(sub.address), what="root big")
+    assert cat2.subscribe("big", sub.address) == "Ok"
+    [front] = workers_of(sub.proc.pid)
+    for round_ in range(3):
+        for name in "abcd":  # (the fronts answer what is cached, the owner the rest)
+            for _ in range(4):
+                out = read(sub.address, f"big/{name}.b2nd", ":", (2**17,))
+                np.testing.assert_array_equal(out, data[name])
+    figures = httpx.get(f"http://{sub.address}/api/cache").json()
+    assert figures["evictions"] > 0 and figures["usage"] <= 3 * 2**20, figures
+    # Replicas the owner evicted are let go by the front too, within a second or so.
+    wait_until(lambda: not open_deleted_files(front), timeout=10,
+               what="the front to close evicted replicas")
+
+
+def test_fronts_stop_when_the_owner_is_killed_and_everything_else_passes_through(site):
+    data = np.random.default_rng(5).normal(size=SHAPE)
+    publish(site, data)
+    host = site.sub.address
+    ds = cat2.Root("data", host=host)["a.b2nd"]
+    for _ in range(4):  # chunk streams, downloads, roots: the owner's, through any worker
+        np.testing.assert_array_equal(ds[:], data)
+        np.testing.assert_array_equal(ds[100:300, 50:60], data[100:300, 50:60])
+        assert "data" in cat2.get_roots(host)
+        r = httpx.get(f"http://{host}/files/data/a.b2nd", headers={"Range": "bytes=0-99",
+                                                                   "Connection": "close"})
+        assert r.status_code == 206 and len(r.content) == 100
+    [front] = workers_of(site.sub.proc.pid)
+    site.sub.stop(kill=True)
+    wait_until(lambda: not alive(front), timeout=DEADLINE_S, what="the front to stop")

@@ -73,6 +73,7 @@ class FrontSettings:
     fd: int  # the listening socket, shared with the owner
     owner_url: str  # http(s)://127.0.0.1:PORT, the owner's private address
     secret: str  # authenticates the front's reports to the owner
+    owner_pid: int  # the front stops when its parent is no longer this process
     statedir: str
     loglevel: str = "warning"
     require_login: bool = False
@@ -106,7 +107,6 @@ class FrontApp:
         self.replicas = ReplicaHandles(cache_dir)
         self.tally = FrontTally()
         self.pass_on: PassOn | None = None
-        self.parent = os.getppid()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -246,12 +246,15 @@ class FrontApp:
         s = self.settings
         while True:
             await asyncio.sleep(REPORT_INTERVAL_S)
-            if os.getppid() != self.parent:
+            if os.getppid() != s.owner_pid:
                 log.warning("%s: the subscriber's main worker is gone; stopping", s.name)
                 self.stop()
                 return
-            await self.tally.report(client, s.owner_url, s.secret, s.name)
-            await asyncio.to_thread(self.replicas.prune)
+            try:
+                await self.tally.report(client, s.owner_url, s.secret, s.name)
+                await asyncio.to_thread(self.replicas.prune)
+            except Exception:  # (a bug: said, and the front goes on)
+                log.exception("%s: keeping in touch with the main worker failed", s.name)
 
 
 def _flag(text: str) -> bool | None:

@@ -31,6 +31,7 @@ SECRET_HEADER = "caterva2-worker-secret"
 REPORT_INTERVAL_S = 0.5
 STATE_MAX_AGE_S = 2.0  # a front trusts the owner's state for this long
 MAX_REPORT_BYTES = 1 << 20
+MAX_USED = 2000  # replicas a report names (more within half a second: the rest go unnamed)
 
 
 class RequestCount(BaseModel):
@@ -125,7 +126,7 @@ class FrontTally:
             self.hits[root] += chunks
         if root is not None and nbytes:
             self.bytes_out[root] += nbytes
-        if replica is not None:
+        if replica is not None and len(self.used) < MAX_USED:
             self.used.add(replica)
 
     def current_state(self) -> OwnerState | None:
@@ -146,7 +147,7 @@ class FrontTally:
         """A report that did not reach the owner: counted in the next one."""
         self.hits.update(report.hits)
         self.bytes_out.update(report.bytes_out)
-        self.used.update(report.used)
+        self.used.update(report.used[:max(0, MAX_USED - len(self.used))])
         for r in report.requests:
             self.requests[(r.method, r.route, r.status)] += r.count
 

@@ -62,7 +62,8 @@ class Fronts:
         self.secret = secrets.token_urlsafe(32)
         self.owner_url = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
         self._base = {"fd": public.fileno(), "owner_url": self.owner_url,
-                      "secret": self.secret, "statedir": str(settings["statedir"]),
+                      "secret": self.secret, "owner_pid": os.getpid(),
+                      "statedir": str(settings["statedir"]),
                       "loglevel": settings["loglevel"],
                       "require_login": bool(settings.get("require_login", False)),
                       "access": settings.get("access", {}),
