@@ -26,6 +26,7 @@ from caterva2.tests.harness import CountingProxy, free_ports, wait_until
 from caterva2.tests.test_tls import pki  # noqa: F401 - a fixture
 
 SHAPE, CHUNKS = (400, 400), (100, 100)  # 16 chunks of 80 kB
+README = b"This is a simple example,\nwith several lines,\nfor showing purposes.\n"
 NCHUNKS = 16
 DEADLINE_S = 60  # no loop below runs longer than this
 
@@ -269,6 +270,15 @@ def test_every_worker_applies_the_same_logins_and_rules(stack, tmp_path):
             assert r.status_code == status, (headers, r.text)
         np.testing.assert_array_equal(
             wire.decompress_items(r.content, np.dtype("uint16"), expected.shape), expected)
+        for path, expected_bytes in [("ds-hello.b2frame", b"Hello world!" * 100),
+                                     ("README.md", README)]:  # (bytes: frames, files)
+            r = httpx.get(f"{base}/api/fetch/foo/{path}",
+                          headers={**alice, "Connection": "close"})
+            assert r.status_code == 200, r.text
+            assert wire.decode_selection(r.content, is_array=False) == expected_bytes
+        r = httpx.get(f"{base}/api/fetch/foo/ds-sc-attr.b2nd",  # (a 0-d array)
+                      headers={**alice, "Connection": "close"})
+        assert wire.decode_selection(r.content, is_array=True) == "foobar"
         for path in ["/api/list/foo", "/api/info/foo/dir1/ds-2d.b2nd"]:
             assert httpx.get(base + path, headers={**bob, "Connection": "close"}
                              ).status_code == 403
