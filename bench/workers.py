@@ -171,9 +171,9 @@ def report(rows: list[dict], args, load_start: str) -> str:
                      f"{r['cpu_ms_per_read']:.3f} | "
                      f"{r['reads_per_s'] * r['cpu_ms_per_read'] / 1000:.2f} | "
                      f"{'yes' if r['correct'] else 'NO'} |")
-    lines += ["", "*sub cores busy*: reads/s x CPU/read, the cores the subscriber's processes "
-              "kept busy; the rest of the machine went to the clients (and whatever else "
-              "ran on it)."]
+    lines += ["", ("*sub cores busy*: reads/s x CPU/read, the cores the subscriber's "
+                   "processes kept busy; the rest of the machine went to the clients (and "
+                   "whatever else ran on it).")]
     return "\n".join(lines) + "\n"
 
 
