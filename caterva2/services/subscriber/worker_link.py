@@ -10,6 +10,13 @@ all workers' reads).  It answers with an :class:`OwnerState`: whether its broker
 (while it is not, every read is first checked with its publisher, which only the owner
 does) and which roots are subscribed.  A front whose last answer is older than
 :data:`STATE_MAX_AGE_S` answers nothing itself.
+
+So a front learns that the broker link went down up to half a second late, and may answer
+from the cache meanwhile without asking the publisher: the owner itself takes a
+revalidation's answer as good for as long (:data:`.freshness.REVALIDATE_INTERVAL_S`), and
+no change can be announced over a link that is down.  A change announced while the link
+is up reaches fronts at once: the owner writes the new index before it answers anything
+of the new version, and fronts read the index on disk at every request.
 """
 from __future__ import annotations
 
