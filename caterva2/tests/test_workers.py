@@ -99,7 +99,8 @@ def test_concurrent_cold_reads_fetch_each_chunk_once_and_keep_the_cache_whole(si
     data = np.random.default_rng(1).normal(size=SHAPE)
     publish(site, data)
     host = site.sub.address
-    assert len(workers_of(site.sub.proc.pid)) == 1  # one front beside the owner
+    fronts = workers_of(site.sub.proc.pid)
+    assert len(fronts) == 1  # one front beside the owner
     source = blosc2.open(str(site.source / "a.b2nd"))
     cbytes = sum(len(source.schunk.get_chunk(n)) for n in range(NCHUNKS))
     before = site.counted.counters().down
@@ -124,6 +125,7 @@ def test_concurrent_cold_reads_fetch_each_chunk_once_and_keep_the_cache_whole(si
     for t in threads:
         t.join(DEADLINE_S)
     assert not errors, errors
+    assert workers_of(site.sub.proc.pid) == fronts, "the front died while the cache filled"
     moved = site.counted.counters().down - before
     # Each chunk crossed the link once (80 kB each: a second copy of any would show).
     assert cbytes <= moved < cbytes + 20_000, f"{moved} bytes moved for {cbytes} of chunks"
@@ -142,9 +144,9 @@ def test_concurrent_cold_reads_fetch_each_chunk_once_and_keep_the_cache_whole(si
     time.sleep(1)
     assert site.cache()["hits"] == hits + 20  # (each counted once)
     metrics = httpx.get(f"http://{host}/metrics").text
-    fronts = [line for line in metrics.splitlines()
-              if line.startswith("caterva2_front_answers_total")]
-    assert fronts, "the front answered nothing itself"
+    answered = [line for line in metrics.splitlines()
+                if line.startswith("caterva2_front_answers_total")]
+    assert answered, "the front answered nothing itself"
     assert site.counted.counters().down == before + moved  # (nothing fetched again)
 
     # The cache as written is whole: one worker after a restart finds every chunk there.
@@ -375,3 +377,23 @@ def test_fronts_stop_when_the_owner_is_killed_and_everything_else_passes_through
     [front] = workers_of(site.sub.proc.pid)
     site.sub.stop(kill=True)
     wait_until(lambda: not alive(front), timeout=DEADLINE_S, what="the front to stop")
+
+
+def test_a_chunk_damaged_on_disk_is_never_served_by_any_worker(site):
+    data = np.random.default_rng(7).normal(size=SHAPE)
+    publish(site, data)
+    host = site.sub.address
+    np.testing.assert_array_equal(read(host, "data/a.b2nd", ":,:", SHAPE), data)  # cached
+    [replica] = site.sub.statedir.glob("cache/roots/data/data/a.b2nd/*/replica.b2")
+    cached = blosc2.open(str(replica))
+    chunk = cached.schunk.get_chunk(5)
+    del cached
+    content = bytearray(replica.read_bytes())
+    at = content.find(chunk) + len(chunk) // 2
+    assert at > len(chunk) // 2, "chunk 5 not found in the replica"
+    content[at] ^= 0xFF
+    replica.write_bytes(bytes(content))  # (as a failing disk might)
+    for _ in range(20):  # (a new connection each: both workers get some)
+        np.testing.assert_array_equal(read(host, "data/a.b2nd", "100:200,100:200",
+                                           (100, 100)), data[100:200, 100:200])
+    assert site.cache()["digest_mismatches"] >= 1

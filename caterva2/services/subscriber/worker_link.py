@@ -37,6 +37,7 @@ REPORT_PATH = "/api/_workers/report"
 SECRET_HEADER = "caterva2-worker-secret"
 REPORT_INTERVAL_S = 0.5
 STATE_MAX_AGE_S = 2.0  # a front trusts the owner's state for this long
+REPORT_TIMEOUT_S = 5.0  # an owner that takes longer to answer a report is not heard
 MAX_REPORT_BYTES = 1 << 20
 MAX_USED = 2000  # replicas a report names (more within half a second: the rest go unnamed)
 
@@ -167,7 +168,8 @@ class FrontTally:
             response = await client.post(owner_url + REPORT_PATH,
                                          content=report.model_dump_json(),
                                          headers={SECRET_HEADER: secret,
-                                                  "content-type": "application/json"})
+                                                  "content-type": "application/json"},
+                                         timeout=REPORT_TIMEOUT_S)
             response.raise_for_status()
             self.state = OwnerState.model_validate_json(response.content)
         except (httpx.HTTPError, ValidationError) as e:
