@@ -371,6 +371,22 @@ class ChangeEvent(BaseModel):
 Event = Annotated[RootEvent | ChangeEvent, Field(discriminator="kind")]
 
 
+class Notifications(BaseModel):
+    """Broker → publishers and subscribers: where the deployment's notifications go.
+
+    ``engine`` ``"broker"``: through the broker (events posted to it, its WebSocket
+    ``/api/events``); ``"nats"``: on NATS JetStream, at ``servers`` (``nats://HOST:PORT``),
+    in stream ``stream`` on the subjects of ``deployment`` (see
+    :mod:`caterva2.services.nats_bus`).
+    """
+
+    engine: Literal["broker", "nats"] = "broker"
+    servers: list[Annotated[str, Field(pattern=r"^(nats|tls)://[^/@\s]+$", max_length=300)]
+                  ] = Field(default_factory=list, max_length=64)
+    deployment: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] | None = None
+    stream: Annotated[str, Field(pattern=r"^CATERVA2_[A-Za-z0-9_-]{1,32}$")] | None = None
+
+
 def chunk_layout(meta: AnyMeta) -> tuple:
     """What decides which chunks a selection needs and how they decode: two versions of a
     dataset with the same layout can share chunks."""

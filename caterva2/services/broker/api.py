@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from caterva2.models import ChangeEvent, ListedRoot, RootEvent, RootInfo
+from caterva2.models import ChangeEvent, ListedRoot, Notifications, RootEvent, RootInfo
 from caterva2.services.openapi import errors
 
 from .auth import PublisherKey
@@ -56,14 +56,26 @@ async def register_root(root: RootInfo, key: PublisherKey, request: Request,
     if holder is not None:
         raise HTTPException(409, taken(root.name, holder))
     try:
-        await registry.register(root, request.app.state.client)
+        changed = await registry.register(root, request.app.state.client)
     except NameTaken as e:
         raise HTTPException(409, str(e)) from None
     except RegistryFull as e:
         raise HTTPException(507, str(e)) from None
-    hub.publish(RootEvent(root=root).model_dump_json())
+    if request.app.state.nats is None:
+        hub.publish(RootEvent(root=root).model_dump_json())
+    elif changed:  # (on NATS, only news: the stream keeps every announcement)
+        request.app.state.nats.announce(root)
     request.app.state.metrics.registrations.inc()
     return "Ok"
+
+
+@router.get("/api/notifications")
+async def get_notifications(request: Request) -> Notifications:
+    """Which way the deployment's notifications go: through this broker (``engine``
+    ``"broker"``: events posted here, read on the WebSocket ``/api/events``) or on NATS
+    JetStream (``"nats"``: its servers, stream and deployment)."""
+    nats = request.app.state.nats
+    return Notifications() if nats is None else nats.options.notifications()
 
 
 def taken(name: str, holder: Binding) -> str:
@@ -78,7 +90,8 @@ def taken(name: str, holder: Binding) -> str:
 async def post_event(event: ChangeEvent, key: PublisherKey, request: Request,
                      registry: RegistryDep, bindings: BindingsDep, hub: HubDep) -> str:
     """Forward a publisher's change event to every subscriber: only from the publisher
-    the root's name is bound to (403 from any other)."""
+    the root's name is bound to (403 from any other).  On NATS, publishers announce
+    changes there instead; what is posted here goes to the WebSocket all the same."""
     holder = await asyncio.to_thread(bindings.get, event.root)
     if holder is None or not holder.holds(key):
         raise HTTPException(403, f"only the publisher of root {event.root!r} may announce "

@@ -40,6 +40,7 @@ from caterva2.services.subscriber import api, data_api, page, relay_api
 from caterva2.services.subscriber.access import Access, AccessRules, RequireLogin
 from caterva2.services.subscriber.leases import leasing
 from caterva2.services.subscriber.node import Subscriber, SubscriberSettings
+from caterva2.services.subscriber.notifications import SubscriberNats
 
 __all__ = ["Subscriber", "SubscriberSettings", "build_app", "main"]
 
@@ -61,8 +62,11 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
 
     def health() -> dict[str, Any]:
         subscriber: Subscriber | None = getattr(app.state, "subscriber", None)
-        return {"broker": settings.broker, "broker_connected":
-                subscriber is not None and subscriber.broker.connected.is_set()}
+        connected = subscriber is not None and subscriber.notifier.connected.is_set()
+        engine = subscriber.notifier.engine if subscriber is not None else "broker"
+        # (broker_connected: whether events reach this subscriber, as before NATS)
+        return {"broker": settings.broker, "broker_connected": connected,
+                "notifications": engine}
 
     metrics = SubscriberMetrics()
     access = Access.for_settings(settings)
@@ -113,7 +117,8 @@ def main() -> None:
             broker=settings["broker"], statedir=pathlib.Path(settings["statedir"]),
             address=settings["address"], url=settings.get("url"), cache_size=cache_size,
             require_login=require_login,
-            access_rules=AccessRules.from_config(settings.get("access", {})))
+            access_rules=AccessRules.from_config(settings.get("access", {})),
+            nats=SubscriberNats.from_settings(settings))
         access = Access.for_settings(subscriber_settings)
         for message in (f"cache limit: {config.format_size(cache_size)}", access.describe()):
             print(f"cat2sub: {message}", file=sys.stderr, flush=True)

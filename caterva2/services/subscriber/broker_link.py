@@ -31,7 +31,7 @@ class BrokerLink:
 
     def __init__(self, broker: str, client: httpx.AsyncClient, registry: RootRegistry):
         self.broker, self.client, self.registry = broker, client, registry
-        self.connected = asyncio.Event()
+        self.connected = asyncio.Event()  # (shared with the NATS link, when on NATS)
 
     async def refresh_roots(self) -> None:
         """Ask the broker for every root, and whether each one's publisher answers (raises
