@@ -28,6 +28,7 @@ bench: $(VENV)/.installed-all
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/link_bytes.py
 	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/notify_latency.py
 
 clean:
 	rm -rf $(VENV) _caterva2 _caterva2_tests *.egg-info

@@ -35,6 +35,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from caterva2 import tls
 from caterva2.config import ConfigError
 from caterva2.models import ChangeEvent, Event, Notifications, RootEvent
 from caterva2.statefiles import atomic_write, read_json
@@ -195,6 +196,8 @@ async def connect(servers: list[str], creds: tuple[str, str] | None, name: str,
         "reconnected_cb": on_reconnect or noop}
     if creds is not None:
         options["user"], options["password"] = creds
+    if any(server.startswith("tls://") for server in servers):
+        options["tls"] = tls.client_context()  # (CATERVA2_CA_BUNDLE, as for the services)
     delay = 0.1
     while True:
         try:

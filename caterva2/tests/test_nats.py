@@ -46,7 +46,7 @@ def credentials_of(*args) -> str:
 def metric(host: str, name: str, labels: str = "") -> float:
     """A subscriber's figure in ``/metrics`` (0 if not there yet)."""
     text = httpx.get(f"http://{host}/metrics", timeout=10).text
-    found = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.M)
+    found = re.search(rf"^{re.escape(name + labels)} (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
 

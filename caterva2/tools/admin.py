@@ -114,23 +114,24 @@ def nats_users(args: argparse.Namespace) -> NatsUsers:
         raise AdminError(str(e)) from None
 
 
-def _print_nats(args: argparse.Namespace, users: NatsUsers, done: str, user: str) -> None:
+def _print_nats(args: argparse.Namespace, users: NatsUsers, who: str, section: str,
+                user: str) -> None:
     conf = users.save()
     credentials = users.credentials(user)
     if args.json:
         print(json.dumps({"conf": str(conf), "credentials": credentials,
                           "deployment": users.deployment}))
         return
-    print(f"{done}; NATS users in {conf} (nats-server -c {conf}, or include it; a running "
-          "one takes it with: nats-server --signal reload)")
-    print("its credentials (CATERVA2_NATS_CREDENTIALS, or nats_credentials in its section):")
+    print(f"NATS users of deployment {users.deployment!r} written to {conf} (start "
+          f"nats-server with -c {conf}, or include it; a running one reads it again on: "
+          "nats-server --signal reload)")
+    print(f"credentials of {who} (CATERVA2_NATS_CREDENTIALS, or nats_credentials in "
+          f"[{section}]):")
     print(credentials)
 
 
 def cmd_nats_broker(args: argparse.Namespace) -> None:
-    users = nats_users(args)
-    _print_nats(args, users, f"NATS users for deployment {users.deployment!r}: the broker's",
-                BROKER_USER)
+    _print_nats(args, nats_users(args), "the broker", "broker", BROKER_USER)
 
 
 def cmd_nats_publisher(args: argparse.Namespace) -> None:
@@ -139,8 +140,9 @@ def cmd_nats_publisher(args: argparse.Namespace) -> None:
         credentials = users.add_publisher(args.root)
     except ValueError as e:
         raise AdminError(str(e)) from None
-    _print_nats(args, users, f"publisher of root {args.root!r} may announce its changes on "
-                             "NATS", credentials.partition(":")[0])
+    _print_nats(args, users, f"the publisher of root {args.root!r}, which may announce "
+                             "changes in that root only", "publisher",
+                credentials.partition(":")[0])
 
 
 def cmd_nats_remove(args: argparse.Namespace) -> None:

@@ -83,7 +83,7 @@ class NatsChanges:
             return
         plan = self._own_plan(told)
         if plan != self.plan:
-            log.warning("change announcements go %s", "on NATS at " + ",".join(plan.servers)
+            log.info("change announcements go %s", "on NATS at " + ",".join(plan.servers)
                         if plan is not None and plan.engine == "nats" else "to the broker")
         self.plan = plan
         if plan != nats_bus.remembered(self.statedir):

@@ -103,10 +103,11 @@ class NatsLink:
         seen = self.position.seq
         if seen is not None and state.first_seq - 1 <= seen <= state.last_seq:
             return seen + 1
-        log.warning("reading every subscribed root's index again: %s",
-                    "first start on NATS" if seen is None else
-                    f"the stream no longer holds sequence {seen + 1}" if seen <
-                    state.first_seq - 1 else "the stream was made anew")
+        log.log(logging.INFO if seen is None else logging.WARNING,
+                "reading every subscribed root's index again: %s",
+                "first start on NATS" if seen is None else
+                f"the stream no longer holds sequence {seen + 1}" if seen <
+                state.first_seq - 1 else "the stream was made anew")
         await self._catch_up(on_catch_up)
         await self.position.save(state.last_seq)
         return state.last_seq + 1
