@@ -124,8 +124,15 @@ def build_app(settings: PublisherSettings, root: PublishedRoot,
     mount_observability(app, metrics.registry, "publisher", lambda: {
         "root": settings.name, "announced_as": settings.announced, "broker": settings.broker,
         "registered": getattr(app.state, "announcer", None) is not None
-        and app.state.announcer.registered})
+        and app.state.announcer.registered, "notifications": _engine(app)})
     return app
+
+
+def _engine(app: FastAPI) -> str:
+    """Where this publisher's change announcements go: "nats" or "broker"."""
+    announcer = getattr(app.state, "announcer", None)
+    return "nats" if announcer is not None and announcer.nats is not None \
+        and announcer.nats.active else "broker"
 
 
 def upstream_key(settings: dict[str, Any]) -> str | None:
