@@ -183,8 +183,20 @@ async def connect(servers: list[str], creds: tuple[str, str] | None, name: str,
     itself when lost.  Errors the server reports (a permission refused, say) are logged."""
     import nats  # (the services extra; only a deployment on NATS needs it)
 
+    last_error = ""
+
     async def error(e: Exception) -> None:
-        log.warning("NATS (%s): %s", name, e)
+        nonlocal last_error
+        # (once at warning level, not twice a second while NATS is down)
+        log.log(logging.DEBUG if str(e) == last_error else logging.WARNING,
+                "NATS (%s): %s", name, e)
+        last_error = str(e)
+
+    async def reconnected() -> None:
+        nonlocal last_error
+        last_error = ""  # (a later outage is logged again)
+        if on_reconnect is not None:
+            await on_reconnect()
 
     async def noop() -> None:
         return None
@@ -193,7 +205,7 @@ async def connect(servers: list[str], creds: tuple[str, str] | None, name: str,
         "servers": servers, "name": name, "connect_timeout": 2, "reconnect_time_wait": 0.5,
         "max_reconnect_attempts": -1, "ping_interval": 5, "max_outstanding_pings": 2,
         "error_cb": error, "disconnected_cb": on_disconnect or noop,
-        "reconnected_cb": on_reconnect or noop}
+        "reconnected_cb": reconnected}
     if creds is not None:
         options["user"], options["password"] = creds
     if any(server.startswith("tls://") for server in servers):

@@ -295,3 +295,27 @@ def test_large_events_are_split_to_fit_a_nats_message():
     assert all(len(p.model_dump_json()) <= nats_bus.MAX_MESSAGE_BYTES for p in pieces)
     assert {k: v for p in pieces for k, v in p.changed.items()} == event.changed
     assert [d for p in pieces for d in p.deleted] == event.deleted
+
+
+def test_cat2admin_keeps_the_nats_users(tmp_path):
+    bro = tmp_path / "bro"
+    bro.mkdir()
+    first = credentials_of("--statedir", bro, "nats-publisher", "my.data")
+    assert first.startswith("caterva2-pub-my.data:")
+    again = credentials_of("--statedir", bro, "nats-publisher", "my.data")
+    assert again != first, "a publisher's password is made anew when asked again"
+    conf = (bro / "nats-auth.conf").read_text()
+    assert again.partition(":")[2] in conf and first.partition(":")[2] not in conf
+    assert '"caterva2.main.change.my~data"' in conf
+    assert (bro / "nats-auth.conf").stat().st_mode & 0o077 == 0, "passwords readable by others"
+    assert (bro / "nats-users.json").stat().st_mode & 0o077 == 0
+    listed = cat2admin("--statedir", bro, "nats-users")
+    assert "caterva2-pub-my.data (root my.data)" in listed.stdout
+    other = cat2admin("--statedir", bro, "--deployment", "other", "nats-broker")
+    assert other.returncode == 1 and "for deployment 'main', not 'other'" in other.stderr
+    assert cat2admin("--statedir", bro, "nats-remove", "my.data").returncode == 0
+    assert "my~data" not in (bro / "nats-auth.conf").read_text()
+    gone = cat2admin("--statedir", bro, "nats-remove", "my.data")
+    assert gone.returncode == 1 and "no NATS user" in gone.stderr
+    bad = cat2admin("--statedir", bro, "nats-publisher", "../x")
+    assert bad.returncode == 1 and "invalid root name" in bad.stderr
