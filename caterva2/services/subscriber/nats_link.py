@@ -34,6 +34,7 @@ from caterva2.statefiles import atomic_write, read_json
 log = logging.getLogger("caterva2.subscriber")
 POSITION_FILE = "nats-position.json"
 HEARTBEAT_S = 1.0  # the consumer is re-created after two heartbeats missed (a server lost)
+CATCH_UP_WAIT_S = 10  # at most this long, reads check with publishers while a backlog is read
 
 
 class Position:
@@ -65,6 +66,9 @@ class NatsLink:
         self.position = Position(statedir, self.stream)
         self.connected = connected
         self.on_resync = on_resync or (lambda: None)
+        self._js: Any = None  # (while listening)
+        self._nc: Any = None
+        self._catching_up: asyncio.Task | None = None
 
     async def listen(self, on_catch_up: Callable[[], Awaitable[None]],
                      on_event: Callable[[RootEvent | ChangeEvent], Awaitable[None]]) -> None:
@@ -73,6 +77,7 @@ class NatsLink:
         nc = await nats_bus.connect(self.plan.servers, self.credentials,
                                     "caterva2 subscriber", self._disconnected,
                                     self._reconnected)
+        self._nc = nc
         try:
             js = nc.jetstream()
             queue: asyncio.Queue = asyncio.Queue()
@@ -80,12 +85,16 @@ class NatsLink:
             await self._subscribe(js, queue, start)
             with contextlib.suppress(httpx.HTTPError):  # (the broker need not be up)
                 await self.broker.refresh_roots()
-            self.connected.set()
             log.info("reading events from stream %s on NATS from sequence %d", self.stream,
                      start)
+            self._js = js
+            self._mark_connected_when_caught_up()
             while True:
                 await self._apply(await queue.get(), on_catch_up, on_event)
         finally:
+            self._js = self._nc = None
+            if self._catching_up is not None:
+                self._catching_up.cancel()
             self.connected.clear()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(nc.close(), 3)
@@ -158,5 +167,32 @@ class NatsLink:
                     "until it is back")
 
     async def _reconnected(self) -> None:
-        self.connected.set()
         log.warning("NATS connection back")
+        self._mark_connected_when_caught_up()
+
+    def _mark_connected_when_caught_up(self) -> None:
+        """Set :attr:`connected` once the events the stream held when asked are applied
+        (until then, reads check their datasets with publishers: no stale answer while
+        a backlog is read)."""
+        if self._js is None:
+            return
+        if self._catching_up is not None:
+            self._catching_up.cancel()
+        self._catching_up = asyncio.create_task(self._connected_when_caught_up(self._js))
+
+    async def _connected_when_caught_up(self, js: Any) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_UP_WAIT_S
+        last = None
+        while last is None and loop.time() < deadline:
+            try:
+                last = (await js.stream_info(self.stream)).state.last_seq
+            except nats_bus.nats_errors():
+                await asyncio.sleep(0.2)
+        while last is not None and (self.position.seq or 0) < last \
+                and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        # (past the deadline, events flow all the same: the consumer is re-created by
+        # then if it was lost, and reads stop asking publishers)
+        if self._nc is not None and self._nc.is_connected:
+            self.connected.set()
