@@ -165,6 +165,12 @@ def test_a_change_reaches_subscribers_with_the_broker_stopped(site):
     (site.source / "ds-hello.b2frame").unlink()
     wait_until(lambda: "ds-hello.b2frame" not in cat2.get_list("foo", site.host),
                what="the deletion at the subscriber")
+    # And so does a publisher (re)started while the broker is down.
+    site.publisher.restart()
+    (site.source / "README.md").write_text("Changed after the publisher restarted.\n")
+    wait_until(lambda: read_text(site.host, "foo/README.md") ==
+               "Changed after the publisher restarted.\n", what="the change at the subscriber")
+    assert nats_connected(site.host)
 
 
 def test_a_subscriber_away_resumes_from_its_sequence(site):
