@@ -332,6 +332,9 @@ MAX_VERSION_LENGTH = 256  # characters in a version tag
 # A header with which a publisher proves that it is the one a root name is bound to (see
 # caterva2.services.broker); the key is the publisher's own, kept in its state directory.
 PUBLISHER_KEY_HEADER = "Caterva2-Publisher-Key"
+# The broker's answer to a registration says in this header where notifications go (a
+# Notifications as JSON); a broker that does not send it takes them itself.
+NOTIFICATIONS_HEADER = "Caterva2-Notifications"
 
 
 class ChangeEvent(BaseModel):

@@ -109,24 +109,26 @@ class NatsCluster:
 
 
 def wait_for_stream(url: str, stream: str, credentials: str | None = None,
-                    timeout: float = 30) -> dict:
+                    timeout: float = 30, with_leader: bool = False) -> dict:
     """The state of ``stream`` once it exists, as ``{"first_seq", "last_seq",
-    "replicas", "leader"}`` (the leader's server name in a cluster; asked in a NATS
-    connection of its own)."""
+    "replicas", "leader"}`` (the leader's server name in a cluster, once elected if
+    ``with_leader``; asked in a NATS connection of its own)."""
     import asyncio
 
     import nats
 
-    async def ask() -> dict:
+    async def ask() -> dict | None:
         options = {}
         if credentials:
             options["user"], _, options["password"] = credentials.partition(":")
         nc = await nats.connect(url.split(","), connect_timeout=2, **options)
         try:
             info = await nc.jetstream().stream_info(stream)
+            leader = info.cluster.leader if info.cluster else None
+            if with_leader and not leader:
+                return None  # (not elected yet)
             return {"first_seq": info.state.first_seq, "last_seq": info.state.last_seq,
-                    "replicas": info.config.num_replicas,
-                    "leader": info.cluster.leader if info.cluster else None}
+                    "replicas": info.config.num_replicas, "leader": leader}
         finally:
             await nc.close()
 

@@ -240,7 +240,7 @@ def test_a_cluster_with_one_server_killed_loses_no_notification(tmp_path):
     stack = None
     try:
         stack = Stack(tmp_path / "state", broker_args=["--nats", cluster.urls])
-        stream = wait_for_stream(cluster.urls, STREAM)
+        stream = wait_for_stream(cluster.urls, STREAM, with_leader=True)
         assert stream["replicas"] == 3
         source = make_root_example.make(tmp_path / "foo")
         stack.publisher("foo", source)

@@ -30,6 +30,7 @@ from caterva2 import paths, tls
 from caterva2.models import (
     MAX_EVENT_PATHS,
     MAX_VERSION_LENGTH,
+    NOTIFICATIONS_HEADER,
     PUBLISHER_KEY_HEADER,
     ChangeEvent,
     RootInfo,
@@ -193,13 +194,14 @@ class Announcer:
         return kept
 
     async def _register(self) -> None:
-        await self._post("/api/roots", RootInfo(name=self.name, http=self.address).model_dump())
+        r = await self._post("/api/roots", RootInfo(name=self.name, http=self.address
+                                                     ).model_dump())
         self.registered = True
         if self.nats is not None:
-            await self.nats.learn(self.client, self.broker)
+            self.nats.learn(r.headers.get(NOTIFICATIONS_HEADER))
 
-    async def _post(self, path: str, body: dict) -> None:
-        """Post ``body`` to the broker; Refused (with the broker's reason) or
+    async def _post(self, path: str, body: dict) -> httpx.Response:
+        """Post ``body`` to the broker: its answer; Refused (with the broker's reason) or
         httpx.HTTPError if it did not take it."""
         r = await self.client.post(tls.base_url(self.broker) + path, json=body,
                                    headers=self.headers)
@@ -211,6 +213,7 @@ class Announcer:
             raise Refused(f"the broker at {self.broker} refused {path} ({r.status_code}): "
                           f"{detail}")
         r.raise_for_status()
+        return r
 
     async def _changed(self, versions: dict[str, str]) -> dict[str, str]:
         """``{path: version}`` of the datasets not announced at their current version."""

@@ -1,7 +1,7 @@
 """A publisher's changes on NATS JetStream, for a deployment whose broker runs with ``--nats``.
 
-The publisher learns where NATS is from its broker (``GET /api/notifications``, asked
-after each registration and remembered in ``STATEDIR/notifications.json``, so that it
+The publisher learns where NATS is from its broker (the ``Caterva2-Notifications`` header
+of its answer to each registration, remembered in ``STATEDIR/notifications.json``, so that it
 announces on NATS even when it starts while the broker is down), or from ``nats`` (and
 ``nats_deployment``) in its own section, which win.  It connects with its own credentials
 (``CATERVA2_NATS_CREDENTIALS``, or ``nats_credentials`` in ``[publisher]``: the user that
@@ -17,11 +17,9 @@ import pathlib
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 
-from caterva2 import tls
-from caterva2.models import ChangeEvent, Notifications
+from caterva2.models import NOTIFICATIONS_HEADER, ChangeEvent, Notifications
 from caterva2.services import nats_bus
 
 log = logging.getLogger("caterva2.publisher")
@@ -69,25 +67,22 @@ class NatsChanges:
                                              told.deployment else nats_bus.DEFAULT_DEPLOYMENT)
         return nats_bus.plan(list(self.own.servers), deployment)
 
-    async def learn(self, client: httpx.AsyncClient, broker: str) -> None:
-        """Ask the broker which way notifications go (after a registration); a broker
-        without the endpoint (an older one) means through it."""
+    def learn(self, told: str | None) -> None:
+        """Take what the broker's answer to a registration says of where notifications
+        go (its ``Caterva2-Notifications`` header; None, without it: through the broker)."""
         try:
-            r = await client.get(tls.base_url(broker) + "/api/notifications")
-            told = (Notifications.model_validate_json(r.content) if r.status_code == 200
-                    else Notifications() if r.status_code == 404 else None)
-        except (httpx.HTTPError, ValidationError) as e:
-            log.warning("cannot ask the broker at %s where notifications go: %s", broker, e)
+            notifications = Notifications.model_validate_json(told) if told is not None \
+                else Notifications()
+        except ValidationError:
+            log.warning("ignoring a malformed %s header from the broker", NOTIFICATIONS_HEADER)
             return
-        if told is None:
-            return
-        plan = self._own_plan(told)
+        plan = self._own_plan(notifications)
         if plan != self.plan:
             log.info("change announcements go %s", "on NATS at " + ",".join(plan.servers)
-                        if plan is not None and plan.engine == "nats" else "to the broker")
+                     if plan is not None and plan.engine == "nats" else "to the broker")
         self.plan = plan
-        if plan != nats_bus.remembered(self.statedir):
-            nats_bus.remember(self.statedir, told)
+        if notifications != nats_bus.remembered(self.statedir):
+            nats_bus.remember(self.statedir, notifications)
 
     async def publish(self, event: ChangeEvent) -> None:
         """Publish ``event`` (in pieces that NATS takes), each acknowledged by the stream;

@@ -1,11 +1,12 @@
 """Where a subscriber takes its events from: its broker's WebSocket, or NATS JetStream.
 
 Which one is decided at start, and again whenever the events stop: ``nats`` in the
-subscriber's own section (with ``nats_deployment``) says NATS; else the broker says
-(``GET /api/notifications``, remembered in ``STATEDIR/notifications.json`` for starts
-while the broker is down); a subscriber that has never heard of NATS uses the broker's
-WebSocket (:mod:`.broker_link`), as without NATS, and asks the broker again at each
-reconnection, so that it moves to NATS when its broker does.  On NATS, see
+subscriber's own section (with ``nats_deployment``) says NATS; else the broker says (the
+``Caterva2-Notifications`` header of its listing of roots, remembered in
+``STATEDIR/notifications.json`` for starts while the broker is down).  A subscriber that
+has never heard of NATS uses the broker's WebSocket (:mod:`.broker_link`), as without
+NATS, and moves to NATS when the listing it asks for on each connection says that its
+broker did.  On NATS, see
 :mod:`.nats_link`.
 """
 from __future__ import annotations
@@ -20,14 +21,12 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from caterva2 import tls
 from caterva2.models import ChangeEvent, Notifications, RootEvent
 from caterva2.services import nats_bus
 from caterva2.services.subscriber.broker_link import BrokerLink
 from caterva2.services.subscriber.nats_link import NatsLink
 
 log = logging.getLogger("caterva2.subscriber")
-ASK_TIMEOUT = httpx.Timeout(3, connect=2)
 
 OnCatchUp = Callable[[], Awaitable[None]]
 OnEvent = Callable[[RootEvent | ChangeEvent], Awaitable[None]]
@@ -77,7 +76,10 @@ class Notifier:
                 continue
 
             async def catch_up_unless_moved() -> None:
-                if await self._told() not in (None, Notifications()):
+                # (the listing asked for on each connection says where notifications go)
+                told = self._told()
+                if told is not None and told.engine == "nats":
+                    nats_bus.remember(self.statedir, told)
                     raise EngineChanged()
                 await on_catch_up()
 
@@ -88,32 +90,37 @@ class Notifier:
                 log.warning("the broker's notifications are now on NATS")
 
     async def _plan(self) -> Notifications:
-        told = await self._told()
-        if told is not None:
-            nats_bus.remember(self.statedir, told)
-        else:
-            told = nats_bus.remembered(self.statedir)
-        if self.own.servers is not None:
-            deployment = self.own.deployment or (told.deployment if told is not None and
-                                                 told.deployment else
-                                                 nats_bus.DEFAULT_DEPLOYMENT)
-            return nats_bus.plan(list(self.own.servers), deployment)
-        return told or Notifications()
-
-    async def _told(self) -> Notifications | None:
-        """What the broker says (None if it cannot be asked now; an older broker without
-        the endpoint means through it)."""
-        try:
-            r = await self.broker.client.get(tls.base_url(self.broker.broker) +
-                                             "/api/notifications", timeout=ASK_TIMEOUT)
-        except httpx.HTTPError:
-            return None
-        if r.status_code == 404:
+        """Where events come from now: the subscriber's own ``nats``; else, if it knows
+        of NATS, what the broker says (what it said last, while it is down); else the
+        broker's WebSocket (which asks nothing more: the listing it asks for on each
+        connection says whether the broker moved to NATS)."""
+        known = nats_bus.remembered(self.statedir)
+        if self.own.servers is None and (known is None or known.engine != "nats"):
             return Notifications()
         try:
-            return Notifications.model_validate_json(r.content) if r.status_code == 200 \
-                else None
+            await self.broker.refresh_roots()
+            told = self._told()
+        except httpx.HTTPError:
+            told = None
+        if told is not None:
+            nats_bus.remember(self.statedir, told)
+            known = told
+        if self.own.servers is not None:
+            deployment = self.own.deployment or (known.deployment if known is not None and
+                                                 known.deployment else
+                                                 nats_bus.DEFAULT_DEPLOYMENT)
+            return nats_bus.plan(list(self.own.servers), deployment)
+        return known or Notifications()
+
+    def _told(self) -> Notifications | None:
+        """What the broker's last listing said (without the header: through the broker;
+        None if it was malformed)."""
+        if self.broker.notifications is None:
+            return Notifications()
+        try:
+            return Notifications.model_validate_json(self.broker.notifications)
         except ValidationError:
+            log.warning("ignoring a malformed notifications header from the broker")
             return None
 
     async def wait_connected(self, timeout: float) -> None:
