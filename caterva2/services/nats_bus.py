@@ -16,8 +16,9 @@ character root names never hold: ``my.data`` is ``my~data``.  A message is taken
 its subject is one of these and names the root its event is about, so that NATS's
 per-subject permissions (see :mod:`caterva2.tools.nats_auth`) decide who may announce
 what.  Publishers and subscribers learn where NATS is from their broker (a
-:class:`~caterva2.models.Notifications`: publishers in the ``Caterva2-Notifications``
-header of its answer to their registrations, subscribers at ``GET /api/notifications``;
+:class:`~caterva2.models.Notifications`: the ``Caterva2-Notifications`` header of its
+answers to registrations and to ``GET /api/roots``, which publishers and subscribers ask
+for anyway;
 remembered in their state directory for when the broker is down) or from ``nats`` in their own section.
 
 Credentials (``USER:PASSWORD``): ``CATERVA2_NATS_CREDENTIALS``, else ``nats_credentials``
