@@ -235,6 +235,7 @@ def test_nobody_without_credentials_announces_or_forges_a_change(site):
         (site.subscriber.statedir / "service.log").read_text()
 
 
+@pytest.mark.filterwarnings("ignore::ResourceWarning")  # (nats-py, on a server killed)
 def test_a_cluster_with_one_server_killed_loses_no_notification(tmp_path):
     cluster = NatsCluster(tmp_path / "nats", 3)
     stack = None
