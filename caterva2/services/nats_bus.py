@@ -47,6 +47,7 @@ CREDENTIALS_ENV = "CATERVA2_NATS_CREDENTIALS"
 DEFAULT_DEPLOYMENT = "main"
 _DEPLOYMENT = re.compile(r"[A-Za-z0-9_-]{1,32}")
 MAX_MESSAGE_BYTES = 512 * 1024  # NATS takes 1 MB messages by default: an event stays well below
+CONNECT_WAIT_S = 5  # a publisher's wait for NATS before it tries again later
 PUBLISH_TIMEOUT_S = 3  # a JetStream acknowledgement (a cluster electing a leader takes ~1-2 s)
 REMEMBERED_FILE = "notifications.json"
 _EVENTS: TypeAdapter[RootEvent | ChangeEvent] = TypeAdapter(Event)
@@ -180,9 +181,10 @@ async def connect(servers: list[str], creds: tuple[str, str] | None, name: str,
                   on_disconnect: Callable[[], Awaitable[None]] | None = None,
                   on_reconnect: Callable[[], Awaitable[None]] | None = None,
                   forever: bool = True) -> Any:
-    """A NATS connection to one of ``servers`` (trying them all, then, if ``forever``,
-    again with growing pauses until one answers; else raising the error); it reconnects by
-    itself when lost.  Errors the server reports (a permission refused, say) are logged."""
+    """A NATS connection to one of ``servers``: trying them in turn until one answers (if
+    not ``forever``, for at most CONNECT_WAIT_S, then NoServersError); it reconnects by
+    itself when lost.  Errors (a server down, a permission refused) are logged, once
+    each until the connection is back."""
     import nats  # (the services extra; only a deployment on NATS needs it)
 
     last_error = ""
@@ -212,17 +214,12 @@ async def connect(servers: list[str], creds: tuple[str, str] | None, name: str,
         options["user"], options["password"] = creds
     if any(server.startswith("tls://") for server in servers):
         options["tls"] = tls.client_context()  # (CATERVA2_CA_BUNDLE, as for the services)
-    delay = 0.1
-    while True:
-        try:
-            return await nats.connect(**options)
-        except (OSError, asyncio.TimeoutError, nats.errors.Error) as e:
-            if not forever:
-                raise
-            log.warning("NATS at %s unreachable (%s: %s); trying again in %.1fs",
-                        ",".join(servers), type(e).__name__, e, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5)
+    if forever:  # (nats-py tries the servers, one after the other, until one answers)
+        return await nats.connect(**options)
+    try:
+        return await asyncio.wait_for(nats.connect(**options), CONNECT_WAIT_S)
+    except asyncio.TimeoutError:
+        raise nats.errors.NoServersError() from None
 
 
 async def keep_stream(js: Any, deployment: str, replicas: int) -> None:
