@@ -51,10 +51,10 @@ def human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def render(request: Request, name: str, status_code: int = 200,
+def render(request: Request, template: str, status_code: int = 200,
            headers: dict[str, str] | None = None, **context: Any) -> Response:
-    """Template ``name`` with ``context``, as an HTML answer."""
-    return templates.TemplateResponse(request, name, context, status_code=status_code,
+    """``template`` with ``context``, as an HTML answer."""
+    return templates.TemplateResponse(request, template, context, status_code=status_code,
                                       headers=headers)
 
 
