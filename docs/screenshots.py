@@ -23,8 +23,8 @@ sys.path.insert(0, str(REPO))  # (this checkout's caterva2, here and in the serv
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
                                                          os.environ.get("PYTHONPATH")]))
 
-from caterva2.tests import browser  # noqa: E402
-from caterva2.tests.harness import Stack  # noqa: E402
+from caterva2.tests import browser
+from caterva2.tests.harness import Stack
 
 VIEWPORT = {"width": 1280, "height": 860}
 

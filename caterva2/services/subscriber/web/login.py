@@ -20,8 +20,8 @@ from fastapi.responses import RedirectResponse
 
 from caterva2.services.subscriber.access import LOGIN_COOKIE
 from caterva2.services.subscriber.deps import Sub
-from caterva2.users import UserError
 from caterva2.services.subscriber.web.templating import WebRoute, render
+from caterva2.users import UserError
 
 router = APIRouter(include_in_schema=False, route_class=WebRoute)
 MAX_FORM_BYTES = 8192  # a login form is far smaller

@@ -69,9 +69,8 @@ class Plane:
 
     def key(self, shape: tuple[int, ...]) -> slicing.Key:
         """The selection to read: the plane, with a step along its axes."""
-        sy, sx = self.steps(shape)
-        return tuple(slice(None, None, sy) if d == self.y else
-                     slice(None, None, sx) if d == self.x else i
+        steps = dict(zip((self.y, self.x), self.steps(shape)))
+        return tuple(slice(None, None, steps[d]) if i is None else i
                      for d, i in enumerate(self.index))
 
     def oriented(self, data: np.ndarray) -> np.ndarray:
@@ -138,7 +137,7 @@ def nice_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.ceil(lo / step - 1e-9) * step
-    count = int(math.floor((hi - first) / step + 1e-9)) + 1
+    count = math.floor((hi - first) / step + 1e-9) + 1
     return [0.0 if abs(v) < step * 1e-9 else v for v in (first + i * step
                                                           for i in range(count))]
 
