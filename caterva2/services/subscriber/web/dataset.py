@@ -169,6 +169,7 @@ async def plane_picture(sub: Subscriber, found: Found, plane: pictures.Plane
     sy, sx = plane.steps(shape)
     return {"src": "data:image/png;base64," + base64.b64encode(picture.png).decode(),
             "ticks": picture.ticks(), "what": picture.what, "rows": picture.shape[0],
+            "range": f"{pictures.label(picture.vmin)} to {pictures.label(picture.vmax)}",
             "columns": picture.shape[1], "steps": (sy, sx),
             "gradient": pictures.gradient(plane.colormap)}
 
