@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import caterva2 as cat2
-from caterva2.tests.harness import Stack
+from caterva2.tests.harness import Stack, cat2admin, wait_until
 
 NFILES = 10_000
 EVIL_MARKDOWN = ("# Notes\n\n<script>alert('md')</script>\n\n<b>bold?</b>\n\n"
@@ -169,6 +169,14 @@ def test_plane_fragment_says_where_to_share(sub_host):
     assert "i0=2" in r.headers["hx-replace-url"]
 
 
+def test_pages_forbid_scripts_from_elsewhere(sub_host):
+    r = httpx.get(f"http://{sub_host}/roots/foo/README.md")
+    policy = r.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert not re.search(r"<[^>]*\son[a-z]+=", r.text), "inline event handler"
+    assert not re.search(r"<script>[^<]", r.text), "inline script"
+
+
 def test_web_routes_are_not_in_the_api_schema(sub_host):
     paths = httpx.get(f"http://{sub_host}/openapi.json").json()["paths"]
     assert "/" not in paths
@@ -216,3 +224,61 @@ def test_ordinary_files_download_as_published(lab):
     assert "hello.txt" in r.headers["content-disposition"]
     r = httpx.get(f"{lab}/roots/lab/d4/f04321.b2frame")
     assert "a small frame" in r.text and 'href="/files/lab/d4/f04321.b2frame"' in r.text
+
+
+def test_pages_show_only_what_the_user_may_see(stack, tmp_path, example_dir):
+    """With logins required and per-root rules, a browser logs in with its user name and
+    key (kept in an HttpOnly, SameSite=Strict cookie), sees only the roots it may, and
+    is refused the others' pages; API clients still get 401s."""
+    stack.publisher("foo", example_dir)
+    stack.publisher("secret", example_dir)
+    conf = tmp_path / "caterva2.toml"
+    conf.write_text('[access.secret]\nread = ["bob"]\nsubscribe = ["bob"]\n')
+    sub = stack.subscriber(args=["--conf", str(conf), "--require-login"])
+    keys = {}
+    for name in ("alice", "bob"):
+        done = cat2admin("--statedir", sub.statedir, "adduser", name)
+        assert done.returncode == 0, done.stderr
+        keys[name] = done.stdout.strip().splitlines()[-1]
+    base = f"http://{sub.address}"
+    with cat2.Client(base, api_key=keys["bob"]) as bob_api:
+        wait_until(lambda: "secret" in bob_api.roots(), what="root secret at the subscriber")
+        bob_api.subscribe("secret")
+
+    r = httpx.get(base + "/roots/secret/ds-1d.b2nd", headers={"Accept": "text/html"})
+    assert r.status_code == 303
+    assert r.headers["location"] == "/web/login?next=%2Froots%2Fsecret%2Fds-1d.b2nd"
+    r = httpx.get(base + "/web/search/secret", headers={"HX-Request": "true"})
+    assert r.status_code == 401 and r.headers["hx-redirect"].startswith("/web/login?next=")
+    assert httpx.get(base + "/").status_code == 401  # (not a browser: as before)
+    assert httpx.get(base + "/web/static/style.css").status_code == 200  # (login page's)
+    r = httpx.get(base + "/web/login")
+    assert r.status_code == 200 and 'name="key"' in r.text
+
+    def login(user: str, key: str, next_: str = "/") -> httpx.Response:
+        return httpx.post(base + "/web/login", data={"user": user, "key": key,
+                                                     "next": next_})
+
+    html_error(login("alice", keys["bob"]), 401, "wrong user name or API key")
+    html_error(login("alice", "nope"), 401, "wrong user name or API key")
+    r = login("alice", keys["alice"], "//elsewhere.example/")
+    assert r.status_code == 303 and r.headers["location"] == "/"  # (this site only)
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith("caterva2_key=") and "HttpOnly" in cookie
+    assert "SameSite=strict" in cookie or "SameSite=Strict" in cookie
+
+    with httpx.Client(base_url=base, cookies=r.cookies) as alice:
+        page = alice.get("/")
+        assert page.status_code == 200 and 'data-root="foo"' in page.text
+        assert "secret" not in page.text and ">alice<" in page.text
+        html_error(alice.get("/roots/secret/ds-1d.b2nd"), 403, "may not read root 'secret'")
+        html_error(alice.post("/web/subscribe/secret"), 403, "may not subscribe")
+        r = alice.post("/web/subscribe/secret", headers={"HX-Request": "true"})
+        html_error(r, 403, "may not subscribe")
+        assert 'class="root card"' in r.text  # (the card stays, saying why)
+        r = alice.post("/web/logout")
+        assert r.status_code == 303 and 'caterva2_key=""' in r.headers["set-cookie"]
+    with httpx.Client(base_url=base, cookies=login("bob", keys["bob"]).cookies) as bob:
+        page = bob.get("/")
+        assert 'data-root="secret"' in page.text and "/roots/secret/ds-1d.b2nd" in page.text
+        assert bob.get("/roots/secret/ds-1d.b2nd").status_code == 200

@@ -122,6 +122,8 @@ async def array_view(request: Request, sub: Subscriber, found: Found) -> dict[st
     if not shape:
         value = await reading.read_array(sub, found, ())
         return {"scalar": tables.format_value(value[()])}
+    if 0 in shape:
+        return {"no_picture": "This dataset is empty."}
     if len(shape) == 1:
         return await line_view(request, sub, found, dtype)
     if dtype.kind not in "biufc":

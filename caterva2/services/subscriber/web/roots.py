@@ -99,6 +99,23 @@ async def search_fragment(request: Request, root: str, sub: Sub, q: str = "",
 
 @router.post("/web/subscribe/{root}")
 async def subscribe(request: Request, root: str, sub: Sub) -> Response:
+    """Subscribe; for htmx, the root's card again (saying why, if it failed)."""
+    try:
+        await subscribed_now(sub, root)
+    except HTTPException as e:
+        if not is_htmx(request) or root not in sub.registry.known:
+            raise
+        return render(request, "_root.html", status_code=e.status_code, c=card(sub, root),
+                      s=None, failed=e.detail)
+    if not is_htmx(request):
+        return RedirectResponse("/", status_code=303)
+    c = card(sub, root)
+    s = await search(sub, root) if sub.access.may("read", root) else None
+    return render(request, "_root.html", c=c, s=s)
+
+
+async def subscribed_now(sub: Subscriber, root: str) -> None:
+    """Subscribe to ``root``, as ``POST /api/subscribe`` does (HTTPException if not)."""
     try:
         paths.check_root_name(root)
         sub.access.check("subscribe", root)
@@ -109,8 +126,3 @@ async def subscribe(request: Request, root: str, sub: Sub) -> Response:
         raise HTTPException(404, f"no root named {root!r}") from None
     except Unavailable as e:
         raise HTTPException(503, str(e)) from None
-    if not is_htmx(request):
-        return RedirectResponse("/", status_code=303)
-    c = card(sub, root)
-    s = await search(sub, root) if sub.access.may("read", root) else None
-    return render(request, "_root.html", c=c, s=s)

@@ -51,9 +51,18 @@ def human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
+# Scripts and styles from this site only (images of planes come as data: URLs; colour bars
+# are drawn with style attributes); no page may be framed by another site.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; "
+                           "style-src 'self' 'unsafe-inline'; script-src 'self'; "
+                           "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+
+
 def render(request: Request, template: str, status_code: int = 200,
            headers: dict[str, str] | None = None, **context: Any) -> Response:
     """``template`` with ``context``, as an HTML answer."""
+    headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY,
+               "X-Content-Type-Options": "nosniff", **(headers or {})}
     return templates.TemplateResponse(request, template, context, status_code=status_code,
                                       headers=headers)
 
