@@ -138,8 +138,9 @@ def nice_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
     first = math.ceil(lo / step - 1e-9) * step
     count = math.floor((hi - first) / step + 1e-9) + 1
-    return [0.0 if abs(v) < step * 1e-9 else v for v in (first + i * step
-                                                          for i in range(count))]
+    # (rounded to 12 digits: 0.6, not the 0.6000000000000001 of 3 * 0.2)
+    return [0.0 if abs(v) < step * 1e-9 else float(f"{v:.12g}")
+            for v in (first + i * step for i in range(count))]
 
 
 def label(value: float) -> str:
