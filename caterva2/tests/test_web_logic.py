@@ -17,7 +17,8 @@ class ArrayReplica:
     the items each read decodes."""
 
     def __init__(self, data: np.ndarray):
-        self.data, self.items_read = data, []
+        self.data = data
+        self.items_read: list[int] = []
 
     def read_array(self, region):
         self.items_read.append(int(np.prod([r.stop - r.start for r in region])))
@@ -35,7 +36,7 @@ def test_large_boxes_are_read_one_index_at_a_time(monkeypatch, key):
     plan = slicing.plan(slicing.as_key(key), data.shape)
     monkeypatch.setattr(reading, "MAX_BOX_BYTES", 4 * 40 * 30)  # (one 30 x 40 plane)
     replica = ArrayReplica(data)
-    result = reading.read_box(replica, plan.region, plan.within, 4)  # type: ignore[arg-type]
+    result = reading.read_box(replica, plan.region, plan.within, 4)
     np.testing.assert_array_equal(result, data[key])
     assert max(replica.items_read) <= 30 * 40  # (no read of more than the bound)
 
