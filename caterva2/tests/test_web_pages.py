@@ -282,3 +282,18 @@ def test_pages_show_only_what_the_user_may_see(stack, tmp_path, example_dir):
         page = bob.get("/")
         assert 'data-root="secret"' in page.text and "/roots/secret/ds-1d.b2nd" in page.text
         assert bob.get("/roots/secret/ds-1d.b2nd").status_code == 200
+
+
+def test_data_out_of_reach_still_shows_what_is_known(stack, example_dir):
+    """With its publisher gone, a dataset not cached still has its page: metadata, what
+    is cached (nothing), and why its data cannot be shown (a 503)."""
+    foo = stack.publish_root("foo", example_dir)
+    cat2.subscribe("foo", foo.host)
+    base = f"http://{foo.host}/roots/foo"
+    assert httpx.get(f"{base}/ds-1d.b2nd").status_code == 200  # (cached now)
+    foo.publisher.stop()
+    r = httpx.get(f"{base}/dir1/ds-2d.b2nd")
+    html_error(r, 503, "Not available now")
+    assert "10 × 20" in r.text and "Cached here:</strong> 0 of" in r.text
+    r = httpx.get(f"{base}/ds-1d.b2nd", params={"tab": "data", "slice_": "5:8"})
+    assert r.status_code == 200 and "<td>7</td>" in r.text  # (from the cache)

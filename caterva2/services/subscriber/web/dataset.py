@@ -43,6 +43,7 @@ from caterva2.services.subscriber.web.templating import WebRoute, human_size, re
 router = APIRouter(include_in_schema=False, route_class=WebRoute)
 TEXT_PREVIEW = 256 << 10  # bytes of a text file shown, at most
 DOWNLOAD_BATCH = 8  # chunks decompressed per step of a download
+UNAVAILABLE = (503, 504)  # data that cannot be had now (its publisher is away...)
 # CommonMark without raw HTML: any HTML in a file is shown as text, never run
 _markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
 
@@ -61,12 +62,20 @@ async def dataset_page(request: Request, root: str, path: str, sub: Sub, tab: st
         raise HTTPException(400, f"no tab {tab[:40]!r} for this dataset; its tabs are "
                                  f"{', '.join(tabs)}")
     context: dict[str, Any] = {}
-    if tab == "view":
-        context = await (array_view(request, sub, found) if isinstance(meta, ArrayMeta)
-                         else text_view(sub, found))
-    elif tab == "data":
-        context = await data_view(sub, found, slice_)
-    return render(request, "dataset.html", root=root, path=path, tab=tab, tabs=tabs,
+    status = 200
+    try:
+        if tab == "view":
+            context = await (array_view(request, sub, found) if isinstance(meta, ArrayMeta)
+                             else text_view(sub, found))
+        elif tab == "data":
+            context = await data_view(sub, found, slice_)
+    except HTTPException as e:
+        if e.status_code not in UNAVAILABLE:
+            raise
+        # (the data cannot be had now: the page still shows what is known of it)
+        status, context = e.status_code, {"unavailable": e.detail}
+    return render(request, "dataset.html", status_code=status, root=root, path=path,
+                  tab=tab, tabs=tabs,
                   url=page_url(root, path), facts=facts(meta),
                   held=await reading.holding(sub, found), download=download_url(root, path),
                   vlmeta={k: json.dumps(v) for k, v in meta.schunk.vlmeta.items()},
