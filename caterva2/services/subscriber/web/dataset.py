@@ -79,7 +79,19 @@ async def dataset_page(request: Request, root: str, path: str, sub: Sub, tab: st
                   url=page_url(root, path), facts=facts(meta),
                   held=await reading.holding(sub, found), download=download_url(root, path),
                   vlmeta={k: json.dumps(v) for k, v in meta.schunk.vlmeta.items()},
-                  info=json.dumps(user_info(meta), indent=2), **context)
+                  info=pretty_json(user_info(meta)), **context)
+
+
+def pretty_json(value: Any, indent: str = "") -> str:
+    """JSON indented for reading, with lists of plain values kept on one line."""
+    inner = indent + "  "
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(k)}: {pretty_json(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(inner + pretty_json(v, inner) for v in value) + \
+            f"\n{indent}]"
+    return json.dumps(value)
 
 
 def download_url(root: str, path: str) -> str:
@@ -102,7 +114,7 @@ def facts(meta: AnyMeta) -> list[tuple[str, str]]:
                  ("blocks", " × ".join(map(str, meta.blocks)) or "()")]
     elif isinstance(meta, FileMeta):
         when = datetime.datetime.fromtimestamp(meta.mtime, datetime.timezone.utc)
-        rows += [("kind", "file"),
+        rows += [("kind", "ordinary file"),
                  ("modified", when.strftime("%Y-%m-%d %H:%M:%S UTC"))]
     else:
         rows += [("kind", "SChunk (bytes)")]
