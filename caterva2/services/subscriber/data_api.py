@@ -284,9 +284,9 @@ async def chunk(root: str, path: str, nchunk: int, sub: Sub) -> Response:
     (what Blosc2's ``C2Array.get_chunk`` and the upstream client's ``get_chunk`` read)."""
     found = await lookup(sub, root, path)
     total = found.meta.schunk.nchunks
-    if not 0 <= nchunk < total:
-        raise HTTPException(400, f"{root}/{path} has {total} chunks: nchunk must be in "
-                                 f"0..{total - 1}" if total else f"{root}/{path} has no chunks")
+    if not 0 <= nchunk < total:  # (a chunk that is not there, as a dataset that is not)
+        raise HTTPException(404, f"no chunk {nchunk} in {root}/{path}: it has {total} "
+                                 f"chunks" + (f", 0..{total - 1}" if total else ""))
     try:
         body = await whole_answer(sub, found, [nchunk],
                                   lambda replica: replica.read_chunks([nchunk])[0])
