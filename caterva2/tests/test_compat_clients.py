@@ -70,7 +70,7 @@ def client_python(name: str, requirements: tuple[str, ...]) -> pathlib.Path:
                    capture_output=True, timeout=INSTALL_TIMEOUT_S)
     done = subprocess.run([str(partial / "bin" / "python"), "-m", "pip", "install", "-q",
                            "--disable-pip-version-check", *requirements],
-                          capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S,
+                          capture_output=True, text=True, timeout=INSTALL_TIMEOUT_S, check=False,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     if done.returncode != 0:
         shutil.rmtree(partial, ignore_errors=True)
@@ -188,7 +188,8 @@ def run_client(python: pathlib.Path, script: str, cwd: pathlib.Path, *args: str
     code = PRELUDE + textwrap.dedent(script) + "\nprint(json.dumps(results))\n"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "CATERVA2_"))}
     done = subprocess.run([str(python), "-I", "-c", code, *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S)
+                          capture_output=True, text=True, timeout=SCRIPT_TIMEOUT_S,
+                          check=False)
     assert done.returncode == 0, f"the client script failed:\n{done.stderr}"
     return {name: decode(said) for name, said in json.loads(done.stdout.splitlines()[-1]).items()}
 
