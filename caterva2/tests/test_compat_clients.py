@@ -102,13 +102,15 @@ def released_python() -> pathlib.Path:
 A = np.arange(30 * 40, dtype="float64").reshape(30, 40) / 4
 B = (np.arange(30 * 40, dtype="float64") % 7).reshape(30, 40)
 ND = np.arange(3 * 4 * 5 * 6, dtype="int32").reshape(3, 4, 5, 6)
+BIG = np.arange(500 * 600, dtype="float64").reshape(500, 600)  # (a Proxy reads it by blocks)
 HELLO = b"Hello world!" * 100
 NOTES = "Measured on the 3rd of May.\nSecond line, with an accent: é.\nThird line.\n"
 
 
 def make_root(directory: pathlib.Path) -> pathlib.Path:
     """A root with a 2-D array (with user attributes), another for expressions, a 4-D
-    array, a ``.b2frame`` and a text file."""
+    array, a ``.b2frame``, a text file, and an array large enough for Blosc2 to try
+    reading it by blocks."""
     (directory / "dir").mkdir(parents=True)
     a = blosc2.asarray(A, urlpath=str(directory / "a.b2nd"), mode="w",
                        chunks=(10, 15), blocks=(5, 5))
@@ -118,6 +120,8 @@ def make_root(directory: pathlib.Path) -> pathlib.Path:
                    blocks=(5, 5))
     blosc2.asarray(ND, urlpath=str(directory / "dir" / "nd.b2nd"), mode="w",
                    chunks=(2, 3, 3, 4), blocks=(1, 2, 2, 2))
+    blosc2.asarray(BIG, urlpath=str(directory / "big.b2nd"), mode="w", chunks=(250, 300),
+                   blocks=(50, 50))
     blosc2.SChunk(chunksize=100, data=HELLO, urlpath=str(directory / "hello.b2frame"),
                   mode="w")
     (directory / "notes.txt").write_text(NOTES, encoding="utf-8")
@@ -283,7 +287,7 @@ def test_upstream_client(upstream_python, published, tmp_path):
     got = run_client(upstream_python, UPSTREAM_SCRIPT, tmp_path, f"http://{host}")
     assert_calls(got, {
         "roots": ["data"],
-        "list": ["a.b2nd", "b.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt"],
+        "list": ["a.b2nd", "b.b2nd", "big.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt"],
         "info": {"shape": [30, 40], "dtype": "float64", "chunks": [10, 15]},
         "vlmeta": {"unit": "kelvin", "scale": 2},
         "fetch": A[3:17, 5:33], "fetch_whole": ND, "get_slice": A[0:12, 14:16],
@@ -327,6 +331,9 @@ check("lazy_slice", lambda: ((a - b) * 3)[2:6, 4:9])
 check("lazy_reduction", lambda: (a * b).sum())
 check("get_chunk", lambda: a.get_chunk(5))
 check("get_chunk_nd", lambda: nd.get_chunk(0))
+# (a Proxy first asks for byte ranges, which are refused: it then reads whole chunks)
+big = blosc2.C2Array("data/big.b2nd", urlbase=urlbase)
+check("proxy", lambda: blosc2.Proxy(big)[10:12, 290:310])
 '''
 
 
@@ -341,6 +348,7 @@ def test_blosc2_remote_arrays(upstream_python, published, tmp_path):
         "lazy_reduction": np.asarray((A * B).sum()),
         "get_chunk": published.source_chunk("a.b2nd", 5),
         "get_chunk_nd": published.source_chunk("dir/nd.b2nd", 0),
+        "proxy": BIG[10:12, 290:310],
     })
 
 
@@ -384,11 +392,11 @@ def test_released_client(released_python, published, tmp_path):
     got = run_client(released_python, RELEASED_SCRIPT, tmp_path, host)
     assert_calls(got, {
         "version": "0.2.0", "roots": ["data"], "subscribe": "Ok",
-        "list": ["a.b2nd", "b.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt"],
+        "list": ["a.b2nd", "b.b2nd", "big.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt"],
         "info": {"shape": [30, 40], "dtype": "float64"},
         "fetch": A[3:17, 5:33], "fetch_frame": HELLO[10:250], "fetch_file": NOTES.encode(),
         "download": pathlib.Path("data/a.b2nd"), "download_file": pathlib.Path("data/notes.txt"),
-        "node_list": ["a.b2nd", "b.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt"],
+        "node_list": ["a.b2nd", "b.b2nd", "big.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt"],
         "kinds": ["Dataset", "Dataset", "File"],
         "dataset_slice": A[3:17, 5:33], "dataset_row": A[4], "dataset_item": np.asarray(A[4, 9]),
         "dataset_nd": ND[1, 1:3], "dataset_fetch": A[1:3], "meta": [3, 4, 5, 6],
