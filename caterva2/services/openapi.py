@@ -167,8 +167,8 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "indices": {"description": "Coordinates, as newer clients send them: refused (400); "
                                "select a box with slice_"},
     "filter": {"description": "A filter expression, as newer clients send it: refused (400)"},
-    "field": {"description": "A field of a structured array, as newer clients send it: "
-                             "refused (400); read the records and take the field"},
+    "field": {"description": "Only this field of a structured array's records (as an "
+                             "NDArray cframe), as newer clients ask for one"},
     "accept-encoding": {"description": "blosc2: answer with the complete dataset itself (its "
                                        "Blosc2 file; an ordinary file as its Blosc2 frame, "
                                        "with Content-Encoding: blosc2), as the upstream client "

@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 
 import caterva2 as cat2
+from caterva2.metadata import dtype_from_descr
 from caterva2.tests.harness import Stack, wait_until
 
 UPSTREAM = ("caterva2==2026.9.2",)  # the current upstream client; Blosc2 as it resolves
@@ -102,6 +103,7 @@ def released_python() -> pathlib.Path:
 A = np.arange(30 * 40, dtype="float64").reshape(30, 40) / 4
 B = (np.arange(30 * 40, dtype="float64") % 7).reshape(30, 40)
 ND = np.arange(3 * 4 * 5 * 6, dtype="int32").reshape(3, 4, 5, 6)
+REC = np.array([(i, i / 8) for i in range(50)], dtype=[("a", "<i4"), ("b", "<f8")])
 BIG = np.arange(500 * 600, dtype="float64").reshape(500, 600)  # (a Proxy reads it by blocks)
 HELLO = b"Hello world!" * 100
 NOTES = "Measured on the 3rd of May.\nSecond line, with an accent: é.\nThird line.\n"
@@ -109,7 +111,7 @@ NOTES = "Measured on the 3rd of May.\nSecond line, with an accent: é.\nThird li
 
 def make_root(directory: pathlib.Path) -> pathlib.Path:
     """A root with a 2-D array (with user attributes), another for expressions, a 4-D
-    array, a ``.b2frame``, a text file, and an array large enough for Blosc2 to try
+    array, a structured one, a ``.b2frame``, a text file, and an array large enough for Blosc2 to try
     reading it by blocks."""
     (directory / "dir").mkdir(parents=True)
     a = blosc2.asarray(A, urlpath=str(directory / "a.b2nd"), mode="w",
@@ -120,6 +122,8 @@ def make_root(directory: pathlib.Path) -> pathlib.Path:
                    blocks=(5, 5))
     blosc2.asarray(ND, urlpath=str(directory / "dir" / "nd.b2nd"), mode="w",
                    chunks=(2, 3, 3, 4), blocks=(1, 2, 2, 2))
+    blosc2.asarray(REC, urlpath=str(directory / "rec.b2nd"), mode="w", chunks=(20,),
+                   blocks=(5,))
     blosc2.asarray(BIG, urlpath=str(directory / "big.b2nd"), mode="w", chunks=(250, 300),
                    blocks=(50, 50))
     blosc2.SChunk(chunksize=100, data=HELLO, urlpath=str(directory / "hello.b2frame"),
@@ -171,8 +175,9 @@ def encode(value):
     if isinstance(value, (bytes, bytearray, memoryview)):
         return {"bytes": base64.b64encode(bytes(value)).decode()}
     if isinstance(value, (np.ndarray, np.generic)):
-        a = np.asarray(value)
-        return {"array": a.tolist(), "dtype": str(a.dtype), "shape": list(a.shape)}
+        a = np.asarray(value).copy(order="C")  # (0-d stays 0-d)
+        return {"array": base64.b64encode(a.tobytes()).decode(), "shape": list(a.shape),
+                "descr": np.lib.format.dtype_to_descr(a.dtype)}
     if isinstance(value, pathlib.PurePath):
         return {"path": str(value)}
     return {"json": value}
@@ -214,7 +219,8 @@ def decode(said: dict[str, Any]) -> Any:
     if "bytes" in said:
         return base64.b64decode(said["bytes"])
     if "array" in said:
-        return np.array(said["array"], dtype=said["dtype"]).reshape(said["shape"])
+        dtype = dtype_from_descr(said["descr"])
+        return np.frombuffer(base64.b64decode(said["array"]), dtype).reshape(said["shape"])
     if "path" in said:
         return pathlib.Path(said["path"])
     return said["json"]
@@ -268,6 +274,8 @@ check("dataset_item", lambda: client.get("data/a.b2nd")[4, 9])
 check("dataset_nd", lambda: client.get("data")["dir/nd.b2nd"][1, 1:3, ..., 2:4])
 check("dataset_props", lambda: [list(client.get("data/dir/nd.b2nd").shape),
                                 client.get("data/dir/nd.b2nd").dtype])
+check("records", lambda: client.get("data/rec.b2nd")[2:5])
+check("field", lambda: client.get("data/rec.b2nd")["b"][:])
 check("frame", lambda: client.fetch("data/hello.b2frame", slice(10, 250)))
 check("frame_dataset", lambda: client.get("data/hello.b2frame")[0:12])
 check("file", lambda: client.fetch("data/notes.txt"))
@@ -287,7 +295,8 @@ def test_upstream_client(upstream_python, published, tmp_path):
     got = run_client(upstream_python, UPSTREAM_SCRIPT, tmp_path, f"http://{host}")
     assert_calls(got, {
         "roots": ["data"],
-        "list": ["a.b2nd", "b.b2nd", "big.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt"],
+        "list": ["a.b2nd", "b.b2nd", "big.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt",
+                 "rec.b2nd"],
         "info": {"shape": [30, 40], "dtype": "float64", "chunks": [10, 15]},
         "vlmeta": {"unit": "kelvin", "scale": 2},
         "fetch": A[3:17, 5:33], "fetch_whole": ND, "get_slice": A[0:12, 14:16],
@@ -296,6 +305,7 @@ def test_upstream_client(upstream_python, published, tmp_path):
         "get_chunk_frame": published.source_chunk("hello.b2frame", 2),
         "dataset_slice": A[2:5, 7], "dataset_item": np.asarray(A[4, 9]),
         "dataset_nd": ND[1, 1:3, ..., 2:4], "dataset_props": [[3, 4, 5, 6], "int32"],
+        "records": REC[2:5], "field": REC["b"],
         "frame": HELLO[10:250], "frame_dataset": HELLO[:12],
         "file": NOTES.encode(), "file_object": NOTES.encode()[5:20],
         "kinds": ["Array", "Array", "File"],
@@ -376,6 +386,7 @@ check("dataset_row", lambda: root["a.b2nd"][4])
 check("dataset_item", lambda: root["a.b2nd"][4, 9])
 check("dataset_nd", lambda: root["dir/nd.b2nd"][1, 1:3])
 check("dataset_fetch", lambda: root["a.b2nd"].fetch(slice(1, 3)))
+check("records", lambda: root["rec.b2nd"][2:5])
 check("meta", lambda: root["dir/nd.b2nd"].meta["shape"])
 check("vlmeta", lambda: root["a.b2nd"].vlmeta)
 check("frame_slice", lambda: root["hello.b2frame"][0:12])
@@ -392,14 +403,17 @@ def test_released_client(released_python, published, tmp_path):
     got = run_client(released_python, RELEASED_SCRIPT, tmp_path, host)
     assert_calls(got, {
         "version": "0.2.0", "roots": ["data"], "subscribe": "Ok",
-        "list": ["a.b2nd", "b.b2nd", "big.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt"],
+        "list": ["a.b2nd", "b.b2nd", "big.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt",
+                 "rec.b2nd"],
         "info": {"shape": [30, 40], "dtype": "float64"},
         "fetch": A[3:17, 5:33], "fetch_frame": HELLO[10:250], "fetch_file": NOTES.encode(),
         "download": pathlib.Path("data/a.b2nd"), "download_file": pathlib.Path("data/notes.txt"),
-        "node_list": ["a.b2nd", "b.b2nd", "big.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt"],
+        "node_list": ["a.b2nd", "b.b2nd", "big.b2nd", "dir/nd.b2nd", "hello.b2frame", "notes.txt",
+                 "rec.b2nd"],
         "kinds": ["Dataset", "Dataset", "File"],
         "dataset_slice": A[3:17, 5:33], "dataset_row": A[4], "dataset_item": np.asarray(A[4, 9]),
         "dataset_nd": ND[1, 1:3], "dataset_fetch": A[1:3], "meta": [3, 4, 5, 6],
+        "records": REC[2:5],
         "vlmeta": {"unit": "kelvin", "scale": 2},
         "frame_slice": HELLO[:12], "file_slice": NOTES.encode()[5:20],
         "file_byte": NOTES.encode()[:1],
@@ -441,6 +455,15 @@ def test_array_selections_do_not_depend_on_prefer_schunk(sub_host, example_dir):
         r = get(sub_host, f"/api/fetch/foo/dir1/ds-2d.b2nd?slice_=1:3,2:9{asked}")
         assert r.status_code == 200, r.text
         assert np.array_equal(blosc2.ndarray_from_cframe(r.content)[:], a[1:3, 2:9]), asked
+
+
+def test_one_field_of_structured_records(sub_host, example_dir):
+    records = stored_array(example_dir / "ds-1d-fields.b2nd")
+    r = get(sub_host, "/api/fetch/foo/ds-1d-fields.b2nd?field=b")
+    assert r.status_code == 200, r.text
+    assert np.array_equal(blosc2.ndarray_from_cframe(r.content)[:], records["b"])
+    r = get(sub_host, "/api/fetch/foo/ds-1d-fields.b2nd?field=a&slice_=5:9&buffer=true")
+    assert np.array_equal(blosc2.ndarray_from_cframe(r.content)[:], records["a"][5:9])
 
 
 def test_chunks_are_served_as_stored(sub_host, example_dir):

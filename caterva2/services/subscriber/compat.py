@@ -17,9 +17,11 @@ endpoints (:mod:`.data_api`) tell them apart by what they send:
   itself, asked with ``Accept-Encoding: blosc2``: the dataset's file, an ordinary file as
   its Blosc2 frame marked ``Content-Encoding: blosc2`` (the client unpacks it).
 
-What none of them gets is a wrong answer: selections this subscriber cannot make
-(coordinates, filters, fields) are refused with a 400 rather than answered with the whole
-dataset, and byte ranges of an answer that is built, not stored, with a 416.
+The upstream client may also ask for one field of a structured array (``field=NAME``),
+answered as an NDArray cframe.  What none of them gets is a wrong answer: selections this
+subscriber does not make (coordinates, filters) are refused with a 400 rather than
+answered with the whole dataset, and byte ranges of an answer that is built, not stored,
+with a 416.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ from collections.abc import Callable
 from fastapi import HTTPException
 
 from caterva2 import wire
+from caterva2.metadata import dtype_from_descr
+from caterva2.models import AnyMeta, ArrayMeta
 
 BLOSC2_CODING = "blosc2"  # the content coding of a Blosc2 frame holding a file's bytes
 NO_RANGES = {"Accept-Ranges": "none"}
@@ -66,8 +70,7 @@ def refuse_ranges(range_header: str | None, dataset: str) -> None:
                                  "(/api/chunk) or the whole file (/files)", headers=NO_RANGES)
 
 
-def refuse_unsupported(dataset: str, indices: str | None, filter_: str | None,
-                       field: str | None) -> None:
+def refuse_unsupported(dataset: str, indices: str | None, filter_: str | None) -> None:
     """400 for selections that newer clients may ask for and this subscriber does not make:
     answering them with the whole dataset would be a wrong answer."""
     if indices is not None:
@@ -77,6 +80,17 @@ def refuse_unsupported(dataset: str, indices: str | None, filter_: str | None,
     if filter_ is not None:
         raise HTTPException(400, f"{dataset}: filters are not evaluated here; read a box "
                                  "with slice_ and filter the result")
-    if field is not None:
-        raise HTTPException(400, f"{dataset}: fields are not selected here; read the "
-                                 "records with slice_ and take the field from the result")
+
+
+def check_field(dataset: str, meta: AnyMeta, field: str, chunks: bool) -> None:
+    """400 unless ``field`` names a field of the structured array ``meta`` describes (the
+    upstream client's ``array["name"]`` asks for one), in an answer that can hold it (a
+    chunk stream holds whole records)."""
+    if not isinstance(meta, ArrayMeta):
+        raise HTTPException(400, f"{dataset} is not an array: it has no fields")
+    names = dtype_from_descr(meta.dtype_descr).names or ()
+    if field not in names:
+        raise HTTPException(400, f"{dataset} has no field {field!r}" + (
+            f" (its fields: {', '.join(names)})" if names else ": it is not structured"))
+    if chunks:
+        raise HTTPException(400, "chunks=true sends whole records: leave field out")

@@ -102,21 +102,25 @@ def plan_selection(meta: AnyMeta, slice_: str | None) -> Selection:
         raise HTTPException(400, str(e)) from None
 
 
-def array_encoder(plan: slicing.Plan, buffer: bool) -> Callable[[np.ndarray], bytes]:
-    """How to answer a selection of an array from the items of its region."""
+def array_encoder(plan: slicing.Plan, buffer: bool, field: str | None = None
+                  ) -> Callable[[np.ndarray], bytes]:
+    """How to answer a selection of an array (of one ``field`` of its records, as an
+    NDArray cframe) from the items of its region."""
     def encode(region: np.ndarray) -> bytes:
         data = np.asarray(region)[plan.within]
+        if field is not None:
+            return wire.encode_array(data[field])
         return wire.compress_items(data) if buffer else wire.encode_array(data)
     return encode
 
 
 def encoder(meta: AnyMeta, plan: slicing.Plan, buffer: bool,
-            encode_bytes: Callable[[bytes, int], bytes] = wire.encode_bytes_frame
-            ) -> Callable[[SparseReplica], bytes]:
+            encode_bytes: Callable[[bytes, int], bytes] = wire.encode_bytes_frame,
+            field: str | None = None) -> Callable[[SparseReplica], bytes]:
     """How to answer a selection read whole from a replica (every chunk held); bytes
     with ``encode_bytes(data, typesize)`` (see :func:`.compat.bytes_encoder`)."""
     if isinstance(meta, ArrayMeta):
-        encode = array_encoder(plan, buffer)
+        encode = array_encoder(plan, buffer, field)
         return lambda replica: encode(replica.read_array(plan.region))
     typesize = meta.schunk.typesize
 
@@ -131,7 +135,7 @@ def encoder(meta: AnyMeta, plan: slicing.Plan, buffer: bool,
     OCTET_STREAM, CHUNK_STREAM, headers=LAYOUT | UNVERIFIED,
     description="The selection: an NDArray cframe (arrays), an SChunk cframe (bytes), or a "
                 "Blosc2-compressed buffer (with buffer=true; bytes also with prefer_schunk); "
-                "with chunks=true, a chunk stream")
+                "with chunks=true, a chunk stream; with field, that field's NDArray cframe")
     | DATA_ERRORS | ROOT_ACCESS | {416: {"model": ErrorBody, "description": NOT_RANGED}})
 async def fetch(root: str, path: str, sub: Sub, slice_: str | None = None,
                 prefer_schunk: bool | None = None, chunks: bool = False,
@@ -141,9 +145,11 @@ async def fetch(root: str, path: str, sub: Sub, slice_: str | None = None,
                 range_: Annotated[str | None, Header(alias="Range")] = None) -> Response:
     """A selection of a dataset (see the module's docstring for the forms of answer)."""
     found = await lookup(sub, root, path)
-    compat.refuse_unsupported(f"{root}/{path}", indices, filter_, field)
+    compat.refuse_unsupported(f"{root}/{path}", indices, filter_)
     compat.refuse_ranges(range_, f"{root}/{path}")
     meta = found.meta
+    if field is not None:
+        compat.check_field(f"{root}/{path}", meta, field, chunks)
     selection = plan_selection(meta, slice_)
     headers = found.headers
     if isinstance(meta, ArrayMeta):
@@ -151,20 +157,21 @@ async def fetch(root: str, path: str, sub: Sub, slice_: str | None = None,
                                                   meta.blocks)
         if chunks:
             return await chunk_stream_answer(sub, found, selection.nchunks, headers)
-    if buffer and (math.prod(selection.plan.result_shape) * meta.schunk.typesize
-                   > wire.MAX_BUFFER_BYTES):
+    if buffer and field is None and (math.prod(selection.plan.result_shape)
+                                     * meta.schunk.typesize > wire.MAX_BUFFER_BYTES):
         raise HTTPException(400, f"buffer=true is for selections up to "
                                  f"{wire.MAX_BUFFER_BYTES} bytes; use chunks=true (arrays)")
     in_blocks = None
     if isinstance(meta, ArrayMeta):
-        encode = array_encoder(selection.plan, buffer)
+        encode = array_encoder(selection.plan, buffer, field)
 
         async def in_blocks() -> bytes | None:
             data = await read_in_blocks(sub, found, selection.plan.region, selection.nchunks)
             return None if data is None else await asyncio.to_thread(encode, data)
     body = await whole_answer(sub, found, selection.nchunks,
                               encoder(meta, selection.plan, buffer,
-                                      compat.bytes_encoder(buffer, prefer_schunk)), in_blocks)
+                                      compat.bytes_encoder(buffer, prefer_schunk), field),
+                              in_blocks)
     sub.metrics.bytes_out(root, len(body))
     return Response(body, media_type="application/octet-stream", headers=headers)
 
