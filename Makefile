@@ -30,4 +30,4 @@ bench: $(VENV)/.installed-all
 	$(BIN)/python bench/relay.py
 
 clean:
-	rm -rf $(VENV) _caterva2 _caterva2_tests *.egg-info
+	rm -rf $(VENV) _caterva2 _caterva2_tests _caterva2_client_venvs *.egg-info

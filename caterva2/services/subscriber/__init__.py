@@ -5,8 +5,9 @@ REST API (dataset paths always include the root):
 - ``GET /api/roots``, ``POST /api/subscribe/{root}``, ``POST /api/unsubscribe/{root}``,
   ``GET /api/list/{root}``, ``GET /api/url/{root}[/{path}]``,
   ``GET /api/info/{root}/{path}`` (:mod:`.api`);
-- ``GET /api/fetch/{root}/{path}?slice_=...``, ``GET /api/download/{root}/{path}``,
-  ``GET /files/{root}/{path}`` (:mod:`.data_api`);
+- ``GET /api/fetch/{root}/{path}?slice_=...``, ``GET /api/chunk/{root}/{path}?nchunk=N``,
+  ``GET /api/download/{root}/{path}``, ``GET /files/{root}/{path}`` (:mod:`.data_api`;
+  what each generation of clients sends and expects: :mod:`.compat`);
 - ``GET /api/cache``: the cache's figures as JSON (:mod:`.api`, ``cat2cli cache``);
 - ``GET /api/relay/{root}/...``: a subscribed root served onward to relay publishers,
   and ``GET /api/source/{root}``: where a root comes from (:mod:`.relay_api`);
