@@ -31,4 +31,4 @@ bench: $(VENV)/.installed-all
 	$(BIN)/python bench/notify_latency.py
 
 clean:
-	rm -rf $(VENV) _caterva2 _caterva2_tests *.egg-info
+	rm -rf $(VENV) _caterva2 _caterva2_tests _caterva2_client_venvs *.egg-info

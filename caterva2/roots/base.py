@@ -121,5 +121,13 @@ class PublishedRoot(abc.ABC):
         """A file holding the whole dataset as stored, if the root has one (for downloads)."""
         return None
 
+    def download_url(self, path: str) -> str | None:
+        """Where the whole dataset's file is served upstream, if the root is served from
+        elsewhere (a re-published root): downloads are passed on from there."""
+        return None
+
+    #: Headers that reading :meth:`download_url` needs (a key upstream).
+    upstream_headers: dict[str, str] = {}
+
     def close(self) -> None:
         """Release open handles."""

@@ -50,6 +50,9 @@ HOPS_FILE = "relay-hops.json"  # the hops to the origin, as learnt at the last s
 WAIT_S = 30  # how long each index request may be held upstream (the subscriber may cut)
 CHUNK_TIMEOUT = (3.0, 60.0)  # seconds to connect upstream, and to wait for each piece
 API_TIMEOUT = httpx.Timeout(10, connect=3)
+# How often the chain to the origin is asked again: it may change upstream after the start
+# (a root re-published elsewhere, an origin replaced), even into a loop.
+CHAIN_CHECK_S = 5.0
 _HOPS = TypeAdapter(list[provenance.Hop])
 
 
@@ -80,6 +83,7 @@ class RelayedRoot(PublishedRoot):
         self.subscriber, self.upstream_root = split_url(url)
         self.url = f"{self.subscriber}/{urllib.parse.quote(self.upstream_root)}"
         self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.upstream_headers = self.headers
         self.state_file = pathlib.Path(statedir) / INDEX_FILE
         self.hops_file = pathlib.Path(statedir) / HOPS_FILE
         self.pool = http_data.ConnectionPool(timeout=CHUNK_TIMEOUT,
@@ -88,6 +92,8 @@ class RelayedRoot(PublishedRoot):
         self._index: dict[str, DatasetEntry] = {}
         self._etag: str | None = None
         self._hops: list[provenance.Hop] = []
+        self.name, self.own_id = name, own_id
+        self._loop: str | None = None  # why none of the root is served (a loop upstream)
         self._start(name, own_id)
 
     # -- start ------------------------------------------------------------------------
@@ -178,19 +184,27 @@ class RelayedRoot(PublishedRoot):
         entry = self._index.get(path)
         if entry is None:
             raise DatasetNotFound(path)
+        if self._loop is not None:
+            raise DatasetUnavailable(self._loop, entry.version)
         if entry.meta is None:
             raise DatasetUnavailable(entry.error or "not readable at its source", entry.version)
         return entry
 
     async def changes(self) -> AsyncIterator[None]:
         """Yield on every change of the upstream index (asked again at once, or after a
-        growing pause while the subscriber is out of reach)."""
+        growing pause while the subscriber is out of reach); every CHAIN_CHECK_S, ask
+        again where the root comes from."""
         delay = 0.2
+        loop = asyncio.get_running_loop()
+        chain_checked = loop.time()
         async with httpx.AsyncClient(timeout=httpx.Timeout(WAIT_S + 10, connect=3),
                                      verify=tls.client_context(),
                                      headers=self.headers) as client:
             while True:
                 try:
+                    if loop.time() - chain_checked >= CHAIN_CHECK_S:
+                        chain_checked = loop.time()
+                        await self._check_chain_again(client)
                     changed = await self._next_index(client)
                     delay = 0.2
                 except (httpx.HTTPError, ValueError) as e:
@@ -201,6 +215,28 @@ class RelayedRoot(PublishedRoot):
                     continue
                 if changed:
                     yield None
+
+    async def _check_chain_again(self, client: httpx.AsyncClient) -> None:
+        """Learn the chain to the origin anew (``cat2cli url`` shows it); if it has
+        become a loop, serve none of the root's data, saying why, until it is not one."""
+        r = await client.get(f"{self.subscriber}/api/source/"
+                             f"{urllib.parse.quote(self.upstream_root)}", timeout=API_TIMEOUT)
+        r.raise_for_status()
+        hops = provenance.chain_through(self.subscriber,
+                                        provenance.Source.model_validate_json(r.content))
+        try:
+            provenance.check_chain(self.own_id, self.name, hops)
+        except provenance.LoopError as e:
+            if self._loop is None:
+                log.error("%s; serving none of its data until the chain changes", e)
+            self._loop = str(e)
+            return
+        if self._loop is not None:
+            log.warning("the chain of %s is no longer a loop: serving it again", self.name)
+            self._loop = None
+        if hops != self._hops:
+            self._hops = hops
+            await asyncio.to_thread(atomic_write, self.hops_file, _HOPS.dump_json(hops))
 
     async def _next_index(self, client: httpx.AsyncClient) -> bool:
         """Wait for the next index upstream; whether it differs from the one held."""
@@ -280,6 +316,14 @@ class RelayedRoot(PublishedRoot):
         if not pieces:
             raise VersionMismatch(path)  # cut short upstream: the dataset changed there
         return pieces, chunk_digest
+
+    def download_url(self, path: str) -> str:
+        """The upstream subscriber's complete file of the dataset (ordinary files as their
+        ``.b2`` SChunk, as a publisher serves them)."""
+        self.entry(path)
+        stored = f"{path}.b2" if paths.dataset_kind(path) == "file" else path
+        return (f"{self.subscriber}/files/{urllib.parse.quote(self.upstream_root)}/"
+                f"{urllib.parse.quote(stored)}")
 
     def _data_error(self, r, path: str, version: str) -> None:
         """Raise what an upstream answer other than 200 means for a read."""

@@ -47,6 +47,8 @@ WHY = {
     412: "The version asked for is no longer the current one",
     413: "The request body is larger than this service takes",
     416: "The Range asked for starts beyond the file's end",
+    502: "A re-published root's source upstream (another site's subscriber) is "
+         "unreachable, or answered with an error",
     503: "Cannot be answered now: the data's publisher or the broker is unreachable, the "
          "dataset is being rewritten or cannot be read (or, at a subscriber requiring "
          "logins, its users cannot be read); try again later",
@@ -160,8 +162,23 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "chunks": {"description": "Answer with the stored chunks the selection touches, as a "
                               "chunk stream (arrays)"},
     "buffer": {"description": "Answer with the selected items in C order as one "
-                              "Blosc2-compressed buffer (arrays, up to 1 GiB)"},
-    "prefer_schunk": {"description": "Accepted for compatibility; answers do not depend on it"},
+                              "Blosc2-compressed buffer (up to 1 GiB)"},
+    "prefer_schunk": {"description": "Sent by 0.2-era clients, whatever its value: bytes are "
+                                     "then answered as one Blosc2-compressed buffer, as they "
+                                     "read them (arrays do not depend on it)"},
+    "indices": {"description": "Coordinates, as newer clients send them: refused (400); "
+                               "select a box with slice_"},
+    "filter": {"description": "A filter expression, as newer clients send it: refused (400)"},
+    "field": {"description": "Only this field of a structured array's records (as an "
+                             "NDArray cframe), as newer clients ask for one"},
+    "accept-encoding": {"description": "blosc2: answer with the complete dataset itself (its "
+                                       "Blosc2 file; an ordinary file as its Blosc2 frame, "
+                                       "with Content-Encoding: blosc2), as the upstream client "
+                                       "of the 2026 releases asks",
+                        "examples": ["blosc2"]},
+    # (/files declares its own Range, which it serves: see RANGE_REQUESTS)
+    "Range": {"description": "Refused with 416: a selection is built for each request, so "
+                             "byte ranges of it are not served"},
 }
 
 

@@ -66,6 +66,28 @@ def test_downloads_identical_to_the_origin(chain, tmp_path, monkeypatch):
         assert_same_file(tmp_path / far_path, tmp_path.parent / here, path)
 
 
+def test_dataset_urls_downstream_serve_the_origins_file(chain, tmp_path):
+    """``cat2cli url ROOT/PATH`` at the end of the chain gives the last relay's
+    ``/api/download``: it passes the file on from upstream, whole or in ranges."""
+    for path in ["README.md", "dir1/ds-2d.b2nd", "ds-hello.b2frame"]:
+        done = cli(chain.host, "url", f"bdata/{path}")
+        assert done.returncode == 0, done.stderr
+        url = done.stdout.splitlines()[0]  # (then where the root comes from, hop by hop)
+        assert url.startswith(f"http://{chain.links['B'].address}/api/download/"), url
+        far = httpx.get(url, timeout=30)
+        assert far.status_code == 200, far.text
+        origin = httpx.get(f"http://{chain.links['O'].address}/api/download/{path}", timeout=30)
+        # (ordinary files come as their .b2 SChunk from every publisher)
+        suffix = ".b2nd" if path.endswith(".b2nd") else ".b2frame"
+        (tmp_path / f"far{suffix}").write_bytes(far.content)
+        (tmp_path / f"origin{suffix}").write_bytes(origin.content)
+        assert_same_file(tmp_path / f"far{suffix}", tmp_path / f"origin{suffix}", path)
+        part = httpx.get(url, headers={"Range": "bytes=10-99"}, timeout=30)
+        assert part.status_code == 206 and part.content == far.content[10:100], path
+    missing = httpx.get(f"http://{chain.links['B'].address}/api/download/nope.b2nd", timeout=30)
+    assert missing.status_code == 404 and "nope.b2nd" in missing.json()["detail"]
+
+
 def assert_same_file(a: pathlib.Path, b: pathlib.Path, what: str) -> None:
     """Same chunks, as stored, and same data (chunks may lie in another order in the file:
     the order in which they were fetched)."""

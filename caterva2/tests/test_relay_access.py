@@ -2,6 +2,7 @@
 site serves only whom it allows."""
 from __future__ import annotations
 
+import blosc2
 import httpx
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ def chain(tmp_path):
         c.stop()
 
 
-def test_relay_reads_upstream_with_its_own_key_and_sites_serve_their_own_users(chain):
+def test_relay_reads_upstream_with_its_own_key_and_sites_serve_their_own_users(chain, tmp_path):
     wait_until(lambda: "one.b2nd" in chain.client("C").list("bdata"),
                what="one.b2nd at site C")
     np.testing.assert_array_equal(chain.client("C").get_dataset("bdata/one.b2nd")[:],
@@ -36,6 +37,12 @@ def test_relay_reads_upstream_with_its_own_key_and_sites_serve_their_own_users(c
     # Site A's relay endpoints, too, need a user of site A.
     r = httpx.get(f"http://{chain.subs['A'].address}/api/relay/data/index")
     assert r.status_code == 401
+    # Site A's relay passes downloads on with its own key (its publisher is open, as
+    # publishers are: a site's subscriber is what serves its users).
+    r = httpx.get(f"http://{chain.links['A'].address}/api/download/one.b2nd", timeout=60)
+    assert r.status_code == 200, r.text
+    (tmp_path / "one.b2nd").write_bytes(r.content)
+    np.testing.assert_array_equal(blosc2.open(str(tmp_path / "one.b2nd"))[:], chain.data)
 
 
 def test_a_relay_without_a_key_upstream_is_refused_with_a_clear_error(chain, tmp_path):

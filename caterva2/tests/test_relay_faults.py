@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import caterva2 as cat2
-from caterva2.tests.harness import wait_until
+from caterva2.tests.harness import cat2admin, wait_until
 from caterva2.tests.relay_chain import Chain, big_array
 
 
@@ -107,3 +107,31 @@ def test_a_loop_is_refused_at_start_with_a_clear_error(chain):
     wait_until(lambda: np.array_equal(read(chain.host, "bdata", "one.b2nd"),
                                       chain.data["one.b2nd"]), timeout=30,
                what="one.b2nd from the origin started again")
+
+
+def test_a_loop_formed_after_the_start_is_found_and_refused_until_it_is_undone(chain):
+    """The origin replaced by a publisher (another key, the name released to it) that
+    re-publishes the end of the chain: each relay asks again where its root comes from
+    (every CHAIN_CHECK_S), so relay A finds itself upstream and serves none of the root,
+    saying why, instead of passing reads around the loop; the origin back, it serves again."""
+    np.testing.assert_array_equal(read(chain.host, "bdata", "one.b2nd"), chain.data["one.b2nd"])
+    broker_state = chain.stacks["O"].broker.statedir
+    origin = chain.pubs["O"]
+    origin.stop()
+    assert cat2admin("--statedir", broker_state, "release", "data").returncode == 0
+    impostor = chain.stacks["O"].publisher(
+        "data", f"http://{chain.subs['C'].address}/bdata", id_="impostor")
+    chunk = f"http://{chain.links['A'].address}/api/chunks/two.b2nd"
+
+    def loop_refused() -> bool:
+        r = httpx.get(chunk, params={"nchunks": "0"}, timeout=10)
+        return r.status_code == 503 and "it would be a loop" in r.json()["detail"]
+
+    wait_until(loop_refused, timeout=40, what="relay A refusing the loop")
+    refused(chain.host, "bdata", "two.b2nd")  # (an error at once, not reads going round)
+    impostor.stop()
+    assert cat2admin("--statedir", broker_state, "release", "data").returncode == 0
+    origin.start()
+    wait_until(lambda: np.array_equal(read(chain.host, "bdata", "two.b2nd"),
+                                      chain.data["two.b2nd"]), timeout=40,
+               what="two.b2nd once the origin is back")

@@ -9,9 +9,12 @@ import contextlib
 import logging
 from typing import Annotated, Any
 
+import httpx
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
-from caterva2 import wire
+from caterva2 import tls, wire
 from caterva2.blocks import block_count, blocks_per_chunk, pieces_to_send
 from caterva2.models import ArrayMeta, DatasetEntry, RootIndex
 from caterva2.roots import (
@@ -38,6 +41,9 @@ from .catalog import Catalog, entry_json
 
 log = logging.getLogger("caterva2.publisher")
 READ_BATCH = 4  # chunks read per thread hop when streaming
+# Passing a download on: time to connect upstream, and to wait for each piece (the
+# subscriber there may first fetch what it lacks of the dataset from its own source).
+DOWNLOAD_TIMEOUT = httpx.Timeout(300, connect=5)
 
 router = APIRouter()
 
@@ -205,12 +211,61 @@ async def get_digests(path: str, catalog: CatalogDep,
 
 @router.get("/api/download/{path:path}", response_class=Response, openapi_extra=RANGE_REQUESTS,
             responses=file_answers("The stored file (an ordinary file as its .b2 SChunk)")
-            | errors(404, 503, 507))
+            | errors(404, 502, 503, 507))
 async def download(path: str, catalog: CatalogDep, request: Request) -> Response:
     await asyncio.to_thread(catalog.readable, safe_relpath(path))
     stored = await asyncio.to_thread(catalog.root.stored_file, path)
     if stored is None:
+        upstream = await asyncio.to_thread(_download_url, catalog, path)
+        if upstream is not None:
+            return await _passed_on(upstream, catalog, request)
         raise HTTPException(404, f"{path!r} has no stored file to download")
     with contextlib.suppress(OSError):  # (gone meanwhile: the response says so)
         request.app.state.metrics.file_served(catalog.name, stored.stat().st_size)
     return LargeFileResponse(stored)
+
+
+# Headers of an upstream file answer that say what the body is: passed on as they are.
+PASSED_ON_HEADERS = ("content-length", "content-range", "content-type", "content-disposition",
+                     "accept-ranges", "etag", "last-modified")
+
+
+def _download_url(catalog: Catalog, path: str) -> str | None:
+    try:
+        return catalog.root.download_url(path)
+    except DatasetNotFound:
+        raise catalog.not_found(path) from None
+    except DatasetUnavailable as e:
+        raise HTTPException(503, str(e)) from None
+
+
+async def _passed_on(url: str, catalog: Catalog, request: Request) -> Response:
+    """The file at ``url`` upstream (a re-published root's subscriber), streamed as it
+    comes, with the client's Range passed on: the subscriber upstream completes and
+    checks the file from its cache, as it does for its own clients."""
+    asked = {k: v for k, v in request.headers.items() if k in ("range", "if-range")}
+    client = httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT, verify=tls.client_context(),
+                               headers=catalog.root.upstream_headers)
+    try:
+        upstream = await client.send(client.build_request("GET", url, headers=asked),
+                                     stream=True)
+    except httpx.HTTPError as e:
+        await client.aclose()
+        raise HTTPException(502, f"the subscriber upstream is unreachable ({e})") from None
+    if upstream.status_code not in (200, 206):
+        text = (await upstream.aread())[:300].decode(errors="replace")
+        await upstream.aclose()
+        await client.aclose()
+        status = upstream.status_code if upstream.status_code in (404, 416, 503) else 502
+        raise HTTPException(status, f"upstream answered {upstream.status_code}: {text}")
+
+    async def close() -> None:
+        await upstream.aclose()
+        await client.aclose()
+
+    headers = {k: v for k, v in upstream.headers.items() if k in PASSED_ON_HEADERS}
+    with contextlib.suppress(ValueError):
+        request.app.state.metrics.file_served(catalog.name,
+                                              int(headers.get("content-length", 0)))
+    return StreamingResponse(upstream.aiter_raw(), status_code=upstream.status_code,
+                             headers=headers, background=BackgroundTask(close))

@@ -5,12 +5,13 @@ REST API (dataset paths always include the root):
 - ``GET /api/roots``, ``POST /api/subscribe/{root}``, ``POST /api/unsubscribe/{root}``,
   ``GET /api/list/{root}``, ``GET /api/url/{root}[/{path}]``,
   ``GET /api/info/{root}/{path}`` (:mod:`.api`);
-- ``GET /api/fetch/{root}/{path}?slice_=...``, ``GET /api/download/{root}/{path}``,
-  ``GET /files/{root}/{path}`` (:mod:`.data_api`);
+- ``GET /api/fetch/{root}/{path}?slice_=...``, ``GET /api/chunk/{root}/{path}?nchunk=N``,
+  ``GET /api/download/{root}/{path}``, ``GET /files/{root}/{path}`` (:mod:`.data_api`;
+  what each generation of clients sends and expects: :mod:`.compat`);
 - ``GET /api/cache``: the cache's figures as JSON (:mod:`.api`, ``cat2cli cache``);
 - ``GET /api/relay/{root}/...``: a subscribed root served onward to relay publishers,
   and ``GET /api/source/{root}``: where a root comes from (:mod:`.relay_api`);
-- ``GET /``: a page for browsers (:mod:`.page`);
+- ``GET /``, ``/roots/{root}/{path}``: the web interface for browsers (:mod:`.web`);
 - ``GET /metrics``, ``GET /health``: for operators (:mod:`caterva2.services.metrics`).
 
 Its parts (:class:`.node.Subscriber`): the roots it knows and follows (:mod:`.registry`),
@@ -36,7 +37,7 @@ from caterva2.services import service
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.metrics import SubscriberMetrics, mount_observability
 from caterva2.services.openapi import LOGIN, USERS, document
-from caterva2.services.subscriber import api, data_api, page, relay_api
+from caterva2.services.subscriber import api, data_api, relay_api, web
 from caterva2.services.subscriber.access import Access, AccessRules, RequireLogin
 from caterva2.services.subscriber.leases import leasing
 from caterva2.services.subscriber.node import Subscriber, SubscriberSettings
@@ -73,8 +74,9 @@ def build_app(settings: SubscriberSettings) -> FastAPI:
     app = FastAPI(title="Caterva2 subscriber", lifespan=lifespan)
     install_error_handlers(app)
     document(app, security=USERS)
-    for module in (api, data_api, relay_api, page):
+    for module in (api, data_api, relay_api):
         app.include_router(module.router, responses=LOGIN)
+    web.install(app)
     mount_observability(app, metrics.registry, "subscriber", health, metrics_responses=LOGIN)
     app.add_middleware(LeaseReplicas)
     app.add_middleware(RequireLogin, access=access, statedir=str(settings.statedir))
