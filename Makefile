@@ -28,7 +28,8 @@ bench: $(VENV)/.installed-all
 	$(BIN)/python bench/scaling.py
 	$(BIN)/python bench/link_bytes.py
 	$(BIN)/python bench/relay.py
+	$(BIN)/python bench/notify_latency.py
 	$(BIN)/python bench/workers.py
 
 clean:
-	rm -rf $(VENV) _caterva2 _caterva2_tests *.egg-info
+	rm -rf $(VENV) _caterva2 _caterva2_tests _caterva2_client_venvs *.egg-info

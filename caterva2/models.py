@@ -332,6 +332,9 @@ MAX_VERSION_LENGTH = 256  # characters in a version tag
 # A header with which a publisher proves that it is the one a root name is bound to (see
 # caterva2.services.broker); the key is the publisher's own, kept in its state directory.
 PUBLISHER_KEY_HEADER = "Caterva2-Publisher-Key"
+# The broker's answer to a registration says in this header where notifications go (a
+# Notifications as JSON); a broker that does not send it takes them itself.
+NOTIFICATIONS_HEADER = "Caterva2-Notifications"
 
 
 class ChangeEvent(BaseModel):
@@ -369,6 +372,22 @@ class ChangeEvent(BaseModel):
 
 
 Event = Annotated[RootEvent | ChangeEvent, Field(discriminator="kind")]
+
+
+class Notifications(BaseModel):
+    """Broker → publishers and subscribers: where the deployment's notifications go.
+
+    ``engine`` ``"broker"``: through the broker (events posted to it, its WebSocket
+    ``/api/events``); ``"nats"``: on NATS JetStream, at ``servers`` (``nats://HOST:PORT``),
+    in stream ``stream`` on the subjects of ``deployment`` (see
+    :mod:`caterva2.services.nats_bus`).
+    """
+
+    engine: Literal["broker", "nats"] = "broker"
+    servers: list[Annotated[str, Field(pattern=r"^(nats|tls)://[^/@\s]+$", max_length=300)]
+                  ] = Field(default_factory=list, max_length=64)
+    deployment: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")] | None = None
+    stream: Annotated[str, Field(pattern=r"^CATERVA2_[A-Za-z0-9_-]{1,32}$")] | None = None
 
 
 def chunk_layout(meta: AnyMeta) -> tuple:

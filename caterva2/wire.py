@@ -321,10 +321,26 @@ def encode_bytes(data: bytes) -> bytes:
     return bytes(blosc2.compress2(data, typesize=1))
 
 
+def encode_bytes_frame(data: bytes, typesize: int = 1) -> bytes:
+    """A selection of bytes as an SChunk cframe (items of ``typesize`` bytes): what the
+    released Caterva2 subscriber answers, and its clients and Blosc2 read
+    (``blosc2.schunk_from_cframe(answer)[:]``)."""
+    cparams = {**WIRE_CPARAMS, "typesize": typesize if 0 < typesize <= 255 else 1}
+    return bytes(blosc2.SChunk(data=data, cparams=cparams).to_cframe())
+
+
 def decode_selection(content: bytes, is_array: bool) -> Any:
-    """What :func:`encode_array` (``is_array``) or :func:`encode_bytes` made: a NumPy array
-    (a NumPy scalar for 0-d), or bytes."""
+    """What :func:`encode_array` (``is_array``), :func:`encode_bytes` or
+    :func:`encode_bytes_frame` made: a NumPy array (a NumPy scalar for 0-d), or bytes."""
     if is_array:
         array = blosc2.ndarray_from_cframe(content)
         return np.asarray(array[()])[()] if array.ndim == 0 else array[:]
+    if is_frame(content):
+        return bytes(blosc2.schunk_from_cframe(content)[:])
     return blosc2.decompress2(content)
+
+
+def is_frame(content: bytes) -> bool:
+    """Whether ``content`` is a Blosc2 cframe (its header names the format at bytes 2-9)
+    rather than one compressed buffer."""
+    return bytes(content[2:9]) == b"b2frame"

@@ -232,6 +232,12 @@ class SubscriberMetrics:
         self._bytes_out = Counter("caterva2_bytes_to_clients",
                                   "bytes of data answers sent to clients", ["root"],
                                   registry=r)
+        self._index_fetches = Counter("caterva2_index_fetches",
+                                      "whole indexes of a root read from its publisher",
+                                      ["root"], registry=r)
+        self._catch_ups = Counter("caterva2_notification_catch_ups",
+                                  "times every subscribed root's index was read again, "
+                                  "missed notifications being unknown", registry=r)
 
     def measure_cache(self, directory: pathlib.Path, limit: Any = None) -> None:
         """Measure usage under ``directory``; ``limit`` in bytes (None or 0: unlimited;
@@ -260,6 +266,14 @@ class SubscriberMetrics:
     def bytes_out(self, root: str, n: int) -> None:
         """``n`` bytes of an answer about ``root`` sent to a client."""
         self._bytes_out.labels(root).inc(n)
+
+    def index_fetched(self, root: str) -> None:
+        """The whole index of ``root`` was read from its publisher."""
+        self._index_fetches.labels(root).inc()
+
+    def caught_up(self) -> None:
+        """Every subscribed root's index is being read again (notifications were missed)."""
+        self._catch_ups.inc()
 
     def evicted(self, nbytes: int) -> None:
         """One eviction from the cache, of ``nbytes``."""

@@ -162,8 +162,23 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "chunks": {"description": "Answer with the stored chunks the selection touches, as a "
                               "chunk stream (arrays)"},
     "buffer": {"description": "Answer with the selected items in C order as one "
-                              "Blosc2-compressed buffer (arrays, up to 1 GiB)"},
-    "prefer_schunk": {"description": "Accepted for compatibility; answers do not depend on it"},
+                              "Blosc2-compressed buffer (up to 1 GiB)"},
+    "prefer_schunk": {"description": "Sent by 0.2-era clients, whatever its value: bytes are "
+                                     "then answered as one Blosc2-compressed buffer, as they "
+                                     "read them (arrays do not depend on it)"},
+    "indices": {"description": "Coordinates, as newer clients send them: refused (400); "
+                               "select a box with slice_"},
+    "filter": {"description": "A filter expression, as newer clients send it: refused (400)"},
+    "field": {"description": "Only this field of a structured array's records (as an "
+                             "NDArray cframe), as newer clients ask for one"},
+    "accept-encoding": {"description": "blosc2: answer with the complete dataset itself (its "
+                                       "Blosc2 file; an ordinary file as its Blosc2 frame, "
+                                       "with Content-Encoding: blosc2), as the upstream client "
+                                       "of the 2026 releases asks",
+                        "examples": ["blosc2"]},
+    # (/files declares its own Range, which it serves: see RANGE_REQUESTS)
+    "Range": {"description": "Refused with 416: a selection is built for each request, so "
+                             "byte ranges of it are not served"},
 }
 
 

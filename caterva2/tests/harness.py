@@ -210,10 +210,12 @@ class Stack:
                                  self.statedir / f"pub.{id_ or name}", http=http,
                                  broker=self.broker.address, env=env))
 
-    def subscriber(self, id_: str = "sub", args: Sequence[str] = ()) -> Service:
-        """A subscriber with state in ``STATEDIR/ID``, started with extra ``args``."""
+    def subscriber(self, id_: str = "sub", args: Sequence[str] = (),
+                   env: dict[str, str] | None = None) -> Service:
+        """A subscriber with state in ``STATEDIR/ID``, started with extra ``args`` (and
+        ``env`` added to its environment)."""
         return self._add(Service("subscriber", list(args), self.statedir / id_,
-                                 broker=self.broker.address))
+                                 broker=self.broker.address, env=env))
 
     def publish_root(self, name: str, source, subscriber_id: str = "sub") -> PublishedRoot:
         """Start a publisher of ``source`` as root ``name`` and a subscriber, and wait until

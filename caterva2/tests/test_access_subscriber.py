@@ -54,6 +54,7 @@ def test_every_endpoint_needs_a_user(stack, roots, tmp_path):
     for method, path in [("GET", "/api/roots"), ("POST", "/api/subscribe/foo"),
                          ("GET", "/api/list/foo"), ("GET", f"/api/info/{DATASET}"),
                          ("GET", f"/api/fetch/{DATASET}"), ("GET", f"/files/{DATASET}"),
+                         ("GET", f"/api/chunk/{DATASET}?nchunk=0"),
                          ("GET", "/api/cache"), ("GET", "/"), ("GET", "/metrics"),
                          ("GET", "/docs"), ("GET", "/openapi.json")]:
         r = httpx.request(method, base + path)

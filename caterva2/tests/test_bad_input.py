@@ -44,7 +44,17 @@ def cat2cli(*args: str) -> subprocess.CompletedProcess:
     ("/files/foo/%2e%2e/%2e%2e/x", 400, "'..'"),
     ("/files/foo/README.md", 404, ".b2"),
     ("/api/fetch/foo/ds-1d.b2nd?chunks=maybe", 400, "chunks"),
-    ("/api/fetch/foo/ds-hello.b2frame?buffer=true", 400, "buffer=true is for array"),
+    ("/api/fetch/foo/ds-1d.b2nd?indices=[[1,2]]", 400, "coordinates"),
+    ("/api/fetch/foo/ds-1d.b2nd?filter=x>1", 400, "filters"),
+    ("/api/fetch/foo/ds-1d-fields.b2nd?field=c", 400, "no field 'c' (its fields: a, b)"),
+    ("/api/fetch/foo/ds-1d.b2nd?field=a", 400, "not structured"),
+    ("/api/fetch/foo/ds-hello.b2frame?field=a", 400, "not an array"),
+    ("/api/fetch/foo/ds-1d-fields.b2nd?field=a&chunks=true", 400, "leave field out"),
+    ("/api/chunk/foo/ds-1d.b2nd?nchunk=10", 404, "it has 10 chunks, 0..9"),
+    ("/api/chunk/foo/ds-1d.b2nd?nchunk=-1", 404, "no chunk -1"),
+    ("/api/chunk/foo/ds-1d.b2nd", 400, "nchunk"),
+    ("/api/chunk/foo/nope.b2nd?nchunk=0", 404, "no dataset"),
+    ("/api/chunk/foo/%2e%2e/x?nchunk=0", 400, "'..'"),
     ("/api/nothing", 404, "no such endpoint: /api/nothing"),
 ])
 def test_subscriber_rejects_bad_requests_clearly(sub_host, url, status, words):

@@ -23,6 +23,12 @@ Broker commands (``--statedir`` is the broker's):
     change.  If the old publisher still runs, it takes the name back at its next
     registration (within 30 s): stop it first.
 
+NATS commands (``--statedir`` is the broker's; for a deployment on NATS, see
+:mod:`caterva2.tools.nats_auth`): ``nats-broker`` (writes ``nats-auth.conf`` for
+``nats-server -c`` and prints the broker's ``nats_credentials`` as its last line),
+``nats-publisher ROOT`` (a NATS user that may announce changes in ROOT only; prints its
+credentials as the last line), ``nats-remove ROOT``, ``nats-users``.
+
 The tool works on the files of the state directory, so it needs to run where they are, as
 a user who may write them; it never talks to a service.
 
@@ -41,6 +47,7 @@ from dataclasses import asdict, dataclass
 
 from caterva2 import paths
 from caterva2.services.broker.bindings import Bindings, NotABrokerStatedir
+from caterva2.tools.nats_auth import BROKER_USER, NatsUsers
 from caterva2.users import UserError, Users
 
 
@@ -93,6 +100,69 @@ def cmd_release(args: argparse.Namespace) -> None:
         return
     print(f"released root name {name!r} (bound {released.bound_at}, first registered from "
           f"{released.address}): the next publisher to register it takes it")
+
+
+# -- NATS -------------------------------------------------------------------------------
+
+def nats_users(args: argparse.Namespace) -> NatsUsers:
+    if (args.statedir / "users.json").exists():
+        raise AdminError(f"{args.statedir} is a subscriber's state directory: NATS users "
+                         "live in the broker's (e.g. _caterva2/bro)")
+    try:
+        return NatsUsers.load(args.statedir, args.deployment)
+    except ValueError as e:
+        raise AdminError(str(e)) from None
+
+
+def _print_nats(args: argparse.Namespace, users: NatsUsers, who: str, section: str,
+                user: str) -> None:
+    conf = users.save()
+    credentials = users.credentials(user)
+    if args.json:
+        print(json.dumps({"conf": str(conf), "credentials": credentials,
+                          "deployment": users.deployment}))
+        return
+    print(f"NATS users of deployment {users.deployment!r} written to {conf} (start "
+          f"nats-server with -c {conf}, or include it; a running one reads it again on: "
+          "nats-server --signal reload)")
+    print(f"credentials of {who} (CATERVA2_NATS_CREDENTIALS, or nats_credentials in "
+          f"[{section}]):")
+    print(credentials)
+
+
+def cmd_nats_broker(args: argparse.Namespace) -> None:
+    _print_nats(args, nats_users(args), "the broker", "broker", BROKER_USER)
+
+
+def cmd_nats_publisher(args: argparse.Namespace) -> None:
+    users = nats_users(args)
+    try:
+        credentials = users.add_publisher(args.root)
+    except ValueError as e:
+        raise AdminError(str(e)) from None
+    _print_nats(args, users, f"the publisher of root {args.root!r}, which may announce "
+                             "changes in that root only", "publisher",
+                credentials.partition(":")[0])
+
+
+def cmd_nats_remove(args: argparse.Namespace) -> None:
+    users = nats_users(args)
+    if not users.remove_publisher(args.root):
+        raise AdminError(f"no NATS user for the publisher of root {args.root!r}")
+    conf = users.save()
+    print(json.dumps({"removed": args.root}) if args.json else
+          f"the publisher of root {args.root!r} may no longer announce on NATS once "
+          f"nats-server reads {conf} again (nats-server --signal reload)")
+
+
+def cmd_nats_users(args: argparse.Namespace) -> None:
+    users = nats_users(args)
+    users.save()
+    if args.json:
+        print(json.dumps({"deployment": users.deployment, "publishers": users.roots}))
+        return
+    print(f"deployment {users.deployment!r}: the broker, the reader (anyone without "
+          "credentials)" + "".join(f", {u} (root {r})" for u, r in sorted(users.roots.items())))
 
 
 # -- subscriber ---------------------------------------------------------------------
@@ -152,6 +222,14 @@ COMMANDS = [
     Command("deluser", "delete a user (subscriber)", cmd_deluser, USER),
     Command("newkey", "give a user a new API key, printed as the last line; the old one "
             "stops working (subscriber)", cmd_newkey, USER),
+    Command("nats-broker", "write the NATS users' nats-server configuration; print the "
+            "broker's NATS credentials as the last line (broker)", cmd_nats_broker),
+    Command("nats-publisher", "a NATS user that may announce changes in ROOT only (a new "
+            "password if it has one); its credentials are the last line (broker)",
+            cmd_nats_publisher, (("root", "the root's name, e.g. foo"),)),
+    Command("nats-remove", "remove the NATS user of ROOT's publisher (broker)",
+            cmd_nats_remove, (("root", "the root's name, e.g. foo"),)),
+    Command("nats-users", "list the NATS users (broker)", cmd_nats_users),
 ]
 
 
@@ -164,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--statedir", required=True, type=pathlib.Path,
                         help="the service's state directory, e.g. _caterva2/bro for cat2bro")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--deployment", help="NATS commands: the deployment's name "
+                                             "(nats_deployment of cat2bro; default: main)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         p = sub.add_parser(command.name, help=command.help, description=command.help)

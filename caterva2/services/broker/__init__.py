@@ -13,6 +13,12 @@ its publisher only.  Requests are limited to :data:`MAX_HEAD` bytes of URL and h
 and :data:`MAX_BODY` bytes of body, names, paths and events to the bounds of
 :mod:`caterva2.models`, publisher addresses to ``HOST:PORT`` (:func:`caterva2.paths.check_address`).
 
+With ``--nats nats://HOST:PORT[,...]`` (``nats`` in ``[broker]``), notifications go on NATS
+JetStream instead of the WebSocket: publishers announce changes there themselves, and the
+broker keeps the deployment's stream and announces roots (:mod:`.nats_roots`,
+:mod:`caterva2.services.nats_bus`); ``GET /api/notifications`` tells publishers and
+subscribers which way notifications go.
+
 Roots whose publishers stop answering are listed as unreachable after
 ``--unreachable-after`` (``unreachable_after`` in ``[broker]``, default 90s) and dropped
 from the listing after ``--drop-after`` (``drop_after``, default 1d) (:mod:`.registry`).
@@ -36,6 +42,7 @@ import httpx
 from fastapi import FastAPI
 
 from caterva2 import config, tls
+from caterva2.services import nats_bus
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.limits import BodyLimit
 from caterva2.services.metrics import BrokerMetrics, mount_observability
@@ -45,6 +52,7 @@ from caterva2.services.service import run_service
 from . import api, hub
 from .bindings import Bindings
 from .hub import QUEUE_LIMIT, EventHub
+from .nats_roots import NatsOptions, NatsRoots
 from .registry import Liveness, Registry
 
 __all__ = ["QUEUE_LIMIT", "BrokerOptions", "EventHub", "Liveness", "build_app", "main"]
@@ -64,10 +72,12 @@ SERVER_OPTIONS = {"http": "h11", "h11_max_incomplete_event_size": MAX_HEAD}
 @dataclass(frozen=True)
 class BrokerOptions:
     """How a broker treats publishers: the ``token`` it requires of them (None: open to
-    all) and when a silent one's root is listed as unreachable, or dropped."""
+    all) and when a silent one's root is listed as unreachable, or dropped; and where
+    notifications go (``nats``: on NATS; None: through this broker)."""
 
     token: str | None = None
     liveness: Liveness = field(default_factory=Liveness)
+    nats: NatsOptions | None = None
 
 
 def build_app(statedir: pathlib.Path, options: BrokerOptions = BrokerOptions(),
@@ -84,13 +94,18 @@ def build_app(statedir: pathlib.Path, options: BrokerOptions = BrokerOptions(),
                                      verify=tls.client_context()) as client:
             app.state.client = client
             async with _running(app.state.registry.watch(client)):
-                yield
+                if app.state.nats is None:
+                    yield
+                else:
+                    async with _running(app.state.nats.run()):
+                        yield
 
     app = FastAPI(title="Caterva2 broker", lifespan=lifespan)
     app.state.token = options.token
     app.state.bindings = Bindings(statedir, create=True)
     app.state.registry = registry = Registry(statedir, options.liveness)
     app.state.hub = events = EventHub()
+    app.state.nats = NatsRoots(options.nats) if options.nats is not None else None
     app.state.metrics = metrics = BrokerMetrics(lambda: len(registry.roots),
                                                 lambda: len(events.queues))
     install_error_handlers(app)
@@ -99,9 +114,16 @@ def build_app(statedir: pathlib.Path, options: BrokerOptions = BrokerOptions(),
     app.include_router(hub.router)
     mount_observability(app, metrics.registry, "broker", lambda: {
         "roots": len(registry.roots), "listeners": len(events.queues),
-        "open": options.token is None})
+        "open": options.token is None, **_nats_health(app.state.nats)})
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY)
     return app
+
+
+def _nats_health(nats: NatsRoots | None) -> dict[str, Any]:
+    if nats is None:
+        return {"notifications": "broker"}
+    return {"notifications": "nats", "nats_connected": nats.connected.is_set(),
+            "nats_pending": len(nats.pending)}
 
 
 @contextlib.asynccontextmanager
@@ -123,7 +145,20 @@ def options_from(settings: dict[str, Any]) -> BrokerOptions:
         config.parse_duration(settings.get("drop_after", "1d"), "drop_after"))
     if liveness.drop_after < liveness.unreachable_after:
         raise config.ConfigError("drop_after must be at least unreachable_after")
-    return BrokerOptions(config.broker_token(settings.get("token")), liveness)
+    return BrokerOptions(config.broker_token(settings.get("token")), liveness,
+                         nats_options(settings))
+
+
+def nats_options(settings: dict[str, Any]) -> NatsOptions | None:
+    """Where notifications go, from ``nats``, ``nats_deployment`` and ``nats_credentials``
+    (None: through the broker, without NATS)."""
+    if not settings.get("nats"):
+        return None
+    return NatsOptions(
+        tuple(nats_bus.parse_servers(settings["nats"])),
+        nats_bus.check_deployment(settings.get("nats_deployment",
+                                               nats_bus.DEFAULT_DEPLOYMENT)),
+        nats_bus.credentials(settings.get("nats_credentials")))
 
 
 def start_line(options: BrokerOptions) -> str:
@@ -131,6 +166,15 @@ def start_line(options: BrokerOptions) -> str:
     if options.token is None:
         return f"open to all publishers (no token; set {config.BROKER_TOKEN_ENV} to require one)"
     return "publishers must present the broker token"
+
+
+def nats_line(options: NatsOptions) -> str:
+    """What the broker says when it starts on NATS: where, and on which subjects."""
+    return (f"notifications on NATS at {','.join(options.servers)}: stream "
+            f"{nats_bus.stream_name(options.deployment)} ({options.replicas} "
+            f"replica{'s' if options.replicas > 1 else ''}), subjects "
+            f"{nats_bus.all_subjects(options.deployment)}"
+            + ("" if options.credentials else " (no NATS credentials given)"))
 
 
 def main() -> None:
@@ -142,11 +186,18 @@ def main() -> None:
         parser.add_argument("--drop-after", metavar="TIME",
                             help="stop listing it after TIME, e.g. 12h, 7d (default: 1d); "
                                  "its name stays its publisher's")
+        parser.add_argument("--nats", metavar="URLS",
+                            help="carry notifications on NATS JetStream at "
+                                 "nats://HOST:PORT[,nats://HOST:PORT...] (all the servers "
+                                 "of a cluster) instead of this broker's WebSocket")
 
     def make_app(settings: dict[str, Any]) -> FastAPI:
         options = options_from(settings)
         line = start_line(options)
         print(f"cat2bro: {line}", file=sys.stderr, flush=True)
+        if options.nats is not None:
+            print(f"cat2bro: {nats_line(options.nats)}", file=sys.stderr, flush=True)
+            log.info("%s", nats_line(options.nats))
         log.info("%s; roots unreachable after %s, dropped after %s", line,
                  config.format_duration(options.liveness.unreachable_after),
                  config.format_duration(options.liveness.drop_after))

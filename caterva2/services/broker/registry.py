@@ -82,8 +82,9 @@ class Registry:
         """Whether listing ``name`` would take more than MAX_ROOTS roots."""
         return name not in self.roots and len(self.roots) >= MAX_ROOTS
 
-    async def register(self, root: RootInfo, client: httpx.AsyncClient) -> None:
-        """List ``root`` (again, if its publisher restarted, maybe elsewhere).
+    async def register(self, root: RootInfo, client: httpx.AsyncClient) -> bool:
+        """List ``root`` (again, if its publisher restarted, maybe elsewhere); True if
+        the listing changed (a new root, or a new address).
 
         Raises NameTaken if another address holds the name and its publisher, asked with
         ``client``, still answers that it serves a root of that name; RegistryFull if
@@ -101,6 +102,7 @@ class Registry:
         if current != root:
             log.info("root %s registered at %s", root.name, root.http)
         await self.seen(root.name, save=current != root)
+        return current != root
 
     async def seen(self, name: str, save: bool = False) -> None:
         """The publisher of ``name`` was just heard from (``save``: the listing changed)."""

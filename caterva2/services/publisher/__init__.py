@@ -27,7 +27,7 @@ It announces itself to the broker at its ``--http`` address, or at ``--url`` (``
 ``[publisher]``) when subscribers reach it through a proxy or NAT, with its own key
 (``STATEDIR/publisher.key``: the root's name is bound to it at the broker) and the
 broker's token, if it has one (``CATERVA2_BROKER_TOKEN``, or ``token`` in ``[publisher]``
-or ``[broker]``).
+or ``[broker]``).  In a deployment on NATS it announces changes there (:mod:`.nats_changes`).
 
 Its parts: :mod:`.api` (the endpoints), :mod:`.catalog` (the root's entries and index as
 the endpoints serve them), :mod:`.announcer` (registration and change announcements at the
@@ -42,7 +42,7 @@ import contextlib
 import logging
 import os
 import pathlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -61,6 +61,7 @@ from caterva2.statefiles import private_key
 from .announcer import KEY_FILE, Announcer
 from .api import router
 from .catalog import Catalog
+from .nats_changes import NatsChanges, PublisherNats
 
 __all__ = ["PublisherSettings", "build_app", "main"]
 
@@ -81,6 +82,7 @@ class PublisherSettings:
     statedir: pathlib.Path
     url: str | None = None
     token: str | None = None
+    nats: PublisherNats = field(default_factory=PublisherNats)
 
     @property
     def announced(self) -> str:
@@ -102,7 +104,8 @@ def build_app(settings: PublisherSettings, root: PublishedRoot,
         async with httpx.AsyncClient(timeout=BROKER_TIMEOUT, transport=broker_transport,
                                      verify=tls.client_context()) as client:
             announcer = Announcer(settings.name, root, settings.announced, settings.broker,
-                                  settings.statedir, client, settings.token)
+                                  settings.statedir, client, settings.token,
+                                  NatsChanges(settings.name, settings.nats, settings.statedir))
             app.state.announcer = announcer
             task = asyncio.create_task(announcer.run())
             yield
@@ -121,8 +124,15 @@ def build_app(settings: PublisherSettings, root: PublishedRoot,
     mount_observability(app, metrics.registry, "publisher", lambda: {
         "root": settings.name, "announced_as": settings.announced, "broker": settings.broker,
         "registered": getattr(app.state, "announcer", None) is not None
-        and app.state.announcer.registered})
+        and app.state.announcer.registered, "notifications": _engine(app)})
     return app
+
+
+def _engine(app: FastAPI) -> str:
+    """Where this publisher's change announcements go: "nats" or "broker"."""
+    announcer = getattr(app.state, "announcer", None)
+    return "nats" if announcer is not None and announcer.nats is not None \
+        and announcer.nats.active else "broker"
 
 
 def upstream_key(settings: dict[str, Any]) -> str | None:
@@ -153,7 +163,8 @@ def main() -> None:
         paths.check_root_name(str(settings["name"]))  # ValueError: a clear error at start
         publisher = PublisherSettings(str(settings["name"]), settings["address"],
                                       settings["broker"], settings["statedir"],
-                                      settings.get("url"), broker_token(settings.get("token")))
+                                      settings.get("url"), broker_token(settings.get("token")),
+                                      PublisherNats.from_settings(settings))
         log.info("announcing %s at %s", publisher.name, publisher.announced)  # (checks url)
         key = private_key(publisher.statedir / KEY_FILE)  # (made now: a bad one stops here)
         root = open_root(str(settings["root"]), settings["statedir"], name=publisher.name,

@@ -10,11 +10,15 @@ name, and the broker's token if one is set (``CATERVA2_BROKER_TOKEN``, or ``toke
 :data:`caterva2.models.MAX_EVENT_PATHS` paths.  A broker that refuses the publisher (no or
 a wrong token, a name bound to another publisher) is asked again every TAKEN_RETRY_S, its
 reason logged as an error each time.
+
+When the deployment's notifications are on NATS (the broker says so, or ``nats`` in
+``[publisher]``; see :mod:`.nats_changes`), registrations still go to the broker, which
+owns the names, but change events go to NATS: with the broker down they still reach
+subscribers, and a change NATS did not take is tried again, with growing pauses.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import pathlib
@@ -26,12 +30,16 @@ from caterva2 import paths, tls
 from caterva2.models import (
     MAX_EVENT_PATHS,
     MAX_VERSION_LENGTH,
+    NOTIFICATIONS_HEADER,
     PUBLISHER_KEY_HEADER,
     ChangeEvent,
     RootInfo,
 )
 from caterva2.roots import DatasetNotFound, DatasetUnavailable, PublishedRoot
+from caterva2.services import nats_bus
 from caterva2.statefiles import atomic_write, private_key, read_json
+
+from .nats_changes import NatsChanges
 
 log = logging.getLogger("caterva2.publisher")
 # A file missing for this long is deleted; before, it may be being written anew (blosc2's
@@ -58,9 +66,12 @@ class Announcer:
     """
 
     def __init__(self, name: str, root: PublishedRoot, address: str, broker: str,
-                 statedir: pathlib.Path, client: httpx.AsyncClient, token: str | None = None):
+                 statedir: pathlib.Path, client: httpx.AsyncClient, token: str | None = None,
+                 nats: NatsChanges | None = None):
         self.name, self.root, self.address, self.broker = name, root, address, broker
-        self.client = client
+        self.client, self.nats = client, nats
+        self.transient: tuple[type[BaseException], ...] = (  # (errors worth retrying)
+            httpx.HTTPError, *nats_bus.nats_errors())
         self.headers = {PUBLISHER_KEY_HEADER: private_key(pathlib.Path(statedir) / KEY_FILE)}
         if token is not None:
             self.headers["Authorization"] = f"Bearer {token}"
@@ -91,27 +102,50 @@ class Announcer:
                             "%s; trying again every %d s", e, TAKEN_RETRY_S)
                     refused = str(e)
                     await asyncio.sleep(TAKEN_RETRY_S)
-                except httpx.HTTPError as e:
+                except self.transient as e:
                     self.registered = False
-                    log.warning("broker %s unreachable (%s); retrying in %.1fs",
-                                self.broker, type(e).__name__, delay)
+                    log.warning("%s unreachable (%s); retrying in %.1fs",
+                                f"broker {self.broker}" if isinstance(e, httpx.HTTPError)
+                                else "NATS", type(e).__name__, delay)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5)
         finally:
             watcher.cancel()
             if self.recheck is not None:
                 self.recheck.cancel()
+            if self.nats is not None:
+                await self.nats.close()
 
     async def _watch(self) -> None:
         async for _ in self.root.changes():
-            with contextlib.suppress(httpx.HTTPError, Refused):
-                await self.announce()
+            await self._announce_now()
 
     async def _recheck(self) -> None:
         await asyncio.sleep(DELETE_GRACE_S)
         self.recheck = None
-        with contextlib.suppress(httpx.HTTPError, Refused):
-            await self.announce()
+        await self._announce_now()
+
+    async def _announce_now(self) -> None:
+        """Announce a change just seen.  On NATS, until it is taken (the broker need not
+        be up); through the broker, once (:meth:`run` tries again until it is back)."""
+        delay = 0.1
+        while True:
+            try:
+                await self.announce()
+                return
+            except Refused:
+                return
+            except self.transient as e:
+                if not self._on_nats or isinstance(e, httpx.HTTPError):
+                    return  # (the broker is down: run() registers again, and announces)
+                log.warning("NATS did not take a change of %s (%s: %s); trying again in "
+                            "%.1fs", self.name, type(e).__name__, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+
+    @property
+    def _on_nats(self) -> bool:
+        return self.nats is not None and self.nats.active
 
     def _deleted(self, versions: dict[str, str]) -> list[str]:
         """Announced paths missing for DELETE_GRACE_S (a recheck is due for the others)."""
@@ -126,13 +160,21 @@ class Announcer:
     async def announce(self) -> None:
         """Register (if not yet) and post what changed since the last announcement."""
         async with self.lock:
+            unregistered: httpx.HTTPError | None = None
             if not self.registered:
-                await self._register()
+                try:
+                    await self._register()
+                except httpx.HTTPError as e:
+                    if not self._on_nats:
+                        raise
+                    unregistered = e  # (changes go on NATS all the same)
             versions = self._announceable(await asyncio.to_thread(self.root.versions))
             changed = await self._changed(versions)
             deleted = self._deleted(versions)
             if changed or deleted:
                 await self._post_changes(changed, deleted)
+            if unregistered is not None:
+                raise unregistered
 
     def _announceable(self, versions: dict[str, str]) -> dict[str, str]:
         """The datasets whose paths and versions an event may carry (see
@@ -152,11 +194,14 @@ class Announcer:
         return kept
 
     async def _register(self) -> None:
-        await self._post("/api/roots", RootInfo(name=self.name, http=self.address).model_dump())
+        r = await self._post("/api/roots", RootInfo(name=self.name, http=self.address
+                                                     ).model_dump())
         self.registered = True
+        if self.nats is not None:
+            self.nats.learn(r.headers.get(NOTIFICATIONS_HEADER))
 
-    async def _post(self, path: str, body: dict) -> None:
-        """Post ``body`` to the broker; Refused (with the broker's reason) or
+    async def _post(self, path: str, body: dict) -> httpx.Response:
+        """Post ``body`` to the broker: its answer; Refused (with the broker's reason) or
         httpx.HTTPError if it did not take it."""
         r = await self.client.post(tls.base_url(self.broker) + path, json=body,
                                    headers=self.headers)
@@ -168,6 +213,7 @@ class Announcer:
             raise Refused(f"the broker at {self.broker} refused {path} ({r.status_code}): "
                           f"{detail}")
         r.raise_for_status()
+        return r
 
     async def _changed(self, versions: dict[str, str]) -> dict[str, str]:
         """``{path: version}`` of the datasets not announced at their current version."""
@@ -195,10 +241,14 @@ class Announcer:
             batch = items[start:start + MAX_EVENT_PATHS]
             event = ChangeEvent(root=self.name, changed={p: v for p, v in batch if v},
                                 deleted=[p for p, v in batch if v is None])
-            await self._post("/api/events", event.model_dump())
+            if self._on_nats:
+                assert self.nats is not None
+                await self.nats.publish(event)
+            else:
+                await self._post("/api/events", event.model_dump())
             for p in event.deleted:
                 del self.announced[p]
             self.announced.update(event.changed)
             await asyncio.to_thread(atomic_write, self.state_file, json.dumps(self.announced))
-            log.info("announced %d changed, %d deleted", len(event.changed),
-                     len(event.deleted))
+            log.info("announced %d changed, %d deleted%s", len(event.changed),
+                     len(event.deleted), " on NATS" if self._on_nats else "")

@@ -5,12 +5,13 @@ REST API (dataset paths always include the root):
 - ``GET /api/roots``, ``POST /api/subscribe/{root}``, ``POST /api/unsubscribe/{root}``,
   ``GET /api/list/{root}``, ``GET /api/url/{root}[/{path}]``,
   ``GET /api/info/{root}/{path}`` (:mod:`.api`);
-- ``GET /api/fetch/{root}/{path}?slice_=...``, ``GET /api/download/{root}/{path}``,
-  ``GET /files/{root}/{path}`` (:mod:`.data_api`);
+- ``GET /api/fetch/{root}/{path}?slice_=...``, ``GET /api/chunk/{root}/{path}?nchunk=N``,
+  ``GET /api/download/{root}/{path}``, ``GET /files/{root}/{path}`` (:mod:`.data_api`;
+  what each generation of clients sends and expects: :mod:`.compat`);
 - ``GET /api/cache``: the cache's figures as JSON (:mod:`.api`, ``cat2cli cache``);
 - ``GET /api/relay/{root}/...``: a subscribed root served onward to relay publishers,
   and ``GET /api/source/{root}``: where a root comes from (:mod:`.relay_api`);
-- ``GET /``: a page for browsers (:mod:`.page`);
+- ``GET /``, ``/roots/{root}/{path}``: the web interface for browsers (:mod:`.web`);
 - ``GET /metrics``, ``GET /health``: for operators (:mod:`caterva2.services.metrics`).
 
 Its parts (:class:`.node.Subscriber`): the roots it knows and follows (:mod:`.registry`),
@@ -36,10 +37,11 @@ from caterva2.services import service
 from caterva2.services.errors import install_error_handlers
 from caterva2.services.metrics import SubscriberMetrics, mount_observability
 from caterva2.services.openapi import LOGIN, USERS, document
-from caterva2.services.subscriber import api, data_api, page, relay_api
+from caterva2.services.subscriber import api, data_api, relay_api, web
 from caterva2.services.subscriber.access import Access, AccessRules, RequireLogin
 from caterva2.services.subscriber.leases import leasing
 from caterva2.services.subscriber.node import Subscriber, SubscriberSettings
+from caterva2.services.subscriber.notifications import SubscriberNats
 from caterva2.services.subscriber.worker_link import OwnerReports
 from caterva2.services.subscriber.workers import Fronts, parse_workers
 
@@ -69,16 +71,20 @@ def build_app(settings: SubscriberSettings, fronts: Fronts | None = None) -> Fas
 
     def health() -> dict[str, Any]:
         subscriber: Subscriber | None = getattr(app.state, "subscriber", None)
-        return {"broker": settings.broker, "broker_connected":
-                subscriber is not None and subscriber.broker.connected.is_set()}
+        connected = subscriber is not None and subscriber.notifier.connected.is_set()
+        engine = subscriber.notifier.engine if subscriber is not None else "broker"
+        # (broker_connected: whether events reach this subscriber, as before NATS)
+        return {"broker": settings.broker, "broker_connected": connected,
+                "notifications": engine}
 
     metrics = SubscriberMetrics()
     access = Access.for_settings(settings)
     app = FastAPI(title="Caterva2 subscriber", lifespan=lifespan)
     install_error_handlers(app)
     document(app, security=USERS)
-    for module in (api, data_api, relay_api, page):
+    for module in (api, data_api, relay_api):
         app.include_router(module.router, responses=LOGIN)
+    web.install(app)
     requests = mount_observability(app, metrics.registry, "subscriber", health,
                                    metrics_responses=LOGIN)
     app.add_middleware(LeaseReplicas)
@@ -129,7 +135,8 @@ def main() -> None:
             broker=settings["broker"], statedir=pathlib.Path(settings["statedir"]),
             address=settings["address"], url=settings.get("url"), cache_size=cache_size,
             require_login=require_login,
-            access_rules=AccessRules.from_config(settings.get("access", {})))
+            access_rules=AccessRules.from_config(settings.get("access", {})),
+            nats=SubscriberNats.from_settings(settings))
         access = Access.for_settings(subscriber_settings)
         workers = parse_workers(settings.get("workers", 1))
         fronts = None

@@ -7,6 +7,11 @@ NAME``, see :mod:`caterva2.users`); any other gets a 401 saying what to do.  ``/
 stays open, for liveness probes.  Without it, the subscriber is open: anyone who reaches
 it may read and subscribe to every root (its start-up line says so).
 
+Browsers log in at ``/web/login`` (see :mod:`.web.login`), which keeps the key in an
+``HttpOnly``, ``SameSite=Strict`` cookie (:data:`LOGIN_COOKIE`) taken here in place of the
+header; a browser asking for a page of the web interface without a login is sent there,
+where an API client would get the 401.
+
 Per-root rules, in the configuration file (they apply to logged-in users)::
 
     [access]              # the rules for every root not named below
@@ -23,7 +28,9 @@ root does not see it in the list of roots; one who tries gets a 403 that names t
 from __future__ import annotations
 
 import contextvars
+import http.cookies
 import json
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +42,10 @@ from caterva2.config import ConfigError
 from caterva2.users import UserError, Users, check_user_name
 
 EVERYONE = "*"
-OPEN_PATHS = ("/health",)  # answered without a user even when logins are required
+OPEN_PATHS = ("/health", "/web/login")  # answered without a user even with logins required
+OPEN_PREFIXES = ("/web/static/",)  # (the web pages' style and scripts: the login page's too)
+LOGIN_COOKIE = "caterva2_key"  # a browser's API key, set by the login page
+WEB_PAGES = ("/roots/", "/web/")  # the web interface: "/" and the paths starting so
 _user: contextvars.ContextVar[str | None] = contextvars.ContextVar("caterva2_user",
                                                                    default=None)
 
@@ -140,17 +150,20 @@ class RequireLogin:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or not self.access.require_login
-                or scope["path"] in OPEN_PATHS):
+                or scope["path"] in OPEN_PATHS or scope["path"].startswith(OPEN_PREFIXES)):
             await self.app(scope, receive, send)
             return
-        key = _bearer(scope)
+        key = _bearer(scope) or _cookie(scope)
         try:
             user = self.access.users.user_for(key) if key else None
         except UserError as e:  # (a damaged users file: nobody gets in, and it says why)
             await _refuse(send, 503, f"this subscriber cannot check logins now: {e}")
             return
         if user is None:
-            await _refuse(send, 401, self._why(key))
+            if _browser_page(scope):
+                await _to_login(scope, send)
+            else:
+                await _refuse(send, 401, self._why(key))
             return
         token = _user.set(user)
         try:
@@ -175,6 +188,45 @@ def _bearer(scope: Scope) -> str | None:
             if scheme.lower() == "bearer" and credentials.strip():
                 return credentials.strip()
     return None
+
+
+def _cookie(scope: Scope) -> str | None:
+    """The API key of a browser that logged in, unless it sent a header (which wins)."""
+    headers = dict(scope["headers"])
+    if b"authorization" in headers or b"cookie" not in headers:
+        return None
+    cookies = http.cookies.SimpleCookie()
+    try:
+        cookies.load(headers[b"cookie"].decode("latin-1"))
+    except http.cookies.CookieError:
+        return None
+    morsel = cookies.get(LOGIN_COOKIE)
+    return morsel.value if morsel is not None and morsel.value else None
+
+
+def _browser_page(scope: Scope) -> bool:
+    """Whether a request is a browser's for a page of the web interface (sent to the
+    login page rather than refused)."""
+    path = scope["path"]
+    if not (path == "/" or path.startswith(WEB_PAGES)):
+        return False
+    headers = dict(scope["headers"])
+    return b"hx-request" in headers or b"text/html" in headers.get(b"accept", b"")
+
+
+async def _to_login(scope: Scope, send: Send) -> None:
+    """Send a browser to the login page, to come back to where it was going (htmx, which
+    cannot follow a redirect with the whole page, is told to go there instead)."""
+    back = scope["path"] + (f"?{scope['query_string'].decode('latin-1')}"
+                            if scope.get("query_string") else "")
+    target = f"/web/login?{urllib.parse.urlencode({'next': back})}".encode("latin-1")
+    if (b"hx-request", b"true") in scope["headers"]:
+        headers = [(b"hx-redirect", target), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 401, "headers": headers})
+    else:
+        headers = [(b"location", target), (b"content-length", b"0")]
+        await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 async def _refuse(send: Send, status: int, detail: str) -> None:

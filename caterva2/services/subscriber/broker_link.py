@@ -15,7 +15,7 @@ import websockets
 from pydantic import TypeAdapter, ValidationError
 
 from caterva2 import tls
-from caterva2.models import ChangeEvent, Event, RootEvent, valid_listing
+from caterva2.models import NOTIFICATIONS_HEADER, ChangeEvent, Event, RootEvent, valid_listing
 from caterva2.services.subscriber.registry import RootRegistry
 
 log = logging.getLogger("caterva2.subscriber")
@@ -31,13 +31,17 @@ class BrokerLink:
 
     def __init__(self, broker: str, client: httpx.AsyncClient, registry: RootRegistry):
         self.broker, self.client, self.registry = broker, client, registry
-        self.connected = asyncio.Event()
+        self.connected = asyncio.Event()  # (shared with the NATS link, when on NATS)
+        # where notifications go, as the last listing said (its Caterva2-Notifications
+        # header: None from a broker that does not send it, one without NATS)
+        self.notifications: str | None = None
 
     async def refresh_roots(self) -> None:
         """Ask the broker for every root, and whether each one's publisher answers (raises
         httpx.HTTPError if the broker is down)."""
         r = await self.client.get(tls.base_url(self.broker) + "/api/roots")
         r.raise_for_status()
+        self.notifications = r.headers.get(NOTIFICATIONS_HEADER)
         try:
             listing = valid_listing(r.json())
         except ValueError:

@@ -46,6 +46,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
@@ -67,6 +68,14 @@ PREVIOUS = ".previous"  # the directory of the version before the current one
 Index = dict[str, DatasetEntry]
 _INDEX = TypeAdapter(Index)
 ReplicaKey = tuple[str, str, str]  # root, path, version
+
+
+class Holding(NamedTuple):
+    """What the cache holds of one dataset version (see :meth:`Cache.holding`)."""
+
+    chunks: int  # chunks held whole
+    nchunks: int  # chunks the dataset has
+    nbytes: int  # bytes its replica and the files beside it take on disk
 
 
 def version_tag(version: str) -> str:
@@ -373,6 +382,25 @@ class Cache:
                 return
             self._retire(key)
             self._remove_dir(self._replica_dir(key))
+
+    def holding(self, root: str, path: str, entry: DatasetEntry) -> Holding:
+        """How much of this version of a dataset the cache holds now: chunks held whole
+        (those with a digest noted) and the bytes its replica directory takes.  Creates
+        nothing: a dataset never read holds nothing."""
+        nchunks = entry.meta.schunk.nchunks if entry.meta is not None else 0
+        key = (root, path, entry.version)
+        directory = self._replica_dir(key)
+        nbytes = _dir_bytes(directory)  # (counted only under a bound: measured here)
+        with self.lock:
+            replica = self.replicas.get(key)
+            if replica is not None and not replica.closed:
+                return Holding(int(np.count_nonzero(replica.digests)), nchunks, nbytes)
+        try:  # (not open: its digests file says the same)
+            digests = np.fromfile(directory / f"{REPLICA_FILE}.digests", dtype="<u8")
+        except (FileNotFoundError, ValueError):
+            return Holding(0, nchunks, nbytes)
+        held = int(np.count_nonzero(digests)) if len(digests) == nchunks else 0
+        return Holding(held, nchunks, nbytes)
 
     # -- the bound --------------------------------------------------------------------
     def usage(self) -> int:

@@ -1,14 +1,19 @@
 """The subscriber's data endpoints: selections, chunk streams and complete files.
 
 - ``GET /api/fetch/{root}/{path}?slice_=...``: the selection as an NDArray cframe (arrays)
-  or a Blosc2-compressed buffer (bytes).  For arrays, ``&buffer=true`` asks instead for the
-  selection's items in C order as one compressed buffer (the client knows shape and dtype:
-  far cheaper for small reads), and ``&chunks=true`` for the stored chunks the selection
-  touches, as a chunk stream (see :mod:`caterva2.wire`), for the client to decompress.
-  Array answers carry the layout header (:data:`caterva2.wire.LAYOUT_HEADER`);
-- ``GET /api/download/{root}/{path}``: the URL of the complete file;
+  or an SChunk cframe (bytes).  ``&buffer=true`` asks instead for the selection's items
+  in C order as one compressed buffer (for arrays the client knows shape and dtype: far
+  cheaper for small reads; bytes get the same with ``prefer_schunk``, which 0.2-era
+  clients send), and ``&chunks=true`` for the stored chunks an array selection touches,
+  as a chunk stream (see :mod:`caterva2.wire`), for the client to decompress.  Array
+  answers carry the layout header (:data:`caterva2.wire.LAYOUT_HEADER`);
+- ``GET /api/chunk/{root}/{path}?nchunk=N``: one chunk as stored;
+- ``GET /api/download/{root}/{path}``: the URL of the complete file (with
+  ``Accept-Encoding: blosc2``, the complete file itself);
 - ``GET /files/{root}/{path}``: the complete dataset as a Blosc2 file (``.b2`` added for
   ordinary files).
+
+Which client expects which form is told in :mod:`.compat`.
 
 An answer served from the cache without its dataset being checked with the source (see
 :mod:`.freshness`) carries :data:`caterva2.wire.UNVERIFIED_HEADER`, as info answers do.
@@ -24,9 +29,10 @@ import pathlib
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Response
 
 from caterva2 import paths, slicing, wire
 from caterva2.chunks import Buffer, chunks_in_items, chunks_in_region
@@ -43,10 +49,12 @@ from caterva2.services.openapi import (
     RANGE_REQUESTS,
     ROOT_ACCESS,
     UNVERIFIED,
+    ErrorBody,
     binary,
     described,
     file_answers,
 )
+from caterva2.services.subscriber import compat
 from caterva2.services.subscriber.block_reads import read_in_blocks
 from caterva2.services.subscriber.cache import Index
 from caterva2.services.subscriber.chunk_fetcher import Arrivals
@@ -65,6 +73,9 @@ log = logging.getLogger("caterva2.subscriber")
 router = APIRouter()
 STREAM_BATCH = 8  # chunks read from a replica per thread hop
 SERVICE = "the Caterva2 subscriber"
+NOT_RANGED = ("Byte ranges of a selection are not served (it is built for each request): "
+              "a request with a Range header is refused (read /api/chunk or /files)")
+CODED_FILE = "blosc2 when an ordinary file is sent as its Blosc2 frame"
 
 
 @dataclass(frozen=True)
@@ -91,40 +102,54 @@ def plan_selection(meta: AnyMeta, slice_: str | None) -> Selection:
         raise HTTPException(400, str(e)) from None
 
 
-def array_encoder(plan: slicing.Plan, buffer: bool) -> Callable[[np.ndarray], bytes]:
-    """How to answer a selection of an array from the items of its region."""
+def array_encoder(plan: slicing.Plan, buffer: bool, field: str | None = None
+                  ) -> Callable[[np.ndarray], bytes]:
+    """How to answer a selection of an array (of one ``field`` of its records, as an
+    NDArray cframe) from the items of its region."""
     def encode(region: np.ndarray) -> bytes:
         data = np.asarray(region)[plan.within]
+        if field is not None:
+            return wire.encode_array(data[field])
         return wire.compress_items(data) if buffer else wire.encode_array(data)
     return encode
 
 
-def encoder(meta: AnyMeta, plan: slicing.Plan, buffer: bool
-            ) -> Callable[[SparseReplica], bytes]:
-    """How to answer a selection read whole from a replica (every chunk held)."""
+def encoder(meta: AnyMeta, plan: slicing.Plan, buffer: bool,
+            encode_bytes: Callable[[bytes, int], bytes] = wire.encode_bytes_frame,
+            field: str | None = None) -> Callable[[SparseReplica], bytes]:
+    """How to answer a selection read whole from a replica (every chunk held); bytes
+    with ``encode_bytes(data, typesize)`` (see :func:`.compat.bytes_encoder`)."""
     if isinstance(meta, ArrayMeta):
-        encode = array_encoder(plan, buffer)
+        encode = array_encoder(plan, buffer, field)
         return lambda replica: encode(replica.read_array(plan.region))
     typesize = meta.schunk.typesize
 
     def answer_bytes(replica: SparseReplica) -> bytes:
         r = plan.region[0]
         items = np.frombuffer(replica.read_items(r.start, r.stop), dtype=f"V{typesize}")
-        return wire.encode_bytes(np.ascontiguousarray(items[plan.within]).tobytes())
+        return encode_bytes(np.ascontiguousarray(items[plan.within]).tobytes(), typesize)
     return answer_bytes
 
 
 @router.get("/api/fetch/{root}/{path:path}", response_class=Response, responses=binary(
     OCTET_STREAM, CHUNK_STREAM, headers=LAYOUT | UNVERIFIED,
-    description="The selection: an NDArray cframe, or a Blosc2-compressed buffer (bytes; "
-                "arrays with buffer=true); with chunks=true, a chunk stream")
-    | DATA_ERRORS | ROOT_ACCESS)
+    description="The selection: an NDArray cframe (arrays), an SChunk cframe (bytes), or a "
+                "Blosc2-compressed buffer (with buffer=true; bytes also with prefer_schunk); "
+                "with chunks=true, a chunk stream; with field, that field's NDArray cframe")
+    | DATA_ERRORS | ROOT_ACCESS | {416: {"model": ErrorBody, "description": NOT_RANGED}})
 async def fetch(root: str, path: str, sub: Sub, slice_: str | None = None,
-                prefer_schunk: bool = True, chunks: bool = False,
-                buffer: bool = False) -> Response:
+                prefer_schunk: bool | None = None, chunks: bool = False,
+                buffer: bool = False, indices: str | None = None,
+                filter_: Annotated[str | None, Query(alias="filter")] = None,
+                field: str | None = None,
+                range_: Annotated[str | None, Header(alias="Range")] = None) -> Response:
     """A selection of a dataset (see the module's docstring for the forms of answer)."""
     found = await lookup(sub, root, path)
+    compat.refuse_unsupported(f"{root}/{path}", indices, filter_)
+    compat.refuse_ranges(range_, f"{root}/{path}")
     meta = found.meta
+    if field is not None:
+        compat.check_field(f"{root}/{path}", meta, field, chunks)
     selection = plan_selection(meta, slice_)
     headers = found.headers
     if isinstance(meta, ArrayMeta):
@@ -132,20 +157,21 @@ async def fetch(root: str, path: str, sub: Sub, slice_: str | None = None,
                                                   meta.blocks)
         if chunks:
             return await chunk_stream_answer(sub, found, selection.nchunks, headers)
-    if buffer and (not isinstance(meta, ArrayMeta) or
-                   math.prod(selection.plan.result_shape) * meta.schunk.typesize
-                   > wire.MAX_BUFFER_BYTES):
-        raise HTTPException(400, "buffer=true is for array selections up to "
-                                 f"{wire.MAX_BUFFER_BYTES} bytes; use chunks=true")
+    if buffer and field is None and (math.prod(selection.plan.result_shape)
+                                     * meta.schunk.typesize > wire.MAX_BUFFER_BYTES):
+        raise HTTPException(400, f"buffer=true is for selections up to "
+                                 f"{wire.MAX_BUFFER_BYTES} bytes; use chunks=true (arrays)")
     in_blocks = None
     if isinstance(meta, ArrayMeta):
-        encode = array_encoder(selection.plan, buffer)
+        encode = array_encoder(selection.plan, buffer, field)
 
         async def in_blocks() -> bytes | None:
             data = await read_in_blocks(sub, found, selection.plan.region, selection.nchunks)
             return None if data is None else await asyncio.to_thread(encode, data)
     body = await whole_answer(sub, found, selection.nchunks,
-                              encoder(meta, selection.plan, buffer), in_blocks)
+                              encoder(meta, selection.plan, buffer,
+                                      compat.bytes_encoder(buffer, prefer_schunk), field),
+                              in_blocks)
     sub.metrics.bytes_out(root, len(body))
     return Response(body, media_type="application/octet-stream", headers=headers)
 
@@ -256,10 +282,45 @@ def files_path(root: str, path: str) -> str:
     return f"{root}/{path}.b2" if paths.dataset_kind(path) == "file" else f"{root}/{path}"
 
 
-@router.get("/api/download/{root}/{path:path}",
-            responses=DATA_ERRORS | ROOT_ACCESS | {200: {"headers": described(UNVERIFIED)}})
-async def download(root: str, path: str, sub: Sub, response: Response) -> str:
-    """Fetch whatever is missing of a dataset, and say where the complete file is."""
+@router.get("/api/chunk/{root}/{path:path}", response_class=Response, responses=binary(
+    OCTET_STREAM, headers=UNVERIFIED,
+    description="The chunk exactly as stored: one Blosc2 chunk (blosc2.decompress reads it)")
+    | DATA_ERRORS | ROOT_ACCESS)
+async def chunk(root: str, path: str, nchunk: int, sub: Sub) -> Response:
+    """One chunk of a dataset as stored at its source, numbered as its SChunk numbers them
+    (what Blosc2's ``C2Array.get_chunk`` and the upstream client's ``get_chunk`` read)."""
+    found = await lookup(sub, root, path)
+    total = found.meta.schunk.nchunks
+    if not 0 <= nchunk < total:  # (a chunk that is not there, as a dataset that is not)
+        raise HTTPException(404, f"no chunk {nchunk} in {root}/{path}: it has {total} "
+                                 f"chunks" + (f", 0..{total - 1}" if total else ""))
+    try:
+        body = await whole_answer(sub, found, [nchunk],
+                                  lambda replica: replica.read_chunks([nchunk])[0])
+    except ChunkDamaged:  # (damaged since it was checked: it is fetched again next time)
+        sub.metrics.digest_mismatch(root)
+        raise HTTPException(503, f"chunk {nchunk} of {root}/{path} was damaged in the "
+                                 "cache; read it again") from None
+    sub.metrics.bytes_out(root, len(body))
+    return Response(body, media_type=OCTET_STREAM, headers=found.headers)
+
+
+@router.get("/api/download/{root}/{path:path}", response_model=str, responses={200: {
+    "description": "The URL of the complete file at /files (JSON); with Accept-Encoding: "
+                   "blosc2, the complete dataset itself (see the route's description)",
+    "content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+    "headers": described(UNVERIFIED | {"Content-Encoding": CODED_FILE})}}
+    | DATA_ERRORS | ROOT_ACCESS)
+async def download(root: str, path: str, sub: Sub, response: Response,
+                   accept_encoding: Annotated[str | None, Header()] = None) -> Any:
+    """Fetch whatever is missing of a dataset, and say where the complete file is.
+
+    Clients that send ``Accept-Encoding: blosc2`` (the upstream client of the 2026
+    releases) get the complete dataset itself instead: its Blosc2 file, and an ordinary
+    file as its Blosc2 frame marked ``Content-Encoding: blosc2`` (the client unpacks it).
+    """
+    if compat.accepts_blosc2(accept_encoding):
+        return await file_answer(sub, root, path, coded=True)
     found, _ = await complete_file(sub, root, path)
     response.headers.update(found.headers)
     return f"{sub.settings.base_url}/files/{urllib.parse.quote(files_path(root, path))}"
@@ -279,9 +340,20 @@ async def files(root: str, path: str, sub: Sub) -> Response:
         path = path[:-3]
     elif path in index and paths.dataset_kind(path) == "file":
         raise HTTPException(404, f"ordinary files are served as {root}/{path}.b2")
+    return await file_answer(sub, root, path)
+
+
+async def file_answer(sub: Subscriber, root: str, path: str,
+                      coded: bool = False) -> responses.LargeFileResponse:
+    """The complete dataset's Blosc2 file, every chunk checked; an ordinary file's is named
+    ``NAME.b2``, or, ``coded``, ``NAME`` with ``Content-Encoding: blosc2``."""
     found, complete = await complete_file(sub, root, path, verify=True)
+    headers = found.headers
     name = pathlib.PurePosixPath(files_path(root, path)).name
+    if coded and paths.dataset_kind(path) == "file":
+        name, headers = pathlib.PurePosixPath(path).name, {
+            **headers, "Content-Encoding": compat.BLOSC2_CODING}
     with contextlib.suppress(OSError):  # (gone meanwhile: the response says so)
         sub.metrics.bytes_out(root, complete.stat().st_size)
-    return responses.LargeFileResponse(complete, filename=name, headers=found.headers,
+    return responses.LargeFileResponse(complete, filename=name, headers=headers,
                                        media_type="application/octet-stream")

@@ -1,8 +1,9 @@
 """Freshness without the broker: a dataset's version checked with its publisher before a read.
 
-While the subscriber is connected to its broker, publishers' change events keep the index
-current, and a read asks nobody.  While it is not (:attr:`.BrokerLink.connected` is clear:
-the broker is down, unreachable, or not reached yet), changes go unannounced, so a read
+While the subscriber is connected to its broker (or, in a deployment on NATS, to NATS),
+publishers' change events keep the index current, and a read asks nobody.  While it is
+not (:attr:`.Notifier.connected` is clear: the broker, or NATS, is down, unreachable, or
+not reached yet), changes go unannounced, so a read
 first asks the dataset's publisher whether the version in the index is still current:
 ``GET /api/info/PATH`` with ``If-None-Match: VERSION``, a 304 with no body if it is.
 
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 import httpx
 
 from caterva2.models import DatasetEntry
-from caterva2.services.subscriber.broker_link import BrokerLink
 from caterva2.services.subscriber.errors import Gone, Unavailable
 from caterva2.services.subscriber.index_sync import IndexSync
+from caterva2.services.subscriber.notifications import Notifier
 from caterva2.services.subscriber.single_flight import SingleFlight
 
 log = logging.getLogger("caterva2.subscriber")
@@ -59,7 +60,7 @@ def unverified_notice(root: str) -> str:
 class Freshness:
     """Revalidates datasets with their publishers while there is no broker connection."""
 
-    def __init__(self, broker: BrokerLink, indexes: IndexSync,
+    def __init__(self, broker: Notifier, indexes: IndexSync,
                  interval: float = REVALIDATE_INTERVAL_S):
         self.broker, self.indexes, self.interval = broker, indexes, interval
         self._checked: dict[Key, Checked] = {}

@@ -47,6 +47,7 @@ from caterva2 import paths, wire
 from caterva2.models import ArrayMeta, DatasetEntry, user_info
 from caterva2.services.limits import BoundedHeads
 from caterva2.services.service import keep_freed_memory, setup_logging
+from caterva2.services.subscriber import compat
 from caterva2.services.subscriber.access import Access, AccessRules, RequireLogin
 from caterva2.services.subscriber.data_api import encoder, plan_selection
 from caterva2.services.subscriber.disk_reads import DiskIndexes, ReplicaHandles
@@ -146,7 +147,7 @@ class FrontApp:
                                       keep_blank_values=True)
         if not self._may_answer(root):
             return None
-        if kind == "fetch" and len(parts) == 5:
+        if kind == "fetch" and len(parts) == 5 and not _ranged(scope):
             return await self._fetch(root, parts[4], query)
         if kind == "info" and len(parts) == 5 and not query:
             return await asyncio.to_thread(self._info, root, parts[4])
@@ -177,9 +178,10 @@ class FrontApp:
         """A whole answer of ``/api/fetch`` from held, checked chunks (else None)."""
         if set(query) - {"slice_", "buffer", "prefer_schunk"} or \
                 any(len(v) != 1 for v in query.values()):
-            return None  # (chunk streams, repeated or unknown parameters: the owner)
+            return None  # (chunk streams, fields, repeated or unknown parameters: the owner)
         buffer = _flag(query.get("buffer", ["false"])[0])
-        if buffer is None or _flag(query.get("prefer_schunk", ["true"])[0]) is None:
+        prefer_schunk = _flag(query["prefer_schunk"][0]) if "prefer_schunk" in query else None
+        if buffer is None or ("prefer_schunk" in query and prefer_schunk is None):
             return None
         entry = self._entry(root, path)
         if entry is None or entry.meta is None:
@@ -193,12 +195,12 @@ class FrontApp:
         if isinstance(meta, ArrayMeta):
             headers[wire.LAYOUT_HEADER] = wire.layout(meta.shape, meta.dtype, meta.chunks,
                                                       meta.blocks)
-        if buffer and (not isinstance(meta, ArrayMeta) or
-                       math.prod(selection.plan.result_shape) * meta.schunk.typesize
+        if buffer and (math.prod(selection.plan.result_shape) * meta.schunk.typesize
                        > wire.MAX_BUFFER_BYTES):
             return None
         read = functools.partial(self.replicas.answer, root, path, entry, selection.nchunks,
-                                 encoder(meta, selection.plan, buffer))
+                                 encoder(meta, selection.plan, buffer,
+                                         compat.bytes_encoder(buffer, prefer_schunk)))
         region_bytes = math.prod(r.stop - r.start for r in selection.plan.region) \
             * meta.schunk.typesize
         # Small reads inside one chunk are answered here, as a hop to a thread would cost
@@ -255,6 +257,11 @@ class FrontApp:
                 await asyncio.to_thread(self.replicas.prune)
             except Exception:  # (a bug: said, and the front goes on)
                 log.exception("%s: keeping in touch with the main worker failed", s.name)
+
+
+def _ranged(scope: Scope) -> bool:
+    """Whether a request asks for part of the answer (the owner says how it takes that)."""
+    return any(name == b"range" for name, _ in scope["headers"])
 
 
 def _flag(text: str) -> bool | None:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from caterva2 import tls
 from caterva2.models import ChangeEvent, DatasetEntry, RootIndex
+from caterva2.services.metrics import SubscriberMetrics
 from caterva2.services.subscriber.cache import Cache
 from caterva2.services.subscriber.errors import Gone, Unavailable
 from caterva2.services.subscriber.registry import RootRegistry
@@ -21,8 +22,10 @@ GONE_GRACE_S = 0.5  # a dataset missing at its publisher for this long is taken 
 class IndexSync:
     """Fetches indexes and entries from publishers into the cache."""
 
-    def __init__(self, client: httpx.AsyncClient, registry: RootRegistry, cache: Cache):
+    def __init__(self, client: httpx.AsyncClient, registry: RootRegistry, cache: Cache,
+                 metrics: SubscriberMetrics | None = None):
         self.client, self.registry, self.cache = client, registry, cache
+        self.metrics = metrics
 
     async def resync(self, root: str, quiet: bool = False) -> None:
         """Bring a root's index up to date with its publisher (in one request).
@@ -31,6 +34,8 @@ class IndexSync:
         is logged, and the next event or reconnection tries again).
         """
         url = f"{tls.base_url(self.registry.publisher(root))}/api/index"
+        if self.metrics is not None:
+            self.metrics.index_fetched(root)
         try:
             r = await self.client.get(url)
             r.raise_for_status()

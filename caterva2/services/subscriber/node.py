@@ -18,6 +18,7 @@ from caterva2.services.subscriber.chunk_fetcher import ChunkFetcher
 from caterva2.services.subscriber.errors import Unavailable
 from caterva2.services.subscriber.freshness import Freshness
 from caterva2.services.subscriber.index_sync import IndexSync
+from caterva2.services.subscriber.notifications import Notifier, SubscriberNats
 from caterva2.services.subscriber.registry import RootRegistry
 
 BROKER_HEAD_START_S = 2  # how long start-up waits for the broker before serving anyway
@@ -34,6 +35,7 @@ class SubscriberSettings:
     cache_size: int | None = None  # bytes the cache may take on disk (None: no bound)
     require_login: bool = False  # every request needs a user's API key
     access_rules: AccessRules = field(default_factory=AccessRules)  # who may use which root
+    nats: SubscriberNats = field(default_factory=SubscriberNats)  # its own NATS settings
 
     @property
     def base_url(self) -> str:
@@ -55,16 +57,17 @@ class Subscriber:
                            on_evict=self.metrics.evicted)
         self.metrics.measure_cache(self.cache.directory, settings.cache_size)
         self.broker = BrokerLink(settings.broker, client, self.registry)
-        self.indexes = IndexSync(client, self.registry, self.cache)
-        self.freshness = Freshness(self.broker, self.indexes)
+        self.notifier = Notifier(self.broker, settings.nats, settings.statedir,
+                                 self.metrics.caught_up)
+        self.indexes = IndexSync(client, self.registry, self.cache, self.metrics)
+        self.freshness = Freshness(self.notifier, self.indexes)
         self.fetcher = ChunkFetcher(self.registry, self.cache, self.metrics)
 
     @contextlib.asynccontextmanager
     async def running(self):
-        """Follow the broker while in the block (given a head start to connect)."""
-        task = asyncio.create_task(self.broker.listen(self._caught_up, self._handle))
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.broker.connected.wait(), BROKER_HEAD_START_S)
+        """Follow the notifications while in the block (given a head start to connect)."""
+        task = asyncio.create_task(self.notifier.listen(self._caught_up, self._handle))
+        await self.notifier.wait_connected(BROKER_HEAD_START_S)
         try:
             yield self
         finally:
