@@ -397,3 +397,17 @@ def test_a_chunk_damaged_on_disk_is_never_served_by_any_worker(site):
         np.testing.assert_array_equal(read(host, "data/a.b2nd", "100:200,100:200",
                                            (100, 100)), data[100:200, 100:200])
     assert site.cache()["digest_mismatches"] >= 1
+
+
+def test_fronts_that_keep_dying_stop_the_subscriber_saying_why(stack):
+    sub = stack.subscriber(args=["--workers", "2"])
+    owner = sub.proc.pid
+    for _ in range(6):  # (the sixth death within a minute is one too many)
+        if sub.proc.poll() is not None:
+            break
+        fronts = wait_until(lambda: [p for p in workers_of(owner) if alive(p)],
+                            timeout=DEADLINE_S, what="a front")
+        os.kill(fronts[0], signal.SIGKILL)
+        wait_until(lambda f=fronts[0]: not alive(f), timeout=DEADLINE_S, what="it died")
+    assert sub.proc.wait(DEADLINE_S) != 0  # (ended by its own SIGTERM: status 143 in a shell)
+    assert "fronts ended 5 times within 60 s: stopping the subscriber" in sub.log_tail(100)

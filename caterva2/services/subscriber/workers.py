@@ -9,7 +9,7 @@ Fronts run in sessions of their own, so that a Ctrl-C at a terminal reaches the 
 alone: the owner stops them (SIGTERM, then SIGKILL after :data:`STOP_GRACE_S`) when it
 stops, for whatever reason.  A front that ends while the owner runs is started again; one
 that keeps ending (:data:`MAX_RESTARTS` times within :data:`RESTART_WINDOW_S`) stops the
-whole subscriber, saying why.  A front whose owner is gone (killed) stops by itself.
+whole subscriber, saying why (it sends itself a SIGTERM: exit status 143 in a shell).  A front whose owner is gone (killed) stops by itself.
 """
 from __future__ import annotations
 
