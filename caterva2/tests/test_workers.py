@@ -311,14 +311,16 @@ def test_workers_over_tls(pki, tmp_path, monkeypatch):  # noqa: F811 - the fixtu
         assert httpx.get(url, params=params, verify=trust).status_code == 200
         time.sleep(1)  # (the front knows foo is subscribed)
         answered = front_answers(sub.address, verify=trust)
-        for _ in range(16):  # (a new connection each: both workers get some)
+
+        def read_over_tls() -> bool:  # (a new connection each: either worker takes it)
             r = httpx.get(url, params=params, verify=trust)
             assert r.status_code == 200, r.text
             np.testing.assert_array_equal(
                 wire.decompress_items(r.content, np.dtype("uint16"), expected.shape),
                 expected)
-        wait_until(lambda: front_answers(sub.address, verify=trust) > answered, timeout=5,
-                   what="answers from the front")
+            return front_answers(sub.address, verify=trust) > answered
+
+        wait_until(read_over_tls, timeout=DEADLINE_S, what="answers from the front")
     finally:
         stack.stop()
 

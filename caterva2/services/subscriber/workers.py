@@ -128,8 +128,11 @@ class Fronts:
                                 stdin=subprocess.PIPE, pass_fds=[self.public.fileno()],
                                 start_new_session=True)
         assert proc.stdin is not None
-        proc.stdin.write(config.encode())
-        proc.stdin.close()
+        try:
+            proc.stdin.write(config.encode())
+            proc.stdin.close()
+        except OSError:  # (it died already: the watcher sees it, and starts it again)
+            log.warning("front worker %d ended before it was told what to do", i + 1)
         self.procs[i] = proc
         log.info("front worker %d started (pid %d)", i + 1, proc.pid)
 
@@ -153,7 +156,10 @@ class Fronts:
                 self.restarts.append(now)
                 log.warning("front worker %d ended (exit status %s); starting it again",
                             i + 1, proc.returncode)
-                self._start(i)
+                try:
+                    self._start(i)
+                except OSError as e:  # (no process could be made: tried again, and counted)
+                    log.error("front worker %d cannot be started: %s", i + 1, e)
 
     def stop(self) -> None:
         """Stop every front (blocks up to :data:`STOP_GRACE_S`)."""
