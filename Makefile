@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test example bench clean
+.PHONY: run test example bench check-deploy clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(VENV)/.installed-all
 	$(BIN)/python bench/relay.py
 	$(BIN)/python bench/notify_latency.py
 	$(BIN)/python bench/workers.py
+
+# The example deployment of docs/deploy.md: systemd units, configuration, NATS server.
+check-deploy: $(VENV)/.installed-all
+	$(BIN)/python docs/deploy/check.py
 
 clean:
 	rm -rf $(VENV) _caterva2 _caterva2_tests _caterva2_client_venvs *.egg-info
