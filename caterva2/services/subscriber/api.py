@@ -47,6 +47,12 @@ def visible(sub: Subscriber, root: str) -> bool:
 @router.post("/api/subscribe/{root}", responses=errors(400, 404, 503, 507) | ROOT_ACCESS)
 async def subscribe(root: str, sub: Sub) -> str:
     """Follow a root: its metadata is fetched now, its data when clients read it."""
+    await subscribed_now(sub, root)
+    return "Ok"
+
+
+async def subscribed_now(sub: Subscriber, root: str) -> None:
+    """Subscribe to ``root`` if the user may (HTTPException saying why not)."""
     try:
         paths.check_root_name(root)
         sub.access.check("subscribe", root)
@@ -57,7 +63,6 @@ async def subscribe(root: str, sub: Sub) -> str:
         raise HTTPException(404, f"no root named {root!r}") from None
     except Unavailable as e:
         raise HTTPException(503, str(e)) from None
-    return "Ok"
 
 
 @router.post("/api/unsubscribe/{root}", responses=errors(400, 404, 507) | ROOT_ACCESS)

@@ -20,10 +20,8 @@ import httpx
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import RedirectResponse
 
-from caterva2 import paths
-from caterva2.services.subscriber.api import visible
+from caterva2.services.subscriber.api import subscribed_now, visible
 from caterva2.services.subscriber.deps import Sub
-from caterva2.services.subscriber.errors import Unavailable
 from caterva2.services.subscriber.node import Subscriber
 from caterva2.services.subscriber.reads import subscribed_root
 from caterva2.services.subscriber.web.templating import WebRoute, is_htmx, render
@@ -114,15 +112,3 @@ async def subscribe(request: Request, root: str, sub: Sub) -> Response:
     return render(request, "_root.html", c=c, s=s)
 
 
-async def subscribed_now(sub: Subscriber, root: str) -> None:
-    """Subscribe to ``root``, as ``POST /api/subscribe`` does (HTTPException if not)."""
-    try:
-        paths.check_root_name(root)
-        sub.access.check("subscribe", root)
-        await sub.subscribe(root)
-    except ValueError as e:
-        raise HTTPException(400, str(e)) from None
-    except KeyError:
-        raise HTTPException(404, f"no root named {root!r}") from None
-    except Unavailable as e:
-        raise HTTPException(503, str(e)) from None
