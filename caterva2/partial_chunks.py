@@ -36,6 +36,11 @@ class PiecesDamaged(ValueError):
     """Pieces of a partly held chunk did not match their digests: forgotten (not held)."""
 
 
+class NotHeldInPart(ValueError):
+    """The chunk is not held in part (any more: completed, evicted or forgotten meanwhile
+    by another reader)."""
+
+
 class PartialChunks:
     """The chunks of one replica (its file is ``replica_file``) held in part.
 
@@ -159,11 +164,11 @@ class PartialChunks:
     def assembled(self, nchunk: int, wanted: list[int]) -> bytearray:
         """The chunk with its head and blocks ``wanted`` in place (zeros elsewhere), each
         checked against its digest: PiecesDamaged (and forgotten) if one does not match,
-        ValueError if one is not held."""
+        NotHeldInPart if the chunk is not held in part."""
         with self.lock:
             held = self._held(nchunk)
             if held is None:
-                raise ValueError(f"chunk {nchunk} is not held in part")
+                raise NotHeldInPart(f"chunk {nchunk} is not held in part")
             return self._assembled(nchunk, wanted, *held)
 
     def _assembled(self, nchunk: int, wanted: list[int], layout: BlockLayout,
@@ -174,7 +179,7 @@ class PartialChunks:
             bad = []
             for b in sorted(set(wanted), key=lambda b: layout.extents[b]):
                 if not digests[_FIRST_BLOCK + b]:
-                    raise ValueError(f"block {b} of chunk {nchunk} is not held")
+                    raise NotHeldInPart(f"block {b} of chunk {nchunk} is not held")
                 start, stop = layout.extents[b]
                 f.seek(start)
                 piece = memoryview(chunk)[start:stop]

@@ -18,7 +18,7 @@ from caterva2 import metadata, wire
 from caterva2.blocks import blocks_per_chunk, blocks_touched, local_region
 from caterva2.chunks import chunk_slices
 from caterva2.models import ArrayMeta
-from caterva2.partial_chunks import PiecesDamaged, read_region
+from caterva2.partial_chunks import NotHeldInPart, PiecesDamaged, read_region
 from caterva2.replica import ChunkDamaged, SparseReplica
 from caterva2.services.subscriber.errors import Gone, Stale, Unavailable
 from caterva2.services.subscriber.node import Subscriber
@@ -79,7 +79,8 @@ async def read_in_blocks(sub: Subscriber, found: Found, region: Region,
     except PiecesDamaged:  # (forgotten: the usual read fetches them again)
         sub.metrics.digest_mismatch(found.root)
         return None
-    except (Stale, Gone, ChunkDamaged, FileNotFoundError):  # (changed, or evicted)
+    # (changed, evicted, or completed and its blocks dropped by another reader meanwhile)
+    except (Stale, Gone, ChunkDamaged, FileNotFoundError, NotHeldInPart):
         return None
     except Unavailable as e:
         raise HTTPException(504 if e.timeout else 503, str(e)) from None
