@@ -77,13 +77,7 @@ class Service:
                            f"{self.log_tail()}")
 
     def stop(self, kill: bool = False) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, kill)
 
     def restart(self) -> None:
         self.stop()
@@ -105,11 +99,28 @@ class Service:
         return (self.statedir / "publisher.key").read_text().strip()
 
     def log_tail(self, lines: int = 30) -> str:
+        return file_tail(self.statedir / "service.log", lines)
+
+
+def stop_process(proc: subprocess.Popen | None, kill: bool = False) -> None:
+    """Stop ``proc`` if it runs (SIGTERM, or SIGKILL with ``kill``), killing it if it
+    has not ended 15 s later."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         try:
-            text = (self.statedir / "service.log").read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def file_tail(path: pathlib.Path, lines: int) -> str:
+    """The last ``lines`` lines of a log file ("(no log)" if it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def cat2admin(*args) -> subprocess.CompletedProcess:
@@ -227,6 +238,21 @@ class Stack:
         wait_until(lambda: name in cat2.get_roots(subscriber.address),
                    what=f"root {name} at the subscriber")
         return PublishedRoot(name, pathlib.Path(source), publisher, subscriber)
+
+    def counted_publisher(self, name: str, source, id_: str | None = None,
+                          env: dict[str, str] | None = None) -> tuple[Service, CountingProxy]:
+        """A publisher of ``source`` as root ``name`` that announces a
+        :class:`CountingProxy` in front of it (``cat2pub --url``): whatever subscribers
+        fetch from it crosses the proxy and is counted.  The caller closes the proxy."""
+        port = free_ports(1)[0]
+        proxy = CountingProxy(f"127.0.0.1:{port}")
+        try:
+            publisher = self.publisher(name, source, id_, args=["--url", proxy.address],
+                                       http=f"127.0.0.1:{port}", env=env)
+        except BaseException:
+            proxy.close()
+            raise
+        return publisher, proxy
 
     def count_link(self, publisher: Service, name: str) -> CountingProxy:
         """Register ``publisher`` again at the broker, as root ``name`` reached through a

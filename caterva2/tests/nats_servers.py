@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pathlib
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from caterva2.tests.harness import LOOPBACK, free_ports, wait_until
+from caterva2.tests.harness import LOOPBACK, file_tail, free_ports, stop_process, wait_until
 
 READY_TIMEOUT_S = 30
 
@@ -66,20 +65,10 @@ class NatsServer:
         wait_until(healthy, timeout=READY_TIMEOUT_S, what=f"nats-server at {self.url}")
 
     def stop(self, kill: bool = False) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, kill)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            text = (self.statedir / "nats.log").read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return file_tail(self.statedir / "nats.log", lines)
 
 
 class NatsCluster:

@@ -26,7 +26,6 @@ from caterva2.tests.harness import (
     Service,
     Stack,
     cat2admin,
-    free_ports,
     wait_until,
 )
 from caterva2.tools import make_root_example
@@ -72,10 +71,8 @@ class Chain:
         if not self.counted:
             self.pubs[site] = self.stacks[site].publisher(name, root, env=env)
             return
-        port = free_ports(1)[0]
-        self.links[site] = link = CountingProxy(f"127.0.0.1:{port}")
-        self.pubs[site] = self.stacks[site].publisher(
-            name, root, http=f"127.0.0.1:{port}", args=["--url", link.address], env=env)
+        self.pubs[site], self.links[site] = self.stacks[site].counted_publisher(name, root,
+                                                                              env=env)
 
     def _subscriber(self, broker_site: str, site: str, root: str) -> Service:
         args = []

@@ -4,7 +4,7 @@ import blosc2
 import numpy as np
 
 import caterva2 as cat2
-from caterva2.tests.harness import CountingProxy, free_ports, wait_until
+from caterva2.tests.harness import wait_until
 
 CHUNK_ROWS, COLS, NCHUNKS = 100, 100, 64  # 64 chunks of 80 kB (random: incompressible)
 
@@ -16,10 +16,8 @@ def test_one_changed_chunk_is_all_that_moves_again(stack, tmp_path):
     data = rng.normal(size=(CHUNK_ROWS * NCHUNKS, COLS))
     blosc2.asarray(data, urlpath=str(src / "a.b2nd"), mode="w", chunks=(CHUNK_ROWS, COLS),
                    blocks=(10, COLS))
-    port = free_ports(1)[0]
-    link = CountingProxy(f"127.0.0.1:{port}")  # the publisher link, counted
+    _, link = stack.counted_publisher("data", src)  # the publisher link, counted
     try:
-        stack.publisher("data", src, http=f"127.0.0.1:{port}", args=["--url", link.address])
         sub = stack.subscriber()
         wait_until(lambda: "data" in cat2.get_roots(sub.address), what="root data")
         assert cat2.subscribe("data", sub.address) == "Ok"

@@ -9,7 +9,7 @@ import pytest
 
 import caterva2 as cat2
 from caterva2.blocks import block_layout, blocks_touched
-from caterva2.tests.harness import CountingProxy, free_ports, wait_until
+from caterva2.tests.harness import wait_until
 
 SHAPE, BLOCKS = (1000, 1000), (50, 1000)  # one 8 MB chunk of 20 blocks of 400 kB
 SMALL = (slice(500, 510), slice(500, 510))  # inside block 10
@@ -21,13 +21,11 @@ def site(stack, tmp_path):
     """A root ``data`` published behind a counting proxy, and a subscriber following it."""
     src = tmp_path / "data"
     src.mkdir()
-    port = free_ports(1)[0]
-    link = CountingProxy(f"127.0.0.1:{port}")
+    serving, link = stack.counted_publisher("data", src)
 
     class Site:
         source = src
-        publisher = stack.publisher("data", src, http=f"127.0.0.1:{port}",
-                                    args=["--url", link.address])
+        publisher = serving
         sub = stack.subscriber()
         counted = link
 

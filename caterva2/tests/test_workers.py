@@ -22,7 +22,7 @@ import pytest
 
 import caterva2 as cat2
 from caterva2 import wire
-from caterva2.tests.harness import CountingProxy, free_ports, wait_until
+from caterva2.tests.harness import wait_until
 from caterva2.tests.test_tls import pki  # noqa: F401 - a fixture
 
 SHAPE, CHUNKS = (400, 400), (100, 100)  # 16 chunks of 80 kB
@@ -68,13 +68,11 @@ def site(stack, tmp_path):
     following it."""
     src = tmp_path / "data"
     src.mkdir()
-    port = free_ports(1)[0]
-    link = CountingProxy(f"127.0.0.1:{port}")
+    serving, link = stack.counted_publisher("data", src)
 
     class Site:
         source = src
-        publisher = stack.publisher("data", src, http=f"127.0.0.1:{port}",
-                                    args=["--url", link.address])
+        publisher = serving
         sub = stack.subscriber(args=["--workers", "2"])
         counted = link
 
